@@ -1,0 +1,180 @@
+//! Plain-data types shared by the kernel programs and the loader.
+//!
+//! Every type here is `#[repr(C)]`, built from fixed-width integers and byte arrays only, with
+//! explicit padding, so that the same bytes mean the same thing on both sides. Records start with a
+//! one-byte kind tag; userspace decodes them with bounds checks (see `lqtrace/src/records.rs`),
+//! never by transmuting.
+#![no_std]
+
+/// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop.
+pub const KIND_DROP: u8 = 1;
+/// Kind tag of a [`BracketRecord`] whose SYN was answered with a SYN cookie (not a drop).
+pub const KIND_SYNCOOKIE: u8 = 2;
+/// Kind tag of a [`ListenRecord`]: a socket entered TCP_LISTEN.
+pub const KIND_LISTEN: u8 = 3;
+/// Kind tag of a [`ListenRecord`]: `listen()` returned without a state change (a second
+/// `listen()` on a listening socket changes its backlog), so userspace resolves the fd.
+pub const KIND_RELISTEN: u8 = 4;
+/// Kind tag of a [`ListenRecord`]: a socket left TCP_LISTEN.
+pub const KIND_LISTEN_CLOSE: u8 = 5;
+
+/// The packet that reached the listener was a SYN (connection request).
+pub const STAGE_SYN: u8 = 1;
+/// The packet that reached the listener was the client's ACK completing the handshake.
+pub const STAGE_ACK: u8 = 2;
+/// Any other segment (RST, data without a request socket, ...).
+pub const STAGE_OTHER: u8 = 3;
+
+/// The bracket was closed when the next listener packet arrived on the same CPU rather than when
+/// its own packet was freed (e.g. the free happened without a tracepoint). Still exact.
+pub const FLAG_LATE: u8 = 1;
+
+/// Indexes into [`BracketRecord::deltas`] and [`Config::mib`]: the `LINUX_MIB_*` counters that
+/// the programs read before and after a listener processes a packet.
+pub const MIB_LISTEN_DROPS: usize = 0;
+pub const MIB_LISTEN_OVERFLOWS: usize = 1;
+pub const MIB_REQQ_FULL_DROP: usize = 2;
+pub const MIB_REQQ_FULL_DO_COOKIES: usize = 3;
+pub const MIB_SYNCOOKIES_RECV: usize = 4;
+pub const MIB_EMBRYONIC_RSTS: usize = 5;
+pub const MIB_COUNT: usize = 6;
+
+/// Kernel names of the counters above, in index order, as BTF names the enumerators.
+pub const MIB_ENUM_NAMES: [&str; MIB_COUNT] = [
+    "LINUX_MIB_LISTENDROPS",
+    "LINUX_MIB_LISTENOVERFLOWS",
+    "LINUX_MIB_TCPREQQFULLDROP",
+    "LINUX_MIB_TCPREQQFULLDOCOOKIES",
+    "LINUX_MIB_SYNCOOKIESRECV",
+    "LINUX_MIB_EMBRYONICRSTS",
+];
+
+/// One listener packet whose processing moved a listen counter on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BracketRecord {
+    /// [`KIND_DROP`] or [`KIND_SYNCOOKIE`].
+    pub kind: u8,
+    /// [`STAGE_SYN`], [`STAGE_ACK`] or [`STAGE_OTHER`].
+    pub stage: u8,
+    /// 4 or 6: the IP version of the packet (an IPv4 packet may reach an AF_INET6 listener).
+    pub ip_version: u8,
+    /// [`FLAG_LATE`] bits.
+    pub flags: u8,
+    /// TCP flags byte of the packet.
+    pub tcp_flags: u8,
+    pub _pad0: [u8; 3],
+    pub cpu: u32,
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` when the listener started on the packet (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Socket cookie of the listener (`bpf_get_socket_cookie`).
+    pub cookie: u64,
+    /// Inode number of the listener's socket (what `/proc/PID/fd` and `ss -e` show).
+    pub sock_ino: u64,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    /// `sk_ack_backlog` when the packet arrived.
+    pub accept_queue: u32,
+    /// `sk_max_ack_backlog`.
+    pub accept_queue_max: u32,
+    /// `icsk_accept_queue.qlen`: request sockets (SYN queue).
+    pub syn_queue: u32,
+    /// `net.core.somaxconn` of the listener's network namespace.
+    pub somaxconn: u32,
+    pub _pad1: u32,
+    /// How much each `MIB_*` counter of this CPU moved while the packet was processed.
+    pub deltas: [u32; MIB_COUNT],
+}
+
+/// A listener appeared, disappeared or had `listen()` called on it again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenRecord {
+    /// [`KIND_LISTEN`], [`KIND_RELISTEN`] or [`KIND_LISTEN_CLOSE`].
+    pub kind: u8,
+    /// AF_INET / AF_INET6 of the socket (0 for KIND_RELISTEN).
+    pub family: u8,
+    /// 1 when `backlog` holds the value passed to `listen()`.
+    pub has_backlog: u8,
+    pub _pad0: u8,
+    /// Thread group id and thread id of the caller of `listen()` (the caller of close for
+    /// KIND_LISTEN_CLOSE, often a softirq bystander: not used for attribution).
+    pub pid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    pub sock_ino: u64,
+    pub ts_ns: u64,
+    /// The backlog argument of `listen()` (int as the kernel received it).
+    pub backlog: i32,
+    /// The fd argument of `listen()` (KIND_RELISTEN: resolved through /proc by userspace).
+    pub fd: i32,
+    /// Local port from the tracepoint (0 for a port-0 bind: the port is chosen after the state
+    /// change, in `inet_csk_listen_start`).
+    pub sport: u16,
+    pub _pad1: [u8; 6],
+    pub comm: [u8; 16],
+}
+
+/// Kernel-specific layout, resolved at start from the running kernel (BTF and tracefs formats)
+/// and handed to the programs as one global. Nothing in the programs is hard-coded.
+/// All offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Set to 1 by the loader; the programs do nothing while it is 0.
+    pub ready: u32,
+    /// `TCP_LISTEN` from BTF `enum` (tcp_states).
+    pub tcp_listen: u32,
+    // struct sock
+    pub sk_net: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    pub sk_socket: u32,
+    /// `inet_connection_sock.icsk_accept_queue.qlen`, from the start of the sock.
+    pub icsk_qlen: u32,
+    /// `socket_alloc.vfs_inode.i_ino` minus `socket_alloc.socket`: from a `struct socket *`.
+    pub socket_ino: u32,
+    // struct net
+    pub net_inum: u32,
+    pub net_mib_stats: u32,
+    pub net_somaxconn: u32,
+    /// `bpf_array.pptrs`: used to find this CPU's per-CPU base (see the ebpf crate).
+    pub bpf_array_pptrs: u32,
+    /// `LINUX_MIB_*` indexes in `struct linux_mib`, in `MIB_*` order.
+    pub mib: [u32; MIB_COUNT],
+    // tracefs formats
+    pub tp_listen_fd: u32,
+    pub tp_listen_backlog: u32,
+    pub tp_exit_ret: u32,
+    pub tp_state_skaddr: u32,
+    pub tp_state_oldstate: u32,
+    pub tp_state_newstate: u32,
+    pub tp_state_sport: u32,
+    pub tp_state_family: u32,
+    pub tp_state_protocol: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::BracketRecord {}
+    unsafe impl aya::Pod for super::ListenRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<BracketRecord>(), 4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 5 + 4 * MIB_COUNT);
+        assert_eq!(size_of::<ListenRecord>(), 4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16);
+        assert_eq!(size_of::<Config>() % 4, 0);
+    }
+}
