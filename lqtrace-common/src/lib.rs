@@ -6,6 +6,24 @@
 //! never by transmuting.
 #![no_std]
 
+/// Indexes of the per-CPU `STATS` array the programs keep (summed by userspace).
+/// Drop records that could not be written to the ring buffer (ring full).
+pub const STAT_LOST_DROP_RECORDS: u32 = 0;
+/// Listen drops those lost records stood for (sum of their `LISTEN_DROPS` deltas).
+pub const STAT_LOST_DROPS: u32 = 1;
+/// Other records (syncookie, listen) that could not be written.
+pub const STAT_LOST_OTHER: u32 = 2;
+/// Listener packets bracketed (counters read before processing).
+pub const STAT_BRACKETS: u32 = 3;
+/// Brackets closed by the next listener packet instead of by the free of their own skb.
+pub const STAT_LATE: u32 = 4;
+/// Listener packets that could not be bracketed (a kernel read failed): drops during them
+/// would be missed, so userspace reports this number.
+pub const STAT_UNBRACKETED: u32 = 5;
+/// Brackets whose closing read failed or gave implausible deltas (netns freed meanwhile).
+pub const STAT_BAD_CLOSE: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
+
 /// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop.
 pub const KIND_DROP: u8 = 1;
 /// Kind tag of a [`BracketRecord`] whose SYN was answered with a SYN cookie (not a drop).

@@ -1,1 +1,143 @@
-//! (in progress)
+//! Command line, after the BCC tool conventions (-p PID, -P PORTS, -j, EXAMPLES in --help).
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{event::DropEvent, kernel::preflight::DEFAULT_BTF};
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+    lqtrace                      # trace every listen-queue drop on the host, all network namespaces
+    lqtrace -j                   # one JSON object per drop (NDJSON), summary object at the end
+    lqtrace -P 8080,8443         # only listeners on these local ports
+    lqtrace -p 1234              # only listeners held by PID 1234
+    lqtrace --comm nginx         # only listeners held by processes named nginx
+    lqtrace -d 30s               # stop after 30 seconds and print the summary
+    lqtrace -v                   # show the hooks, attach steps and, on failure, the verifier log
+
+Filters select which drops are printed and listed in the summary; the reconciliation with the
+kernel's ListenDrops counter always counts every drop.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lqtrace",
+    version,
+    about = "Trace TCP listen-queue drops (SYN and final ACK dropped by a full SYN or accept queue) live, with the owning process",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// Print one JSON object per line (NDJSON); the banner goes to stderr.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+
+    /// Only drops at listeners held by these PIDs (comma list).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Only drops at these local ports (comma list).
+    #[arg(short = 'P', long = "port", value_name = "PORT", value_delimiter = ',')]
+    pub ports: Vec<u16>,
+
+    /// Only drops at listeners held by a process with this name (as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Stop after this long (e.g. 500ms, 30s, 5m, 1h; a bare number is seconds).
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Show hooks and attach steps; on a load failure, the full verifier log.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
+    /// Kernel BTF to read struct layouts from.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_BTF)]
+    pub btf: PathBuf,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`: expected e.g. 30s, 5m, 500ms"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit `{unit}` in `{s}`: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
+        return Err(format!("duration `{s}` out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Which drops to show. Empty lists mean "all".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub comm: Option<String>,
+}
+
+impl Filter {
+    pub fn from_cli(cli: &Cli) -> Filter {
+        Filter { pids: cli.pids.clone(), ports: cli.ports.clone(), comm: cli.comm.clone() }
+    }
+
+    pub fn matches(&self, e: &DropEvent) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&e.lport))
+            && (self.pids.is_empty() || e.owners.iter().any(|o| self.pids.contains(&o.pid)))
+            && self.comm.as_ref().is_none_or(|c| e.owners.iter().any(|o| &o.comm == c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owners::Owner;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "-1s", "0s", "abc", "1e9h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn flag_lists_parse() {
+        let cli = Cli::try_parse_from(["lqtrace", "-j", "-P", "80,443", "-p", "1,2", "--comm", "nginx", "-d", "5s"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.ports, vec![80, 443]);
+        assert_eq!(cli.pids, vec![1, 2]);
+        assert_eq!(cli.comm.as_deref(), Some("nginx"));
+        assert_eq!(cli.duration, Some(Duration::from_secs(5)));
+        assert!(Cli::try_parse_from(["lqtrace", "-P", "http"]).is_err());
+        assert!(Cli::try_parse_from(["lqtrace", "-P", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["lqtrace", "--nope"]).is_err());
+        assert!(Cli::try_parse_from(["lqtrace", "-d", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filters() {
+        let mut e = crate::output::text::tests::sample();
+        let all = Filter::default();
+        assert!(all.matches(&e));
+        assert!(Filter { ports: vec![8080], ..Default::default() }.matches(&e));
+        assert!(!Filter { ports: vec![80], ..Default::default() }.matches(&e));
+        assert!(Filter { pids: vec![42], ..Default::default() }.matches(&e));
+        assert!(!Filter { pids: vec![43], ..Default::default() }.matches(&e));
+        assert!(Filter { comm: Some("java".into()), ..Default::default() }.matches(&e));
+        assert!(!Filter { comm: Some("jav".into()), ..Default::default() }.matches(&e));
+        e.owners.push(Owner { pid: 7, comm: "nginx".into(), cmdline: String::new(), cgroup: String::new() });
+        assert!(Filter { pids: vec![7], ..Default::default() }.matches(&e));
+    }
+}

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod event;
 pub mod hooks;
 pub mod kernel;
+pub mod listeners;
 pub mod loader;
 pub mod netns;
 pub mod output;

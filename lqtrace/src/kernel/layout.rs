@@ -1,1 +1,86 @@
-//! (in progress)
+//! The kernel layout the programs need, resolved from the running kernel at start: struct
+//! offsets from BTF, enum values from BTF, tracepoint field offsets from tracefs formats.
+//! Rust eBPF has no CO-RE relocations (aya issue 349), so nothing here may be hard-coded.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use lqtrace_common::{Config, MIB_COUNT, MIB_ENUM_NAMES};
+
+use super::{btf::Btf, tracefs};
+
+/// Offset of `path` in `ty`, checking the field has the size the programs read.
+fn field(btf: &Btf, ty: &str, path: &str, size: u32) -> Result<u32> {
+    let m = btf
+        .member(ty, path)
+        .with_context(|| format!("kernel BTF: struct {ty} has no usable member {path}"))?;
+    if m.size != size {
+        bail!("kernel BTF: {ty}.{path} is {} bytes, lqtrace reads {size}: unsupported layout", m.size);
+    }
+    Ok(m.offset)
+}
+
+fn enum_u32(btf: &Btf, name: &str) -> Result<u32> {
+    let v = btf.enum_value(name).with_context(|| format!("kernel BTF has no enumerator {name}"))?;
+    u32::try_from(v).with_context(|| format!("kernel BTF: {name} = {v} is out of range"))
+}
+
+fn tp_field(fmt: &tracefs::Format, name: &str, size: u32) -> Result<u32> {
+    let f = fmt.field(name)?;
+    if f.size != size {
+        bail!("tracepoint {}: field {name} is {} bytes, expected {size}", fmt.name, f.size);
+    }
+    Ok(f.offset)
+}
+
+pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
+    let mut c = Config { ready: 1, ..Config::default() };
+    c.tcp_listen = enum_u32(btf, "TCP_LISTEN")?;
+    c.sk_net = field(btf, "sock", "__sk_common.skc_net", 8)?;
+    c.sk_ack_backlog = field(btf, "sock", "sk_ack_backlog", 4)?;
+    c.sk_max_ack_backlog = field(btf, "sock", "sk_max_ack_backlog", 4)?;
+    c.sk_socket = field(btf, "sock", "sk_socket", 8)?;
+    // struct sock is the first member of inet_connection_sock (via inet_sock), so offsets from
+    // the inet_connection_sock start are offsets from the sock pointer.
+    c.icsk_qlen = field(btf, "inet_connection_sock", "icsk_accept_queue.qlen", 4)?;
+    let socket = btf.member("socket_alloc", "socket").context("kernel BTF: socket_alloc.socket")?;
+    let ino = field(btf, "socket_alloc", "vfs_inode.i_ino", 8)?;
+    c.socket_ino = ino.checked_sub(socket.offset).context("socket_alloc layout")?;
+    c.net_inum = field(btf, "net", "ns.inum", 4)?;
+    c.net_mib_stats = field(btf, "net", "mib.net_statistics", 8)?;
+    c.net_somaxconn = field(btf, "net", "core.sysctl_somaxconn", 4)?;
+    // A flexible array member (size 0 in BTF): only its offset matters.
+    c.bpf_array_pptrs =
+        btf.member("bpf_array", "pptrs").context("kernel BTF: struct bpf_array has no pptrs")?.offset;
+    for (slot, name) in c.mib.iter_mut().zip(MIB_ENUM_NAMES) {
+        *slot = enum_u32(btf, name)?;
+    }
+    debug_assert_eq!(c.mib.len(), MIB_COUNT);
+    check_raw_tracepoint(btf, "consume_skb")?;
+    check_raw_tracepoint(btf, "kfree_skb")?;
+
+    let enter = tracefs::read_format(tracefs_root, "syscalls", "sys_enter_listen")?;
+    c.tp_listen_fd = tp_field(&enter, "fd", 8)?;
+    c.tp_listen_backlog = tp_field(&enter, "backlog", 8)?;
+    let exit = tracefs::read_format(tracefs_root, "syscalls", "sys_exit_listen")?;
+    c.tp_exit_ret = tp_field(&exit, "ret", 8)?;
+    let state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
+    c.tp_state_skaddr = tp_field(&state, "skaddr", 8)?;
+    c.tp_state_oldstate = tp_field(&state, "oldstate", 4)?;
+    c.tp_state_newstate = tp_field(&state, "newstate", 4)?;
+    c.tp_state_sport = tp_field(&state, "sport", 2)?;
+    c.tp_state_family = tp_field(&state, "family", 2)?;
+    c.tp_state_protocol = tp_field(&state, "protocol", 2)?;
+    Ok(c)
+}
+
+/// The raw tracepoint programs read the skb from argument 0: make sure that is what the running
+/// kernel passes (`btf_trace_<name>` is `void (*)(void *, struct sk_buff *, ...)`).
+fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
+    let typedef = format!("btf_trace_{name}");
+    let params = btf.func_params(&typedef).with_context(|| format!("kernel BTF has no {typedef}"))?;
+    match params.get(1) {
+        Some((_, ty)) if ty.contains("sk_buff") => Ok(()),
+        other => bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *"),
+    }
+}

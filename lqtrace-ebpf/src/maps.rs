@@ -1,0 +1,84 @@
+//! Maps and the configuration global shared by all programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use lqtrace_common::{BracketRecord, Config, MIB_COUNT, STAT_COUNT};
+
+/// Kernel layout resolved by the loader from BTF and tracefs (`EbpfLoader::override_global`).
+/// Read fields with [`config!`]: a volatile read, so the compiler cannot fold the zero initializer.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+macro_rules! config {
+    ($field:ident) => {
+        {
+            #[allow(unused_unsafe)]
+            let v = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$field)) };
+            v
+        }
+    };
+}
+pub(crate) use config;
+
+/// Records to userspace. 4 MiB holds ~30k drop records: several seconds of a flood even when the
+/// reader is slow; every record that does not fit is counted in `STATS`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Counters about the tracer itself (`lqtrace_common::STAT_*`), per CPU, summed by userspace.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// The packet a listener is processing on this CPU and the counter values before it.
+#[repr(C)]
+pub struct Bracket {
+    /// Address of the skb being processed, 0 when no bracket is open.
+    pub skb: u64,
+    /// Address of this CPU's `struct linux_mib` of the listener's network namespace.
+    pub mib: u64,
+    /// Counter values before processing, in `MIB_*` order.
+    pub before: [u64; MIB_COUNT],
+    /// Scratch slot used to turn kernel pointers into plain numbers (see `kernel::as_number`).
+    pub scratch: u64,
+    /// The record to send if a counter moves, filled before processing.
+    pub record: BracketRecord,
+}
+
+#[map]
+pub static BRACKETS: PerCpuArray<Bracket> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's per-CPU area offset (see `kernel::this_cpu_offset`).
+#[repr(C)]
+pub struct CpuBase {
+    pub offset: u64,
+    pub valid: u64,
+    pub scratch: u64,
+}
+
+#[map]
+pub static CPU_BASE: PerCpuArray<CpuBase> = PerCpuArray::with_max_entries(1, 0);
+
+/// A listen() call in progress, by pid_tgid, between sys_enter_listen and sys_exit_listen.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenCall {
+    pub fd: i32,
+    pub backlog: i32,
+    /// Set when inet_sock_set_state(TCP_LISTEN) consumed the call.
+    pub seen: u32,
+    pub _pad: u32,
+}
+
+/// LRU so that calls whose exit we never see (killed task) cannot fill the map.
+#[map]
+pub static LISTEN_CALLS: LruHashMap<u64, ListenCall> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn stat_add(index: u32, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it, and programs on one CPU don't nest for our hooks.
+        unsafe { *p += n };
+    }
+}
