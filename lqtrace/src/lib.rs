@@ -14,4 +14,5 @@ pub mod netns;
 pub mod output;
 pub mod owners;
 pub mod records;
+pub mod session;
 pub mod trace;

@@ -1,0 +1,323 @@
+//! A tracing session: load and attach the programs, decode and attribute records, and at the end
+//! reconcile what was recorded with the kernel's own counters. The live trace (`trace.rs`) and
+//! the other modes are consumers of this.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use lqtrace_common::{
+    STAT_BAD_CLOSE, STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS,
+    STAT_LOST_OTHER, STAT_UNBRACKETED,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    cli::Filter,
+    counters::{self, NetStat},
+    event::{self, Clock, DropEvent},
+    hooks,
+    kernel::{btf::Btf, layout, preflight, tracefs},
+    listeners::Listeners,
+    loader::{self, Tracer},
+    netns,
+    output::summary::{Reconciliation, Summary, Totals},
+    owners::OwnerIndex,
+    records::{self, Record},
+};
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub btf: PathBuf,
+    pub verbose: bool,
+    pub filter: Filter,
+}
+
+/// Counters of one namespace at a point in time (kernel monotonic ns when the read started).
+struct Reading {
+    at_ns: u64,
+    stat: NetStat,
+}
+
+/// Open handles on network namespaces, so their counters can be read at the end even when the
+/// namespace was deleted (`ip netns del`) meanwhile: an open nsfs file holds a reference on the
+/// namespace. The cost is that a namespace lqtrace saw lives until lqtrace exits; bounded.
+#[derive(Default)]
+struct Namespaces {
+    held: HashMap<u32, File>,
+    last_discovery: Option<Instant>,
+}
+
+const MAX_HELD_NAMESPACES: usize = 4096;
+
+impl Namespaces {
+    /// Open every namespace reachable now that is not held yet.
+    fn discover(&mut self) {
+        self.last_discovery = Some(Instant::now());
+        for ns in netns::enumerate() {
+            if self.held.len() >= MAX_HELD_NAMESPACES {
+                break;
+            }
+            if self.held.contains_key(&ns.inum) {
+                continue;
+            }
+            if let Ok(f) = File::open(&ns.path) {
+                // The path may have been reused between enumerate() and open(): check.
+                let path = fd_path(&f);
+                if netns::inum_of_path(&path).ok() == Some(ns.inum) {
+                    self.held.insert(ns.inum, f);
+                }
+            }
+        }
+    }
+
+    /// A record named a namespace we don't hold: look again, at most every 200 ms.
+    fn saw(&mut self, inum: u32) {
+        let recent = self.last_discovery.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
+        if !self.held.contains_key(&inum) && !recent {
+            self.discover();
+        }
+    }
+
+    fn read_all(&self) -> BTreeMap<u32, Reading> {
+        let mut out = BTreeMap::new();
+        for (inum, f) in &self.held {
+            let at_ns = monotonic_ns();
+            match counters::read_in(&fd_path(f)) {
+                Ok(stat) => {
+                    out.insert(*inum, Reading { at_ns, stat });
+                }
+                Err(e) => log::debug!("netns {inum}: {e}"),
+            }
+        }
+        out
+    }
+}
+
+fn fd_path(f: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+pub struct Session {
+    tracer: Tracer,
+    ring: AsyncFd<RingBuf<MapData>>,
+    verbose: bool,
+    clock: Clock,
+    namespaces: Namespaces,
+    filter: Filter,
+    owners: OwnerIndex,
+    listeners: Listeners,
+    totals: Totals,
+    /// Per netns: the start reading's time; records older than it are not reconciled.
+    start_ns: HashMap<u32, u64>,
+    /// Per netns: drops recorded inside the reconciliation window.
+    reconciled: BTreeMap<u32, u64>,
+    /// End readings, once taken: records newer than them are not reconciled.
+    end_ns: Option<HashMap<u32, u64>>,
+    undecodable: u64,
+    start: BTreeMap<u32, Reading>,
+    traced_from: Instant,
+    /// Events decoded and not yet handed out (only those passing the filter).
+    pending: Vec<DropEvent>,
+}
+
+impl Session {
+    /// Check privileges and kernel support, load and attach every program, take the start
+    /// readings. Must run inside a tokio runtime (the ring buffer is polled with AsyncFd).
+    pub fn start(opts: &SessionOptions) -> Result<Session> {
+        preflight::check_privileges()?;
+        preflight::check_btf(&opts.btf)?;
+        let cgroup_root = preflight::cgroup2_root()?;
+        let tracefs_root = tracefs::root()?;
+        let started = Instant::now();
+
+        let btf = Btf::from_file(&opts.btf).map_err(|e| anyhow!("{e}"))?;
+        let config = layout::resolve(&btf, &tracefs_root).context("reading the kernel layout")?;
+        drop(btf);
+        if opts.verbose {
+            for line in hooks::table() {
+                eprintln!("{line}");
+            }
+        }
+        let mut tracer = loader::load(&config, &cgroup_root, opts.verbose)?;
+        let ring = tracer.take_events()?;
+        // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+
+        let mut owners = OwnerIndex::new();
+        let scan_time = owners.rescan();
+        let mut namespaces = Namespaces::default();
+        namespaces.discover();
+        let start = namespaces.read_all();
+        if opts.verbose {
+            eprintln!(
+                "ready in {:?} (owner scan {:?}, {} network namespaces)",
+                started.elapsed(),
+                scan_time,
+                start.len()
+            );
+        }
+        Ok(Session {
+            tracer,
+            ring,
+            verbose: opts.verbose,
+            clock: Clock::now(),
+            namespaces,
+            filter: opts.filter.clone(),
+            owners,
+            listeners: Listeners::default(),
+            totals: Totals::default(),
+            start_ns: start.iter().map(|(ns, r)| (*ns, r.at_ns)).collect(),
+            reconciled: BTreeMap::new(),
+            end_ns: None,
+            undecodable: 0,
+            start,
+            traced_from: Instant::now(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// Wait until records arrive; return the decoded events that pass the filter (every event
+    /// counts in the totals and the reconciliation either way). Cancel-safe.
+    pub async fn next_events(&mut self) -> Result<Vec<DropEvent>> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.context("waiting for records")?;
+            let ring = guard.get_inner_mut();
+            let mut items = Vec::new();
+            while let Some(item) = ring.next() {
+                items.push(item.to_vec());
+            }
+            guard.clear_ready();
+            for item in items {
+                self.handle(&item);
+            }
+            if !self.pending.is_empty() {
+                return Ok(std::mem::take(&mut self.pending));
+            }
+        }
+    }
+
+    /// Totals so far (for live views).
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The programs' own counters so far (lost records etc.).
+    pub fn stats(&self) -> [u64; lqtrace_common::STAT_COUNT as usize] {
+        self.tracer.stats().unwrap_or_default()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.traced_from.elapsed()
+    }
+
+    /// End: read the counters first, then drain what the programs wrote up to then. Returns the
+    /// last events (filtered) and the summary with the reconciliation.
+    pub fn finish(mut self) -> (Vec<DropEvent>, Summary) {
+        let end = self.namespaces.read_all();
+        self.end_ns = Some(end.iter().map(|(ns, r)| (*ns, r.at_ns)).collect());
+        let mut items = Vec::new();
+        {
+            let ring = self.ring.get_mut();
+            while let Some(item) = ring.next() {
+                items.push(item.to_vec());
+            }
+        }
+        for item in items {
+            self.handle(&item);
+        }
+        let stats = self.stats();
+        if self.verbose {
+            eprintln!(
+                "brackets {} (closed late {}), bad closes {}",
+                stats[STAT_BRACKETS as usize], stats[STAT_LATE as usize], stats[STAT_BAD_CLOSE as usize]
+            );
+        }
+        let summary = self.summarize(&end, &stats);
+        (std::mem::take(&mut self.pending), summary)
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        match records::decode(bytes) {
+            Err(_) => self.undecodable += 1,
+            Ok(Record::Listen(l)) => self.listeners.on_record(&l, &mut self.owners),
+            Ok(Record::Bracket(b)) => {
+                let mut e = event::from_record(&b, &self.clock);
+                self.namespaces.saw(e.netns);
+                if e.sock_ino != 0 {
+                    e.owners = self.owners.owners_of(e.sock_ino);
+                    e.requested_backlog = self.listeners.requested_backlog(e.sock_ino);
+                }
+                let shown = self.filter.matches(&e);
+                self.totals.add(&e, shown);
+                if !e.syncookie && self.in_window(e.netns, e.ts_ns) {
+                    *self.reconciled.entry(e.netns).or_default() += e.count as u64;
+                }
+                if shown {
+                    self.pending.push(e);
+                }
+            }
+        }
+    }
+
+    /// Whether a record falls between the start and end readings of its namespace. A namespace
+    /// created after the start reading started from zero, so everything counts.
+    fn in_window(&self, netns: u32, ts_ns: u64) -> bool {
+        let after_start = self.start_ns.get(&netns).is_none_or(|&s| ts_ns >= s);
+        let before_end = match &self.end_ns {
+            None => true,
+            Some(end) => end.get(&netns).is_none_or(|&e| ts_ns <= e),
+        };
+        after_start && before_end
+    }
+
+    fn summarize(&self, end: &BTreeMap<u32, Reading>, stats: &[u64; lqtrace_common::STAT_COUNT as usize]) -> Summary {
+        let mut reconciliation = Vec::new();
+        let mut namespaces: Vec<u32> = end.keys().chain(self.reconciled.keys()).copied().collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for ns in namespaces {
+            let recorded = self.reconciled.get(&ns).copied().unwrap_or(0);
+            let kernel = end.get(&ns).map(|e| {
+                let before = self.start.get(&ns).map(|s| s.stat.get("TcpExt.ListenDrops")).unwrap_or(0);
+                e.stat.get("TcpExt.ListenDrops").saturating_sub(before)
+            });
+            if recorded == 0 && kernel.unwrap_or(0) == 0 {
+                continue;
+            }
+            reconciliation.push(Reconciliation { netns: ns, label: netns::label(ns), recorded, kernel_listen_drops: kernel });
+        }
+        let mut listeners = self.totals.listeners();
+        for l in &mut listeners {
+            if l.requested_backlog.is_none() {
+                l.requested_backlog = self.listeners.requested_backlog(l.sock_ino);
+            }
+        }
+        Summary {
+            duration_s: self.traced_from.elapsed().as_secs_f64(),
+            listeners,
+            reconciliation,
+            lost_records: stats[STAT_LOST_DROP_RECORDS as usize],
+            lost_drops: stats[STAT_LOST_DROPS as usize],
+            lost_other: stats[STAT_LOST_OTHER as usize],
+            undecodable: self.undecodable,
+            unbracketed: stats[STAT_UNBRACKETED as usize],
+            late: stats[STAT_LATE as usize],
+            brackets: stats[STAT_BRACKETS as usize],
+        }
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out pointer. CLOCK_MONOTONIC is bpf_ktime_get_ns()'s clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
