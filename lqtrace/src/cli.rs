@@ -2,7 +2,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{event::DropEvent, kernel::preflight::DEFAULT_BTF};
 
@@ -19,7 +21,7 @@ EXAMPLES:
 Filters select which drops are printed and listed in the summary; the reconciliation with the
 kernel's ListenDrops counter always counts every drop.";
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "lqtrace",
     version,
@@ -27,33 +29,102 @@ kernel's ListenDrops counter always counts every drop.";
     after_help = EXAMPLES
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print one JSON object per line (NDJSON); the banner goes to stderr.
-    #[arg(short = 'j', long)]
+    #[arg(short = 'j', long, global = true)]
     pub json: bool,
 
     /// Only drops at listeners held by these PIDs (comma list).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', global = true)]
     pub pids: Vec<u32>,
 
     /// Only drops at these local ports (comma list).
-    #[arg(short = 'P', long = "port", value_name = "PORT", value_delimiter = ',')]
+    #[arg(short = 'P', long = "port", value_name = "PORT", value_delimiter = ',', global = true)]
     pub ports: Vec<u16>,
 
     /// Only drops at listeners held by a process with this name (as in /proc/PID/comm).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub comm: Option<String>,
 
     /// Stop after this long (e.g. 500ms, 30s, 5m, 1h; a bare number is seconds).
-    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub duration: Option<Duration>,
 
     /// Show hooks and attach steps; on a load failure, the full verifier log.
-    #[arg(short = 'v', long)]
+    #[arg(short = 'v', long, global = true)]
     pub verbose: bool,
 
     /// Kernel BTF to read struct layouts from.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_BTF)]
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_BTF, global = true)]
     pub btf: PathBuf,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while tracing.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Snapshot of every TCP listener on the host (all network namespaces) with queue state,
+    /// limits, owners and advice.
+    Listeners(ListenersArgs),
+    /// Live per-listener table refreshed every second (q quits).
+    Top(TopArgs),
+    /// Trace while CMD runs (e.g. a load generator), then summarize.
+    Run(RunArgs),
+    /// A self-contained demonstration in a private network namespace.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListenersArgs {
+    /// Only listeners whose accept queue is not empty or that have dropped packets.
+    #[arg(long)]
+    pub busy: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    /// Drops per second, now.
+    Rate,
+    /// Drops since start.
+    Total,
+    /// Accept-queue peak relative to its limit.
+    Queue,
+    /// Local port.
+    Port,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Refresh interval.
+    #[arg(short = 'i', long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Initial sort order (press s to cycle).
+    #[arg(long, value_enum, default_value = "rate")]
+    pub sort: TopSort,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Write a self-contained HTML report with plots over time.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Exit non-zero (3) when any listen drop happened, for CI gating of load tests.
+    #[arg(long)]
+    pub fail_on_drop: bool,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Keep the demo namespace's server running this long before cleaning up.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub length: Duration,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -115,6 +186,7 @@ mod tests {
     #[test]
     fn flag_lists_parse() {
         let cli = Cli::try_parse_from(["lqtrace", "-j", "-P", "80,443", "-p", "1,2", "--comm", "nginx", "-d", "5s"]).unwrap();
+        assert!(cli.command.is_none());
         assert!(cli.json);
         assert_eq!(cli.ports, vec![80, 443]);
         assert_eq!(cli.pids, vec![1, 2]);
@@ -124,6 +196,26 @@ mod tests {
         assert!(Cli::try_parse_from(["lqtrace", "-P", "70000"]).is_err());
         assert!(Cli::try_parse_from(["lqtrace", "--nope"]).is_err());
         assert!(Cli::try_parse_from(["lqtrace", "-d", "soon"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from(["lqtrace", "run", "--fail-on-drop", "-j", "--", "wrk", "-c", "10"]).unwrap();
+        match cli.command {
+            Some(Command::Run(r)) => {
+                assert!(r.fail_on_drop);
+                assert_eq!(r.cmd, vec!["wrk", "-c", "10"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cli.json, "global flags after the subcommand");
+        assert!(Cli::try_parse_from(["lqtrace", "run"]).is_err(), "run needs a command");
+        assert!(matches!(Cli::try_parse_from(["lqtrace", "listeners", "-j"]).unwrap().command, Some(Command::Listeners(_))));
+        let top = Cli::try_parse_from(["lqtrace", "top", "--sort", "total"]).unwrap();
+        assert!(matches!(top.command, Some(Command::Top(TopArgs { sort: TopSort::Total, .. }))));
+        let m = Cli::try_parse_from(["lqtrace", "--metrics", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(m.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(Cli::try_parse_from(["lqtrace", "--metrics", "nowhere"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod listeners;
 pub mod loader;
+pub mod modes;
 pub mod netns;
 pub mod output;
 pub mod owners;

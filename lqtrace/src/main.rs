@@ -1,7 +1,8 @@
 use clap::Parser as _;
+use lqtrace::cli::{Cli, Command};
 
 fn main() {
-    let cli = lqtrace::cli::Cli::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -9,8 +10,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match runtime.block_on(lqtrace::trace::run(cli)) {
-        Ok(()) => {}
+    let result = runtime.block_on(async {
+        match cli.command.clone() {
+            None => lqtrace::trace::run(cli).await.map(|()| 0),
+            Some(Command::Listeners(args)) => lqtrace::modes::listeners::run(&cli, &args).await,
+            Some(Command::Top(args)) => lqtrace::modes::top::run(&cli, &args).await,
+            Some(Command::Run(args)) => lqtrace::modes::run::run(&cli, &args).await,
+            Some(Command::Demo(args)) => lqtrace::modes::demo::run(&cli, &args).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             // One line: the error and its causes.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();

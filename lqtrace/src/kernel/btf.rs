@@ -42,14 +42,21 @@ pub enum BtfError {
     /// The BTF file does not exist: the kernel was built without `CONFIG_DEBUG_INFO_BTF`.
     Missing { path: PathBuf },
     /// The BTF file exists but cannot be read.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The bytes are not valid BTF. `origin` is "BTF file <path>" or "BTF data";
     /// `problem` starts with a verb ("is truncated: ...").
     Malformed { origin: String, problem: String },
     /// A named type, enumerator or function does not exist.
     NotFound(String),
     /// A member path cannot be turned into a byte offset.
-    Member { type_name: String, path: String, problem: String },
+    Member {
+        type_name: String,
+        path: String,
+        problem: String,
+    },
     /// The type graph cannot be followed (cycle, unsized type, wrong kind).
     BadType(String),
 }
@@ -68,8 +75,15 @@ impl fmt::Display for BtfError {
             }
             BtfError::Malformed { origin, problem } => write!(f, "{origin} {problem}"),
             BtfError::NotFound(msg) | BtfError::BadType(msg) => f.write_str(msg),
-            BtfError::Member { type_name, path, problem } => {
-                write!(f, "cannot resolve member `{path}` of {type_name}: {problem}")
+            BtfError::Member {
+                type_name,
+                path,
+                problem,
+            } => {
+                write!(
+                    f,
+                    "cannot resolve member `{path}` of {type_name}: {problem}"
+                )
             }
         }
     }
@@ -219,7 +233,10 @@ pub struct Btf {
     types: Vec<TypeEntry>,
     strings_start: usize,
     strings_end: usize,
+    /// Type names.
     names: NameIndex,
+    /// Enumerator names (id = the ENUM/ENUM64, sub = the enumerator's index).
+    enumerators: NameIndex,
 }
 
 impl fmt::Debug for Btf {
@@ -247,39 +264,73 @@ fn le16(bytes: &[u8], off: usize) -> u16 {
         .map_or(0, u16::from_le_bytes)
 }
 
-/// Hash used by the name index (FxHash-style: fast, no DoS concern for kernel BTF).
-fn name_hash(name: &[u8]) -> u64 {
+/// Hash used by the name indexes (FxHash-style: fast, no DoS concern for kernel BTF). The
+/// high half is folded in because the multiply mixes the high bits best.
+fn name_hash(name: &[u8]) -> u32 {
     let mut h: u64 = 0;
     for &b in name {
         h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
-    h
+    (h ^ (h >> 32)) as u32
 }
 
-/// Open-addressing multimap from type name to type ids, built once at parse time. A single
-/// flat table avoids one allocation per name, which keeps parsing vmlinux in a few ms.
+/// Open-addressing multimap from a name hash to (type id, record index) pairs, built once at
+/// parse time. A single flat table avoids one allocation per name, which keeps parsing vmlinux
+/// in a few ms. Entries with equal names keep insertion (= type id) order along the probe.
+#[derive(Default)]
 struct NameIndex {
-    /// (hash, type id); id 0 marks an empty slot.
-    slots: Vec<(u32, u32)>,
+    slots: Vec<Slot>,
     mask: usize,
 }
 
+/// `id == 0` marks an empty slot (type id 0 is void and has no name).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    hash: u32,
+    id: u32,
+    /// Record index inside the type (enumerators); 0 for the type's own name.
+    sub: u32,
+}
+
 impl NameIndex {
-    fn build(btf_names: impl Iterator<Item = (u32, u64)>, count: usize) -> NameIndex {
-        let cap = count.saturating_mul(2).max(16).next_power_of_two();
-        let mut index = NameIndex { slots: vec![(0, 0); cap], mask: cap - 1 };
-        for (id, hash) in btf_names {
-            let mut i = (hash as usize) & index.mask;
+    fn build(entries: &[Slot]) -> NameIndex {
+        let cap = entries.len().saturating_mul(2).max(16).next_power_of_two();
+        let mut index = NameIndex {
+            slots: vec![Slot::default(); cap],
+            mask: cap - 1,
+        };
+        for entry in entries {
+            let mut i = (entry.hash as usize) & index.mask;
             // The table is at most half full, so this always finds a free slot.
             while let Some(slot) = index.slots.get_mut(i) {
-                if slot.1 == 0 {
-                    *slot = (hash as u32, id);
+                if slot.id == 0 {
+                    *slot = *entry;
                     break;
                 }
                 i = (i + 1) & index.mask;
             }
         }
         index
+    }
+
+    /// Slots whose hash matches `name_hash(name)`; the caller still compares the names.
+    fn candidates(&self, hash: u32) -> impl Iterator<Item = Slot> + '_ {
+        let mut i = (hash as usize) & self.mask;
+        let mut remaining = self.slots.len();
+        std::iter::from_fn(move || {
+            while remaining > 0 {
+                remaining -= 1;
+                let slot = *self.slots.get(i)?;
+                if slot.id == 0 {
+                    return None;
+                }
+                i = (i + 1) & self.mask;
+                if slot.hash == hash {
+                    return Some(slot);
+                }
+            }
+            None
+        })
     }
 }
 
@@ -293,9 +344,14 @@ impl Btf {
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
         let bytes = std::fs::read(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                BtfError::Missing { path: path.to_path_buf() }
+                BtfError::Missing {
+                    path: path.to_path_buf(),
+                }
             } else {
-                BtfError::Io { path: path.to_path_buf(), source }
+                BtfError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         Btf::parse_inner(bytes).map_err(|problem| BtfError::Malformed {
@@ -306,8 +362,10 @@ impl Btf {
 
     /// Parses raw BTF bytes. Never panics; any inconsistency is an error.
     pub fn parse(bytes: &[u8]) -> Result<Btf, BtfError> {
-        Btf::parse_inner(bytes.to_vec())
-            .map_err(|problem| BtfError::Malformed { origin: "BTF data".to_string(), problem })
+        Btf::parse_inner(bytes.to_vec()).map_err(|problem| BtfError::Malformed {
+            origin: "BTF data".to_string(),
+            problem,
+        })
     }
 
     /// Number of types, not counting `void` (id 0).
@@ -325,11 +383,12 @@ impl Btf {
             types,
             strings_start: strings_range.0,
             strings_end: strings_range.1,
-            names: NameIndex { slots: Vec::new(), mask: 0 },
+            names: NameIndex::default(),
+            enumerators: NameIndex::default(),
         };
         btf.validate_references()?;
         btf.check_chain_cycles()?;
-        btf.names = btf.build_name_index();
+        btf.build_indexes();
         Ok(btf)
     }
 
@@ -360,12 +419,16 @@ impl Btf {
                 return Err(fail("the path has an empty step".to_string()));
             }
             if i > 0 {
-                current = self.composite_for_step(last_type, &steps[..i]).map_err(&fail)?;
+                current = self
+                    .composite_for_step(last_type, &steps[..i])
+                    .map_err(&fail)?;
             }
             let (offset, m) = self
                 .find_member(current, step.as_bytes())
                 .map_err(&fail)?
-                .ok_or_else(|| fail(format!("{} has no member `{step}`", self.describe(current))))?;
+                .ok_or_else(|| {
+                    fail(format!("{} has no member `{step}`", self.describe(current)))
+                })?;
             if let Some(width) = self.bitfield_width(&m) {
                 return Err(fail(format!(
                     "`{step}` is a {width}-bit bitfield, which has no byte offset"
@@ -374,21 +437,26 @@ impl Btf {
             bits = bits.saturating_add(offset);
             last_type = m.type_id;
         }
-        if bits % 8 != 0 {
-            return Err(fail(format!("the member starts at bit {bits}, not on a byte boundary")));
+        if !bits.is_multiple_of(8) {
+            return Err(fail(format!(
+                "the member starts at bit {bits}, not on a byte boundary"
+            )));
         }
         let offset = u32::try_from(bits / 8)
             .map_err(|_| fail(format!("the offset {} does not fit in 32 bits", bits / 8)))?;
         let size = self.type_size(last_type).map_err(&fail)?;
-        let size =
-            u32::try_from(size).map_err(|_| fail(format!("the size {size} does not fit in 32 bits")))?;
+        let size = u32::try_from(size)
+            .map_err(|_| fail(format!("the size {size} does not fit in 32 bits")))?;
         Ok(Member { offset, size })
     }
 
     /// Value of an enumerator, searching every ENUM and ENUM64 (anonymous ones included).
     pub fn enum_value(&self, enumerator: &str) -> Result<i64, BtfError> {
-        (1..self.types.len())
-            .find_map(|id| self.enumerator_in(id as u32, enumerator.as_bytes()))
+        let name = enumerator.as_bytes();
+        self.enumerators
+            .candidates(name_hash(name))
+            .find(|slot| self.enumerator_name(slot.id, slot.sub) == name)
+            .and_then(|slot| self.enumerator_value(slot.id, slot.sub))
             .ok_or_else(|| BtfError::NotFound(format!("BTF has no enumerator `{enumerator}`")))
     }
 
@@ -396,7 +464,10 @@ impl Btf {
     pub fn enum_value_in(&self, enum_name: &str, enumerator: &str) -> Result<i64, BtfError> {
         let mut found_enum = false;
         for id in self.ids_named(enum_name.as_bytes()) {
-            if !matches!(self.entry(id).map(|t| t.kind), Some(Kind::Enum | Kind::Enum64)) {
+            if !matches!(
+                self.entry(id).map(|t| t.kind),
+                Some(Kind::Enum | Kind::Enum64)
+            ) {
                 continue;
             }
             found_enum = true;
@@ -424,7 +495,9 @@ impl Btf {
     pub fn func_params(&self, name: &str) -> Result<Vec<(String, String)>, BtfError> {
         let proto = self.find_proto(name)?;
         let Some(t) = self.entry(proto) else {
-            return Err(BtfError::BadType(format!("`{name}` has no function prototype")));
+            return Err(BtfError::BadType(format!(
+                "`{name}` has no function prototype"
+            )));
         };
         let params = self
             .records(t, 8)
@@ -432,7 +505,11 @@ impl Btf {
                 let (name_off, type_id) = (le32(rec, 0), le32(rec, 4));
                 let pname = String::from_utf8_lossy(self.str_at(name_off)).into_owned();
                 // BTF encodes a variadic `...` as a final nameless parameter of type void.
-                let desc = if type_id == 0 { "...".to_string() } else { self.describe(type_id) };
+                let desc = if type_id == 0 {
+                    "...".to_string()
+                } else {
+                    self.describe(type_id)
+                };
                 (pname, desc)
             })
             .collect();
@@ -484,37 +561,29 @@ impl Btf {
             } else {
                 (raw_offset, 0)
             };
-            RawMember { name_off: le32(rec, 0), type_id: le32(rec, 4), bit_offset, bitfield_size }
+            RawMember {
+                name_off: le32(rec, 0),
+                type_id: le32(rec, 4),
+                bit_offset,
+                bitfield_size,
+            }
         })
     }
 
     /// All type ids whose name is exactly `name`.
     fn ids_named<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
-        let hash = name_hash(name);
-        let mask = self.names.mask;
-        let mut i = (hash as usize) & mask;
-        let mut remaining = self.names.slots.len();
-        std::iter::from_fn(move || {
-            while remaining > 0 {
-                remaining -= 1;
-                let &(slot_hash, id) = self.names.slots.get(i)?;
-                if id == 0 {
-                    return None;
-                }
-                i = (i + 1) & mask;
-                if slot_hash == hash as u32 && self.name_of(id) == name {
-                    return Some(id);
-                }
-            }
-            None
-        })
+        self.names
+            .candidates(name_hash(name))
+            .filter(move |slot| self.name_of(slot.id) == name)
+            .map(|slot| slot.id)
     }
 
     /// The named STRUCT/UNION, or failing that a TYPEDEF of that name that leads to one.
     fn find_composite(&self, name: &str) -> Result<u32, BtfError> {
         let kind_of = |id: u32| self.entry(id).map(|t| t.kind);
-        if let Some(id) =
-            self.ids_named(name.as_bytes()).find(|&id| kind_of(id).is_some_and(Kind::is_composite))
+        if let Some(id) = self
+            .ids_named(name.as_bytes())
+            .find(|&id| kind_of(id).is_some_and(Kind::is_composite))
         {
             return Ok(id);
         }
@@ -526,7 +595,9 @@ impl Btf {
                 }
             }
         }
-        Err(BtfError::NotFound(format!("BTF has no struct or union named `{name}`")))
+        Err(BtfError::NotFound(format!(
+            "BTF has no struct or union named `{name}`"
+        )))
     }
 
     /// The FUNC_PROTO behind FUNC `name` or function-pointer TYPEDEF `name`.
@@ -573,7 +644,9 @@ impl Btf {
                 _ => return Ok(id),
             }
         }
-        Err(format!("type [{id}] is part of a typedef/qualifier chain longer than {MAX_CHAIN}"))
+        Err(format!(
+            "type [{id}] is part of a typedef/qualifier chain longer than {MAX_CHAIN}"
+        ))
     }
 
     /// The struct/union that the member reached by `done` (type `type_id`) must be so that the
@@ -615,11 +688,16 @@ impl Btf {
                 "anonymous members nest deeper than {MAX_ANON_DEPTH} levels (a type cycle?)"
             ));
         }
-        let Some(t) = self.entry(id) else { return Ok(None) };
+        let Some(t) = self.entry(id) else {
+            return Ok(None);
+        };
         for m in self.members(t) {
             *visits += 1;
             if *visits > MAX_MEMBER_VISITS {
-                return Err(format!("searching {} visits too many members", self.describe(id)));
+                return Err(format!(
+                    "searching {} visits too many members",
+                    self.describe(id)
+                ));
             }
             let member_name = self.str_at(m.name_off);
             if member_name == name {
@@ -692,28 +770,46 @@ impl Btf {
                 }
             }
         }
-        Err(format!("type [{id}] is part of a chain longer than {MAX_CHAIN}"))
+        Err(format!(
+            "type [{id}] is part of a chain longer than {MAX_CHAIN}"
+        ))
     }
 
-    /// Value of `name` if type `id` is an ENUM/ENUM64 containing it. `kind_flag` marks signed
-    /// enums; unsigned 64-bit values above i64::MAX wrap (no kernel enumerator we use does).
+    /// Value of `name` if type `id` is an ENUM/ENUM64 containing it.
     fn enumerator_in(&self, id: u32, name: &[u8]) -> Option<i64> {
+        let count = self.entry(id).map_or(0, |t| u32::from(t.vlen));
+        (0..count)
+            .find(|&i| self.enumerator_name(id, i) == name)
+            .and_then(|i| self.enumerator_value(id, i))
+    }
+
+    /// The `index`-th enumerator record of ENUM/ENUM64 `id`.
+    fn enumerator_record(&self, id: u32, index: u32) -> Option<(&TypeEntry, &[u8])> {
         let t = self.entry(id)?;
-        match t.kind {
-            Kind::Enum => self.records(t, 8).find(|rec| self.str_at(le32(rec, 0)) == name).map(
-                |rec| {
-                    let raw = le32(rec, 4);
-                    if t.kind_flag { i64::from(raw as i32) } else { i64::from(raw) }
-                },
-            ),
-            Kind::Enum64 => {
-                self.records(t, 12).find(|rec| self.str_at(le32(rec, 0)) == name).map(|rec| {
-                    let raw = u64::from(le32(rec, 4)) | (u64::from(le32(rec, 8)) << 32);
-                    raw as i64
-                })
-            }
-            _ => None,
-        }
+        let rec_len = match t.kind {
+            Kind::Enum => 8,
+            Kind::Enum64 => 12,
+            _ => return None,
+        };
+        self.records(t, rec_len)
+            .nth(index as usize)
+            .map(|rec| (t, rec))
+    }
+
+    fn enumerator_name(&self, id: u32, index: u32) -> &[u8] {
+        self.enumerator_record(id, index)
+            .map_or(&[][..], |(_, rec)| self.str_at(le32(rec, 0)))
+    }
+
+    /// `kind_flag` marks signed enums; unsigned 64-bit values above i64::MAX wrap (no kernel
+    /// enumerator lqtrace uses is that large).
+    fn enumerator_value(&self, id: u32, index: u32) -> Option<i64> {
+        let (t, rec) = self.enumerator_record(id, index)?;
+        Some(match t.kind {
+            Kind::Enum if t.kind_flag => i64::from(le32(rec, 4) as i32),
+            Kind::Enum => i64::from(le32(rec, 4)),
+            _ => (u64::from(le32(rec, 4)) | (u64::from(le32(rec, 8)) << 32)) as i64,
+        })
     }
 
     // ----- type descriptions -----
@@ -768,7 +864,11 @@ impl Btf {
                     });
                     *budget = sub;
                 }
-                let params = if params.is_empty() { "void".to_string() } else { params.join(", ") };
+                let params = if params.is_empty() {
+                    "void".to_string()
+                } else {
+                    params.join(", ")
+                };
                 self.declarator(t.size_or_type, format!("{inner}({params})"), budget)
             }
             Kind::Const | Kind::Volatile | Kind::Restrict => {
@@ -778,7 +878,10 @@ impl Btf {
                     _ => "restrict",
                 };
                 // A qualified pointer is written after the star: "char * const".
-                if self.entry(t.size_or_type).is_some_and(|t| t.kind == Kind::Ptr) {
+                if self
+                    .entry(t.size_or_type)
+                    .is_some_and(|t| t.kind == Kind::Ptr)
+                {
                     self.declarator(t.size_or_type, join_declarator(qualifier, &inner), budget)
                 } else {
                     let base = self.declarator(t.size_or_type, inner, budget);
@@ -804,72 +907,75 @@ impl Btf {
 
     /// Checks every type id and string offset a type refers to, so lookups can trust them.
     fn validate_references(&self) -> Result<(), String> {
-        let count = self.types.len();
-        let str_len = self.strings_end - self.strings_start;
         for (id, t) in self.types.iter().enumerate().skip(1) {
-            let check_type = |what: &str, ty: u32| -> Result<(), String> {
-                if (ty as usize) < count {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "is invalid: type [{id}] ({:?}) {what} refers to type id {ty}, but the \
-                         last type id is {}",
-                        t.kind,
-                        count - 1
-                    ))
-                }
+            let at = |what: &'static str, index: Option<usize>| Where {
+                id,
+                kind: t.kind,
+                what,
+                index,
             };
-            let check_name = |what: &str, off: u32| -> Result<(), String> {
-                if (off as usize) < str_len {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "is invalid: type [{id}] {what} has name offset {off}, past the end of \
-                         the {str_len}-byte string section"
-                    ))
-                }
-            };
-            check_name("itself", t.name_off)?;
+            self.check_name(t.name_off, at("name", None))?;
             if t.kind.refers_to_type() {
-                check_type("itself", t.size_or_type)?;
+                self.check_type(t.size_or_type, at("target", None))?;
             }
             match t.kind {
                 Kind::Array => {
-                    check_type("element", le32(&self.data, t.extra))?;
-                    check_type("index", le32(&self.data, t.extra + 4))?;
+                    self.check_type(le32(&self.data, t.extra), at("element", None))?;
+                    self.check_type(le32(&self.data, t.extra + 4), at("index", None))?;
                 }
                 Kind::Struct | Kind::Union => {
                     for (i, rec) in self.records(t, 12).enumerate() {
-                        check_name(&format!("member {i}"), le32(rec, 0))?;
-                        check_type(&format!("member {i}"), le32(rec, 4))?;
+                        self.check_name(le32(rec, 0), at("member", Some(i)))?;
+                        self.check_type(le32(rec, 4), at("member", Some(i)))?;
                     }
                 }
                 // btf_var_secinfo is (type, offset, size): no name.
                 Kind::Datasec => {
                     for (i, rec) in self.records(t, 12).enumerate() {
-                        check_type(&format!("variable {i}"), le32(rec, 0))?;
+                        self.check_type(le32(rec, 0), at("variable", Some(i)))?;
                     }
                 }
                 Kind::FuncProto => {
                     for (i, rec) in self.records(t, 8).enumerate() {
-                        check_name(&format!("parameter {i}"), le32(rec, 0))?;
-                        check_type(&format!("parameter {i}"), le32(rec, 4))?;
+                        self.check_name(le32(rec, 0), at("parameter", Some(i)))?;
+                        self.check_type(le32(rec, 4), at("parameter", Some(i)))?;
                     }
                 }
                 Kind::Enum => {
                     for (i, rec) in self.records(t, 8).enumerate() {
-                        check_name(&format!("enumerator {i}"), le32(rec, 0))?;
+                        self.check_name(le32(rec, 0), at("enumerator", Some(i)))?;
                     }
                 }
                 Kind::Enum64 => {
                     for (i, rec) in self.records(t, 12).enumerate() {
-                        check_name(&format!("enumerator {i}"), le32(rec, 0))?;
+                        self.check_name(le32(rec, 0), at("enumerator", Some(i)))?;
                     }
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    fn check_type(&self, ty: u32, at: Where) -> Result<(), String> {
+        if (ty as usize) < self.types.len() {
+            return Ok(());
+        }
+        Err(format!(
+            "is invalid: {at} refers to type id {ty}, but the last type id is {}",
+            self.types.len() - 1
+        ))
+    }
+
+    fn check_name(&self, off: u32, at: Where) -> Result<(), String> {
+        let str_len = self.strings_end - self.strings_start;
+        if (off as usize) < str_len {
+            return Ok(());
+        }
+        Err(format!(
+            "is invalid: {at} has name offset {off}, past the end of the {str_len}-byte string \
+             section"
+        ))
     }
 
     /// Rejects cycles through typedef/qualifier/pointer/array links (e.g. `typedef A A`). Every
@@ -905,16 +1011,27 @@ impl Btf {
         Ok(())
     }
 
-    fn build_name_index(&self) -> NameIndex {
-        let named = self
-            .types
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, t)| t.name_off != 0)
-            .map(|(id, t)| (id as u32, name_hash(self.str_at(t.name_off))));
-        let count = self.types.iter().filter(|t| t.name_off != 0).count();
-        NameIndex::build(named, count)
+    fn build_indexes(&mut self) {
+        let mut types = Vec::new();
+        let mut enumerators = Vec::new();
+        for (id, t) in self.types.iter().enumerate().skip(1) {
+            let id = id as u32;
+            if t.name_off != 0 {
+                types.push(Slot {
+                    hash: name_hash(self.str_at(t.name_off)),
+                    id,
+                    sub: 0,
+                });
+            }
+            if matches!(t.kind, Kind::Enum | Kind::Enum64) {
+                for sub in 0..u32::from(t.vlen) {
+                    let hash = name_hash(self.enumerator_name(id, sub));
+                    enumerators.push(Slot { hash, id, sub });
+                }
+            }
+        }
+        self.names = NameIndex::build(&types);
+        self.enumerators = NameIndex::build(&enumerators);
     }
 }
 
@@ -926,6 +1043,26 @@ fn join_declarator(base: &str, inner: &str) -> String {
         format!("{base}{inner}")
     } else {
         format!("{base} {inner}")
+    }
+}
+
+/// Where a bad reference sits, formatted only when validation fails (formatting eagerly for
+/// every member would dominate the parse time of vmlinux).
+#[derive(Clone, Copy)]
+struct Where {
+    id: usize,
+    kind: Kind,
+    what: &'static str,
+    index: Option<usize>,
+}
+
+impl fmt::Display for Where {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type [{}] ({:?}) {}", self.id, self.kind, self.what)?;
+        match self.index {
+            Some(i) => write!(f, " {i}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -945,17 +1082,28 @@ fn parse_header(data: &[u8]) -> Result<(Range, Range), String> {
     match le16(data, 0) {
         MAGIC => {}
         MAGIC_SWAPPED => {
-            return Err("is big-endian BTF; only little-endian BTF is supported".to_string());
+            return Err(
+                "is big-endian (magic bytes 0xeb 0x9f); only little-endian BTF is supported"
+                    .to_string(),
+            );
         }
-        other => return Err(format!("is not BTF: magic is {other:#06x}, expected {MAGIC:#06x}")),
+        other => {
+            return Err(format!(
+                "is not BTF: magic is {other:#06x}, expected {MAGIC:#06x}"
+            ));
+        }
     }
     let version = data.get(2).copied().unwrap_or(0);
     if version != VERSION {
-        return Err(format!("has unsupported BTF version {version} (expected {VERSION})"));
+        return Err(format!(
+            "has unsupported BTF version {version} (expected {VERSION})"
+        ));
     }
     let hdr_len = le32(data, 4) as usize;
     if hdr_len < HEADER_LEN {
-        return Err(format!("is invalid: header length {hdr_len} is less than {HEADER_LEN}"));
+        return Err(format!(
+            "is invalid: header length {hdr_len} is less than {HEADER_LEN}"
+        ));
     }
     let section = |name: &str, off_at: usize| -> Result<Range, String> {
         let start = hdr_len as u64 + u64::from(le32(data, off_at));
@@ -1016,8 +1164,9 @@ fn scan_types(data: &[u8], start: usize, end: usize) -> Result<Vec<TypeEntry>, S
         }
         let info = le32(data, pos + 4);
         let raw_kind = (info >> 24) & 0x1f;
-        let kind = Kind::from_raw(raw_kind)
-            .ok_or_else(|| format!("is invalid: type [{id}] at byte {pos} has unknown kind {raw_kind}"))?;
+        let kind = Kind::from_raw(raw_kind).ok_or_else(|| {
+            format!("is invalid: type [{id}] at byte {pos} has unknown kind {raw_kind}")
+        })?;
         let vlen = (info & 0xffff) as u16;
         let extra = pos + TYPE_HEADER_LEN;
         let next = extra + kind.trailing_len(usize::from(vlen));
@@ -1056,7 +1205,11 @@ mod tests {
 
     impl Builder {
         fn new() -> Builder {
-            Builder { strings: vec![0], types: Vec::new(), count: 0 }
+            Builder {
+                strings: vec![0],
+                types: Vec::new(),
+                count: 0,
+            }
         }
 
         fn s(&mut self, name: &str) -> u32 {
@@ -1122,15 +1275,31 @@ mod tests {
 
         /// Members are (name, type, bit offset, bitfield size); kind_flag is set if any
         /// member has a bitfield size.
-        fn composite(&mut self, union: bool, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+        fn composite(
+            &mut self,
+            union: bool,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
             let n = self.s(name);
             let kind_flag = members.iter().any(|m| m.3 != 0);
-            let id = self.raw(n, if union { 5 } else { 4 }, kind_flag, members.len() as u32, size);
+            let id = self.raw(
+                n,
+                if union { 5 } else { 4 },
+                kind_flag,
+                members.len() as u32,
+                size,
+            );
             for &(mname, ty, bit_off, bits) in members {
                 let mn = self.s(mname);
                 self.push_u32(mn);
                 self.push_u32(ty);
-                self.push_u32(if kind_flag { (bits << 24) | bit_off } else { bit_off });
+                self.push_u32(if kind_flag {
+                    (bits << 24) | bit_off
+                } else {
+                    bit_off
+                });
             }
             id
         }
@@ -1177,7 +1346,13 @@ mod tests {
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.push(1);
             out.push(0);
-            for v in [24, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for v in [
+                24,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -1200,7 +1375,12 @@ mod tests {
         let const_inner_t = b.konst(inner_t);
         // anonymous union { long deep; struct { int x; int y; }; }
         let anon_struct = b.composite(false, "", 8, &[("x", int, 0, 0), ("y", int, 32, 0)]);
-        let anon_union = b.composite(true, "", 8, &[("deep", long, 0, 0), ("", anon_struct, 0, 0)]);
+        let anon_union = b.composite(
+            true,
+            "",
+            8,
+            &[("deep", long, 0, 0), ("", anon_struct, 0, 0)],
+        );
         let name_arr = b.array(char_, int, 16);
         let inner_ptr = b.ptr(inner);
         // struct outer {
@@ -1238,7 +1418,13 @@ mod tests {
         let outer_ptr = b.ptr(outer);
         let proto = b.func_proto(
             0,
-            &[("", void_ptr), ("o", outer_ptr), ("st", state), ("n", uint), ("s", const_char_ptr)],
+            &[
+                ("", void_ptr),
+                ("o", outer_ptr),
+                ("st", state),
+                ("n", uint),
+                ("s", const_char_ptr),
+            ],
         );
         let proto_ptr = b.ptr(proto);
         b.typedef("btf_trace_demo", proto_ptr);
@@ -1262,7 +1448,11 @@ mod tests {
         assert_eq!(btf.struct_size("outer").unwrap(), 56);
         assert_eq!(btf.struct_size("inner").unwrap(), 8);
         assert_eq!(btf.struct_size("u").unwrap(), 8);
-        assert_eq!(btf.struct_size("outer_t").unwrap(), 56, "typedef of a struct");
+        assert_eq!(
+            btf.struct_size("outer_t").unwrap(),
+            56,
+            "typedef of a struct"
+        );
         let err = btf.struct_size("nope").unwrap_err().to_string();
         assert!(err.contains("`nope`"), "{err}");
     }
@@ -1270,15 +1460,51 @@ mod tests {
     #[test]
     fn members_direct_and_nested() {
         let btf = parsed();
-        assert_eq!(btf.member("outer", "first").unwrap(), Member { offset: 0, size: 4 });
-        assert_eq!(btf.member("outer", "name").unwrap(), Member { offset: 32, size: 16 });
-        assert_eq!(btf.member("outer", "ip").unwrap(), Member { offset: 48, size: 8 });
+        assert_eq!(
+            btf.member("outer", "first").unwrap(),
+            Member { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "name").unwrap(),
+            Member {
+                offset: 32,
+                size: 16
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "ip").unwrap(),
+            Member {
+                offset: 48,
+                size: 8
+            }
+        );
         // Through an anonymous union, and an anonymous struct inside it.
-        assert_eq!(btf.member("outer", "deep").unwrap(), Member { offset: 8, size: 8 });
-        assert_eq!(btf.member("outer", "y").unwrap(), Member { offset: 12, size: 4 });
+        assert_eq!(
+            btf.member("outer", "deep").unwrap(),
+            Member { offset: 8, size: 8 }
+        );
+        assert_eq!(
+            btf.member("outer", "y").unwrap(),
+            Member {
+                offset: 12,
+                size: 4
+            }
+        );
         // Through `const inner_t` (const -> typedef -> struct).
-        assert_eq!(btf.member("outer", "in").unwrap(), Member { offset: 16, size: 8 });
-        assert_eq!(btf.member("outer", "in.b").unwrap(), Member { offset: 20, size: 4 });
+        assert_eq!(
+            btf.member("outer", "in").unwrap(),
+            Member {
+                offset: 16,
+                size: 8
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "in.b").unwrap(),
+            Member {
+                offset: 20,
+                size: 4
+            }
+        );
         assert_eq!(btf.member("u", "i").unwrap(), Member { offset: 0, size: 4 });
     }
 
@@ -1286,21 +1512,35 @@ mod tests {
     fn member_errors_name_the_path() {
         let btf = parsed();
         let err = btf.member("outer", "in.zzz").unwrap_err().to_string();
-        assert!(err.contains("`in.zzz`") && err.contains("struct inner has no member `zzz`"), "{err}");
+        assert!(
+            err.contains("`in.zzz`") && err.contains("struct inner has no member `zzz`"),
+            "{err}"
+        );
         let err = btf.member("outer", "ip.a").unwrap_err().to_string();
-        assert!(err.contains("`ip.a`") && err.contains("pointer (struct inner *)"), "{err}");
+        assert!(
+            err.contains("`ip.a`") && err.contains("pointer (struct inner *)"),
+            "{err}"
+        );
         let err = btf.member("outer", "first.x").unwrap_err().to_string();
         assert!(err.contains("`first` is int, not a struct"), "{err}");
         let err = btf.member("outer", "in..a").unwrap_err().to_string();
         assert!(err.contains("empty step"), "{err}");
-        assert!(btf.member("missing", "a").unwrap_err().to_string().contains("`missing`"));
+        assert!(
+            btf.member("missing", "a")
+                .unwrap_err()
+                .to_string()
+                .contains("`missing`")
+        );
     }
 
     #[test]
     fn bitfields_are_rejected() {
         let btf = parsed();
         let err = btf.member("outer", "flag").unwrap_err().to_string();
-        assert!(err.contains("`flag`") && err.contains("3-bit bitfield"), "{err}");
+        assert!(
+            err.contains("`flag`") && err.contains("3-bit bitfield"),
+            "{err}"
+        );
         let err = btf.member("oldbits", "five").unwrap_err().to_string();
         assert!(err.contains("5-bit bitfield"), "{err}");
     }
@@ -1309,16 +1549,38 @@ mod tests {
     fn enums() {
         let btf = parsed();
         assert_eq!(btf.enum_value("ST_LISTEN").unwrap(), 10);
-        assert_eq!(btf.enum_value("ANON_NEG").unwrap(), -5, "anonymous signed enum");
+        assert_eq!(
+            btf.enum_value("ANON_NEG").unwrap(),
+            -5,
+            "anonymous signed enum"
+        );
         assert_eq!(btf.enum_value("BIG_ONE").unwrap(), 1 << 40, "enum64");
-        assert_eq!(btf.enum_value("BIG_NEG").unwrap(), -(1 << 40), "anonymous signed enum64");
+        assert_eq!(
+            btf.enum_value("BIG_NEG").unwrap(),
+            -(1 << 40),
+            "anonymous signed enum64"
+        );
         assert_eq!(btf.enum_value_in("state", "ST_A").unwrap(), 1);
         assert_eq!(btf.enum_value_in("big", "BIG_TWO").unwrap(), 2);
-        let err = btf.enum_value_in("state", "BIG_TWO").unwrap_err().to_string();
-        assert!(err.contains("enum state has no enumerator `BIG_TWO`"), "{err}");
-        let err = btf.enum_value_in("nostate", "ST_A").unwrap_err().to_string();
+        let err = btf
+            .enum_value_in("state", "BIG_TWO")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("enum state has no enumerator `BIG_TWO`"),
+            "{err}"
+        );
+        let err = btf
+            .enum_value_in("nostate", "ST_A")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no enum named `nostate`"), "{err}");
-        assert!(btf.enum_value("NOPE").unwrap_err().to_string().contains("`NOPE`"));
+        assert!(
+            btf.enum_value("NOPE")
+                .unwrap_err()
+                .to_string()
+                .contains("`NOPE`")
+        );
     }
 
     #[test]
@@ -1335,15 +1597,34 @@ mod tests {
             ("n", "unsigned int"),
             ("s", "const char *"),
         ];
-        let got: Vec<(&str, &str)> = params.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let got: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         assert_eq!(got, expected);
         let params = btf.func_params("demo_func").unwrap();
-        assert_eq!(params, [("sk".into(), "struct inner *".into()), ("backlog".into(), "int".into())]);
+        assert_eq!(
+            params,
+            [
+                ("sk".into(), "struct inner *".into()),
+                ("backlog".into(), "int".into())
+            ]
+        );
         let params = btf.func_params("demo_printf").unwrap();
         let types: Vec<&str> = params.iter().map(|p| p.1.as_str()).collect();
         assert_eq!(types, ["const char *", "int (*)(unsigned int)", "..."]);
-        assert!(btf.func_params("outer_t").unwrap_err().to_string().contains("not a function"));
-        assert!(btf.func_params("nope").unwrap_err().to_string().contains("`nope`"));
+        assert!(
+            btf.func_params("outer_t")
+                .unwrap_err()
+                .to_string()
+                .contains("not a function")
+        );
+        assert!(
+            btf.func_params("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("`nope`")
+        );
     }
 
     fn parse_err(bytes: &[u8]) -> String {
@@ -1363,7 +1644,11 @@ mod tests {
     fn error_bad_magic_and_big_endian() {
         let mut blob = sample();
         blob[0] = 0x12;
-        assert!(parse_err(&blob).contains("magic is 0xeb12"), "{}", parse_err(&blob));
+        assert!(
+            parse_err(&blob).contains("magic is 0xeb12"),
+            "{}",
+            parse_err(&blob)
+        );
         blob[0] = 0xeb;
         blob[1] = 0x9f;
         assert!(parse_err(&blob).contains("big-endian"));
@@ -1375,7 +1660,10 @@ mod tests {
         let len = blob.len();
         blob[12..16].copy_from_slice(&(len as u32).to_le_bytes()); // type_len
         let err = parse_err(&blob);
-        assert!(err.starts_with("BTF data is truncated: type section ends at"), "{err}");
+        assert!(
+            err.starts_with("BTF data is truncated: type section ends at"),
+            "{err}"
+        );
         let mut blob = sample();
         blob[20..24].copy_from_slice(&u32::MAX.to_le_bytes()); // str_len
         assert!(parse_err(&blob).contains("string section ends at"));
@@ -1396,7 +1684,10 @@ mod tests {
         let int = b.int("int", 4, true);
         b.composite(false, "s", 4, &[("a", int, 0, 0), ("b", 77, 0, 0)]);
         let err = parse_err(&b.build());
-        assert!(err.contains("refers to type id 77, but the last type id is 2"), "{err}");
+        assert!(
+            err.contains("refers to type id 77, but the last type id is 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1435,7 +1726,9 @@ mod tests {
     fn exercise(btf: &Btf) {
         for name in ["outer", "inner", "u", "outer_t", "oldbits", ""] {
             let _ = btf.struct_size(name);
-            for path in ["first", "deep", "y", "in.b", "ip.a", "flag", "name", "five", "", "a.b.c"] {
+            for path in [
+                "first", "deep", "y", "in.b", "ip.a", "flag", "name", "five", "", "a.b.c",
+            ] {
                 let _ = btf.member(name, path);
             }
         }
@@ -1444,7 +1737,13 @@ mod tests {
             let _ = btf.enum_value_in("state", e);
             let _ = btf.enum_value_in("big", e);
         }
-        for f in ["demo_func", "btf_trace_demo", "demo_printf", "outer_t", "int"] {
+        for f in [
+            "demo_func",
+            "btf_trace_demo",
+            "demo_printf",
+            "outer_t",
+            "int",
+        ] {
             let _ = btf.has_func(f);
             let _ = btf.func_params(f);
         }
@@ -1493,8 +1792,13 @@ mod tests {
 
     #[test]
     fn missing_file_mentions_config() {
-        let err = Btf::from_file(Path::new("/nonexistent/lqtrace/vmlinux")).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/lqtrace/vmlinux") && err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+        let err = Btf::from_file(Path::new("/nonexistent/lqtrace/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/lqtrace/vmlinux") && err.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1503,7 +1807,10 @@ mod tests {
         std::fs::write(&path, &sample()[..40]).unwrap();
         let err = Btf::from_file(&path).unwrap_err().to_string();
         std::fs::remove_file(&path).ok();
-        assert!(err.starts_with(&format!("BTF file {} is truncated", path.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("BTF file {} is truncated", path.display())),
+            "{err}"
+        );
     }
 
     // ----- the running kernel, cross-checked against bpftool -----
@@ -1513,10 +1820,13 @@ mod tests {
         kind: String,
         name: String,
         type_id: u32,
-        /// (name, type_id, bits_offset) for struct/union members.
-        members: Vec<(String, u32, u64)>,
+        size: u64,
+        /// (name, type_id, bits_offset, is_bitfield) for struct/union members.
+        members: Vec<(String, u32, u64, bool)>,
         /// (name, value) for enumerators.
         values: Vec<(String, i64)>,
+        /// Parameter names of a FUNC_PROTO ("(anon)" for unnamed ones).
+        params: Vec<String>,
     }
 
     fn quoted(s: &str) -> Option<(&str, &str)> {
@@ -1526,7 +1836,8 @@ mod tests {
     }
 
     fn attr(s: &str, key: &str) -> Option<String> {
-        s.split_whitespace().find_map(|w| w.strip_prefix(key).map(str::to_string))
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix(key).map(str::to_string))
     }
 
     fn bpftool_raw(path: &Path) -> Option<HashMap<u32, BpftoolType>> {
@@ -1542,36 +1853,63 @@ mod tests {
         let mut types = HashMap::new();
         let mut current = 0u32;
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix('[') {
-                let (id, rest) = rest.split_once("] ")?;
-                current = id.parse().ok()?;
-                let (kind, rest) = rest.split_once(' ')?;
-                let (name, attrs) = quoted(rest)?;
-                let type_id = attr(attrs, "type_id=").and_then(|v| v.parse().ok()).unwrap_or(0);
-                types.insert(
-                    current,
-                    BpftoolType {
-                        kind: kind.to_string(),
-                        name: name.to_string(),
-                        type_id,
-                        members: Vec::new(),
-                        values: Vec::new(),
-                    },
-                );
-            } else if let Some(rest) = line.strip_prefix('\t') {
-                let Some((name, attrs)) = quoted(rest) else { continue };
-                let t = types.get_mut(&current)?;
-                if let Some(v) = attr(attrs, "val=") {
-                    // ENUM64 values above i64::MAX are printed unsigned.
-                    let v = v.parse::<i64>().or_else(|_| v.parse::<u64>().map(|x| x as i64));
-                    t.values.push((name.to_string(), v.ok()?));
-                } else if let Some(off) = attr(attrs, "bits_offset=") {
-                    let ty = attr(attrs, "type_id=")?.parse().ok()?;
-                    t.members.push((name.to_string(), ty, off.parse().ok()?));
-                }
-            }
+            let parsed = parse_bpftool_line(line, &mut current, &mut types);
+            assert!(parsed.is_some(), "cannot parse bpftool line: {line}");
         }
         Some(types)
+    }
+
+    /// One line of bpftool's raw dump: a `[id] KIND 'name' attrs` header or a tab-indented
+    /// member/enumerator/parameter/variable line belonging to the last header.
+    fn parse_bpftool_line(
+        line: &str,
+        current: &mut u32,
+        types: &mut HashMap<u32, BpftoolType>,
+    ) -> Option<()> {
+        if let Some(rest) = line.strip_prefix('[') {
+            let (id, rest) = rest.split_once("] ")?;
+            *current = id.parse().ok()?;
+            let (kind, rest) = rest.split_once(' ')?;
+            let (name, attrs) = quoted(rest)?;
+            let type_id = attr(attrs, "type_id=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let size = attr(attrs, "size=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let t = BpftoolType {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                type_id,
+                size,
+                members: Vec::new(),
+                values: Vec::new(),
+                params: Vec::new(),
+            };
+            types.insert(*current, t);
+        } else if let Some(rest) = line.strip_prefix('\t') {
+            // DATASEC variables ("type_id=1 offset=0 size=4 (VAR 'x')") are not needed.
+            let Some((name, attrs)) = quoted(rest).filter(|_| rest.starts_with('\'')) else {
+                return Some(());
+            };
+            let t = types.get_mut(current)?;
+            if let Some(v) = attr(attrs, "val=") {
+                // ENUM64 values are printed with an (U)LL suffix, and unsigned above i64::MAX.
+                let v = v.trim_end_matches(['U', 'L']);
+                let v = v
+                    .parse::<i64>()
+                    .or_else(|_| v.parse::<u64>().map(|x| x as i64));
+                t.values.push((name.to_string(), v.ok()?));
+            } else if let Some(off) = attr(attrs, "bits_offset=") {
+                let ty = attr(attrs, "type_id=")?.parse().ok()?;
+                let bitfield = attr(attrs, "bitfield_size=").is_some();
+                t.members
+                    .push((name.to_string(), ty, off.parse().ok()?, bitfield));
+            } else if t.kind == "FUNC_PROTO" {
+                t.params.push(name.to_string());
+            }
+        }
+        Some(())
     }
 
     fn bpftool_c(path: &Path) -> Option<String> {
@@ -1581,14 +1919,22 @@ mod tests {
             .args(["format", "c"])
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Independent member walk over bpftool's view: bit offset of `path` in struct `name`.
-    fn bpftool_member_bits(types: &HashMap<u32, BpftoolType>, name: &str, path: &str) -> Option<u64> {
+    fn bpftool_member_bits(
+        types: &HashMap<u32, BpftoolType>,
+        name: &str,
+        path: &str,
+    ) -> Option<u64> {
         fn strip(types: &HashMap<u32, BpftoolType>, mut id: u32) -> u32 {
             while let Some(t) = types.get(&id) {
-                if !["TYPEDEF", "CONST", "VOLATILE", "TYPE_TAG", "RESTRICT"].contains(&t.kind.as_str()) {
+                if !["TYPEDEF", "CONST", "VOLATILE", "TYPE_TAG", "RESTRICT"]
+                    .contains(&t.kind.as_str())
+                {
                     break;
                 }
                 id = t.type_id;
@@ -1596,7 +1942,7 @@ mod tests {
             id
         }
         fn find(types: &HashMap<u32, BpftoolType>, id: u32, step: &str) -> Option<(u64, u32)> {
-            for (mname, ty, off) in &types.get(&id)?.members {
+            for (mname, ty, off, _) in &types.get(&id)?.members {
                 if mname == step {
                     return Some((*off, *ty));
                 }
@@ -1637,7 +1983,11 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         };
-        println!("parsed {VMLINUX_PATH} ({} types) in {:?}", btf.type_count(), started.elapsed());
+        println!(
+            "parsed {VMLINUX_PATH} ({} types) in {:?}",
+            btf.type_count(),
+            started.elapsed()
+        );
 
         let paths = [
             ("sock", "__sk_common.skc_net"),
@@ -1658,7 +2008,10 @@ mod tests {
         assert_eq!(found[&("net", "mib.net_statistics")].size, 8, "a pointer");
         // `void __percpu *pptrs[]` is a flexible array at the very end of struct bpf_array.
         let pptrs = found[&("bpf_array", "pptrs")];
-        assert_eq!((pptrs.offset, pptrs.size), (btf.struct_size("bpf_array").unwrap(), 0));
+        assert_eq!(
+            (pptrs.offset, pptrs.size),
+            (btf.struct_size("bpf_array").unwrap(), 0)
+        );
         let drops = btf.enum_value("LINUX_MIB_LISTENDROPS").unwrap();
         assert!(drops > 0);
         assert!(btf.has_func("tcp_conn_request"));
@@ -1671,10 +2024,19 @@ mod tests {
             println!("note: bpftool is not available; sanity checks only");
             return;
         };
-        assert_eq!(raw.len(), btf.type_count(), "type count differs from bpftool");
+        assert_eq!(
+            raw.len(),
+            btf.type_count(),
+            "type count differs from bpftool"
+        );
         for ((ty, p), m) in &found {
-            let bits = bpftool_member_bits(&raw, ty, p).unwrap_or_else(|| panic!("bpftool: no {ty}.{p}"));
-            assert_eq!(u64::from(m.offset) * 8, bits, "{ty}.{p} offset differs from bpftool");
+            let bits =
+                bpftool_member_bits(&raw, ty, p).unwrap_or_else(|| panic!("bpftool: no {ty}.{p}"));
+            assert_eq!(
+                u64::from(m.offset) * 8,
+                bits,
+                "{ty}.{p} offset differs from bpftool"
+            );
         }
         let bpftool_drops = raw
             .values()
@@ -1687,9 +2049,15 @@ mod tests {
         let c = bpftool_c(path).expect("bpftool format c");
         let mut checked = 0;
         for line in c.lines() {
-            let Some(rest) = line.strip_prefix("typedef void (*btf_trace_") else { continue };
-            let Some((event, params)) = rest.split_once(")(") else { continue };
-            let Some(params) = params.strip_suffix(");") else { continue };
+            let Some(rest) = line.strip_prefix("typedef void (*btf_trace_") else {
+                continue;
+            };
+            let Some((event, params)) = rest.split_once(")(") else {
+                continue;
+            };
+            let Some(params) = params.strip_suffix(");") else {
+                continue;
+            };
             let ours: Vec<String> = btf
                 .func_params(&format!("btf_trace_{event}"))
                 .unwrap()
@@ -1701,12 +2069,81 @@ mod tests {
         }
         println!("{checked} btf_trace_* typedefs match bpftool");
         assert!(checked > 100);
-        // Names come from the raw dump (vmlinux's tracepoint typedefs have unnamed params).
-        let demo = raw.values().find(|t| t.kind == "FUNC" && t.name == "tcp_conn_request").unwrap();
-        let ours = btf.func_params("tcp_conn_request").unwrap();
-        println!("tcp_conn_request params: {ours:?}");
-        assert!(raw.contains_key(&demo.type_id));
-        assert_eq!(ours.len(), 4);
-        assert_eq!(ours.last().map(|p| p.0.as_str()), Some("skb"));
+        let started = Instant::now();
+        compare_with_bpftool(&btf, &raw);
+        println!("whole-vmlinux comparison took {:?}", started.elapsed());
+    }
+
+    /// Broad cross-check of the whole vmlinux against bpftool's raw dump: every FUNC's
+    /// parameter names, every uniquely named struct's size and direct members, and every
+    /// uniquely named enumerator.
+    fn compare_with_bpftool(btf: &Btf, raw: &HashMap<u32, BpftoolType>) {
+        let mut name_count: HashMap<(&str, &str), usize> = HashMap::new();
+        for t in raw.values() {
+            *name_count
+                .entry((t.kind.as_str(), t.name.as_str()))
+                .or_default() += 1;
+        }
+        let unique = |kind: &str, name: &str| name_count.get(&(kind, name)) == Some(&1);
+        let mut enumerator_count: HashMap<&str, usize> = HashMap::new();
+        for (vname, _) in raw.values().flat_map(|t| t.values.iter()) {
+            *enumerator_count.entry(vname.as_str()).or_default() += 1;
+        }
+        let (mut funcs, mut members, mut enumerators) = (0, 0, 0);
+        for t in raw.values() {
+            match t.kind.as_str() {
+                "FUNC" => {
+                    let expected: Vec<&str> = raw[&t.type_id]
+                        .params
+                        .iter()
+                        .map(|p| if p == "(anon)" { "" } else { p.as_str() })
+                        .collect();
+                    let ours = btf.func_params(&t.name).unwrap();
+                    let ours: Vec<&str> = ours.iter().map(|p| p.0.as_str()).collect();
+                    if unique("FUNC", &t.name) {
+                        assert_eq!(ours, expected, "parameters of {}", t.name);
+                        funcs += 1;
+                    }
+                }
+                "STRUCT"
+                    if t.name != "(anon)"
+                        && unique("STRUCT", &t.name)
+                        && !unique("UNION", &t.name) =>
+                {
+                    assert_eq!(
+                        u64::from(btf.struct_size(&t.name).unwrap()),
+                        t.size,
+                        "sizeof {}",
+                        t.name
+                    );
+                    for (mname, _, bits, bitfield) in &t.members {
+                        if mname == "(anon)" {
+                            continue;
+                        }
+                        match btf.member(&t.name, mname) {
+                            Ok(m) => {
+                                assert!(!bitfield, "{}.{mname} is a bitfield", t.name);
+                                assert_eq!(u64::from(m.offset) * 8, *bits, "{}.{mname}", t.name);
+                            }
+                            Err(e) => assert!(*bitfield || bits % 8 != 0, "{e}"),
+                        }
+                        members += 1;
+                    }
+                }
+                "ENUM" | "ENUM64" => {
+                    for (vname, value) in &t.values {
+                        if enumerator_count.get(vname.as_str()) == Some(&1) {
+                            assert_eq!(btf.enum_value(vname).unwrap(), *value, "{vname}");
+                            enumerators += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        println!(
+            "bpftool agrees on {funcs} functions, {members} members, {enumerators} enumerators"
+        );
+        assert!(funcs > 1000 && members > 10_000 && enumerators > 10_000);
     }
 }

@@ -36,7 +36,10 @@ pub fn root() -> Result<PathBuf> {
 
 /// The first candidate directory that has an `events/` subdirectory.
 fn first_with_events<'a>(candidates: impl IntoIterator<Item = &'a Path>) -> Option<PathBuf> {
-    candidates.into_iter().find(|dir| dir.join("events").is_dir()).map(Path::to_path_buf)
+    candidates
+        .into_iter()
+        .find(|dir| dir.join("events").is_dir())
+        .map(Path::to_path_buf)
 }
 
 fn mount_tracefs(target: &str) -> std::io::Result<()> {
@@ -45,9 +48,19 @@ fn mount_tracefs(target: &str) -> std::io::Result<()> {
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; tracefs
     // takes no mount data, so a null data pointer is allowed.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// One field of a tracepoint record, as described by a `field:` line.
@@ -102,7 +115,10 @@ impl Format {
         symbolic_tables(&self.print_fmt)
             .filter(|(arg, _)| is_field_ref(arg, field))
             .find_map(|(_, entries)| {
-                entries.iter().find(|(_, name)| name == symbol).and_then(|(value, _)| *value)
+                entries
+                    .iter()
+                    .find(|(_, name)| name == symbol)
+                    .and_then(|(value, _)| *value)
             })
     }
 }
@@ -122,7 +138,9 @@ pub fn parse_format(text: &str) -> Result<Format> {
         } else if let Some(rest) = trimmed.strip_prefix("ID:") {
             let value = rest.trim();
             id = Some(
-                value.parse::<u32>().map_err(|_| anyhow!("line {line_no}: bad ID `{value}`"))?,
+                value
+                    .parse::<u32>()
+                    .map_err(|_| anyhow!("line {line_no}: bad ID `{value}`"))?,
             );
         } else if trimmed.starts_with("field:") {
             fields.push(parse_field(trimmed).with_context(|| format!("line {line_no}"))?);
@@ -135,7 +153,13 @@ pub fn parse_format(text: &str) -> Result<Format> {
     if fields.is_empty() {
         bail!("no `field:` lines");
     }
-    Ok(Format { name, category: String::new(), id, fields, print_fmt })
+    Ok(Format {
+        name,
+        category: String::new(),
+        id,
+        fields,
+        print_fmt,
+    })
 }
 
 /// Reads and parses `<root>/events/<category>/<event>/format`.
@@ -144,16 +168,23 @@ pub fn read_format(root: &Path, category: &str, event: &str) -> Result<Format> {
     if !is_plain(category) || !is_plain(event) {
         bail!("invalid tracepoint name {category}:{event}");
     }
-    let path = root.join("events").join(category).join(event).join("format");
+    let path = root
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("kernel has no tracepoint {category}:{event} ({} does not exist)", path.display())
+            bail!(
+                "kernel has no tracepoint {category}:{event} ({} does not exist)",
+                path.display()
+            )
         }
         Err(e) => bail!("cannot read {}: {e}", path.display()),
     };
-    let mut format =
-        parse_format(&text).with_context(|| format!("malformed tracepoint format {}", path.display()))?;
+    let mut format = parse_format(&text)
+        .with_context(|| format!("malformed tracepoint format {}", path.display()))?;
     format.category = category.to_string();
     Ok(format)
 }
@@ -168,9 +199,14 @@ fn parse_field(line: &str) -> Result<Field> {
         .trim();
     let (mut offset, mut size, mut signed) = (None, None, false);
     for part in parts {
-        let (key, value) = part.split_once(':').with_context(|| format!("bad attribute `{part}`"))?;
+        let (key, value) = part
+            .split_once(':')
+            .with_context(|| format!("bad attribute `{part}`"))?;
         let number = || {
-            value.trim().parse::<u32>().map_err(|_| anyhow!("field `{decl}`: bad {key} `{value}`"))
+            value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| anyhow!("field `{decl}`: bad {key} `{value}`"))
         };
         match key.trim() {
             "offset" => offset = Some(number()?),
@@ -206,7 +242,9 @@ fn split_declaration(decl: &str) -> Result<(String, String, Option<u32>)> {
     let (name, array_len) = match last.split_once('[') {
         None => (last, None),
         Some((name, rest)) => {
-            let len = rest.strip_suffix(']').with_context(|| format!("field `{decl}`: unclosed `[`"))?;
+            let len = rest
+                .strip_suffix(']')
+                .with_context(|| format!("field `{decl}`: unclosed `[`"))?;
             match len.trim() {
                 "" => (name, Some(0)),
                 len => match len.parse::<u32>() {
@@ -234,8 +272,8 @@ fn split_declaration(decl: &str) -> Result<(String, String, Option<u32>)> {
 fn normalize_pointer(type_part: &str) -> String {
     let trimmed = type_part.trim();
     let base = trimmed.trim_end_matches(|c: char| c == '*' || c.is_whitespace());
-    let stars = trimmed.chars().filter(|&c| c == '*').count()
-        - base.chars().filter(|&c| c == '*').count();
+    let stars =
+        trimmed.chars().filter(|&c| c == '*').count() - base.chars().filter(|&c| c == '*').count();
     if stars == 0 {
         trimmed.to_string()
     } else {
@@ -362,7 +400,11 @@ fn parse_c_integer(text: &str) -> Option<i64> {
     };
     // Wrapping keeps 64-bit masks like 0xffffffffffffffff representable (as -1).
     let value = magnitude as i64;
-    Some(if negative { value.wrapping_neg() } else { value })
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
 }
 
 #[cfg(test)]
@@ -489,7 +531,14 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
 "#;
 
     fn field(name: &str, type_name: &str, offset: u32, size: u32, signed: bool) -> Field {
-        Field { name: name.into(), type_name: type_name.into(), offset, size, signed, array_len: None }
+        Field {
+            name: name.into(),
+            type_name: type_name.into(),
+            offset,
+            size,
+            signed,
+            array_len: None,
+        }
     }
 
     #[test]
@@ -497,10 +546,16 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
         let f = parse_format(SYS_ENTER_LISTEN).unwrap();
         assert_eq!((f.name.as_str(), f.id), ("sys_enter_listen", 2236));
         assert_eq!(f.fields.len(), 7);
-        assert_eq!(f.fields[0], field("common_type", "unsigned short", 0, 2, false));
+        assert_eq!(
+            f.fields[0],
+            field("common_type", "unsigned short", 0, 2, false)
+        );
         assert_eq!(f.fields[3], field("common_pid", "int", 4, 4, true));
         assert_eq!(*f.field("fd").unwrap(), field("fd", "int", 16, 8, false));
-        assert_eq!(*f.field("backlog").unwrap(), field("backlog", "int", 24, 8, false));
+        assert_eq!(
+            *f.field("backlog").unwrap(),
+            field("backlog", "int", 24, 8, false)
+        );
         assert!(f.print_fmt.starts_with("\"fd: 0x%08lx"));
         assert!(f.print_fmt.ends_with("((unsigned long)(REC->backlog))"));
     }
@@ -515,30 +570,64 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
     #[test]
     fn inet_sock_set_state_fields_and_symbols() {
         let f = parse_format(INET_SOCK_SET_STATE).unwrap();
-        assert_eq!(*f.field("skaddr").unwrap(), field("skaddr", "const void *", 8, 8, false));
-        assert_eq!(*f.field("newstate").unwrap(), field("newstate", "int", 20, 4, true));
-        assert_eq!(*f.field("family").unwrap(), field("family", "__u16", 28, 2, false));
+        assert_eq!(
+            *f.field("skaddr").unwrap(),
+            field("skaddr", "const void *", 8, 8, false)
+        );
+        assert_eq!(
+            *f.field("newstate").unwrap(),
+            field("newstate", "int", 20, 4, true)
+        );
+        assert_eq!(
+            *f.field("family").unwrap(),
+            field("family", "__u16", 28, 2, false)
+        );
         let saddr = f.field("saddr").unwrap();
-        assert_eq!((saddr.type_name.as_str(), saddr.array_len, saddr.offset, saddr.size), ("__u8", Some(4), 32, 4));
+        assert_eq!(
+            (
+                saddr.type_name.as_str(),
+                saddr.array_len,
+                saddr.offset,
+                saddr.size
+            ),
+            ("__u8", Some(4), 32, 4)
+        );
         assert_eq!(f.field("daddr_v6").unwrap().array_len, Some(16));
         assert_eq!(f.symbol_value("newstate", "TCP_LISTEN"), Some(10));
         assert_eq!(f.symbol_value("oldstate", "TCP_NEW_SYN_RECV"), Some(12));
         assert_eq!(f.symbol_value("family", "AF_INET6"), Some(10));
         assert_eq!(f.symbol_value("protocol", "IPPROTO_MPTCP"), Some(262));
-        assert_eq!(f.symbol_value("newstate", "AF_INET"), None, "symbol of another field");
-        assert_eq!(f.symbol_value("sport", "TCP_LISTEN"), None, "field without a table");
+        assert_eq!(
+            f.symbol_value("newstate", "AF_INET"),
+            None,
+            "symbol of another field"
+        );
+        assert_eq!(
+            f.symbol_value("sport", "TCP_LISTEN"),
+            None,
+            "field without a table"
+        );
     }
 
     #[test]
     fn kfree_skb_reason() {
         let f = parse_format(KFREE_SKB).unwrap();
         let reason = f.field("reason").unwrap();
-        assert_eq!(*reason, field("reason", "enum skb_drop_reason", 36, 4, false));
-        assert_eq!(*f.field("rx_sk").unwrap(), field("rx_sk", "void *", 24, 8, false));
+        assert_eq!(
+            *reason,
+            field("reason", "enum skb_drop_reason", 36, 4, false)
+        );
+        assert_eq!(
+            *f.field("rx_sk").unwrap(),
+            field("rx_sk", "void *", 24, 8, false)
+        );
         assert_eq!(f.symbol_value("reason", "TCP_LISTEN_OVERFLOW"), Some(40));
         assert_eq!(f.symbol_value("reason", "NOT_SPECIFIED"), Some(2));
         assert_eq!(f.symbol_value("reason", "MAX"), Some(128));
-        assert_eq!(f.symbol_value("reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"), None);
+        assert_eq!(
+            f.symbol_value("reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"),
+            None
+        );
     }
 
     #[test]
@@ -546,9 +635,15 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
         let mut f = parse_format(CONSUME_SKB).unwrap();
         assert_eq!(f.fields.len(), 6);
         assert_eq!(f.field("location").unwrap().offset, 16);
-        assert_eq!(f.field("x").unwrap_err().to_string(), "tracepoint consume_skb has no field `x`");
+        assert_eq!(
+            f.field("x").unwrap_err().to_string(),
+            "tracepoint consume_skb has no field `x`"
+        );
         f.category = "skb".into();
-        assert_eq!(f.field("x").unwrap_err().to_string(), "tracepoint skb:consume_skb has no field `x`");
+        assert_eq!(
+            f.field("x").unwrap_err().to_string(),
+            "tracepoint skb:consume_skb has no field `x`"
+        );
     }
 
     #[test]
@@ -558,16 +653,28 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
         assert_eq!(*s, field("scontext", "__data_loc char[]", 24, 4, false));
         let f = parse_format(FTRACE_FUNCTION).unwrap();
         let args = f.field("args").unwrap();
-        assert_eq!((args.type_name.as_str(), args.array_len, args.size), ("unsigned long", Some(0), 0));
+        assert_eq!(
+            (args.type_name.as_str(), args.array_len, args.size),
+            ("unsigned long", Some(0), 0)
+        );
     }
 
     #[test]
     fn declarations() {
         let split = |d: &str| split_declaration(d).unwrap();
-        assert_eq!(split("char comm[16]"), ("char".into(), "comm".into(), Some(16)));
-        assert_eq!(split("const char *name"), ("const char *".into(), "name".into(), None));
+        assert_eq!(
+            split("char comm[16]"),
+            ("char".into(), "comm".into(), Some(16))
+        );
+        assert_eq!(
+            split("const char *name"),
+            ("const char *".into(), "name".into(), None)
+        );
         assert_eq!(split("void **pp"), ("void **".into(), "pp".into(), None));
-        assert_eq!(split("char comm[TASK_COMM_LEN]"), ("char [TASK_COMM_LEN]".into(), "comm".into(), None));
+        assert_eq!(
+            split("char comm[TASK_COMM_LEN]"),
+            ("char [TASK_COMM_LEN]".into(), "comm".into(), None)
+        );
         assert!(split_declaration("lonely").is_err());
         assert!(split_declaration("int a[4").is_err());
         assert!(split_declaration("int a-b").is_err());
@@ -581,7 +688,11 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
         assert!(err("name: x\nID: 12\n").contains("no `field:` lines"));
         assert!(err("name: x\nID: twelve\n").contains("bad ID `twelve`"));
         let bad = "name: x\nID: 1\nformat:\n\tfield:int a;\toffset:zz;\tsize:4;\tsigned:1;\n";
-        assert!(err(bad).contains("line 4") && err(bad).contains("bad offset"), "{}", err(bad));
+        assert!(
+            err(bad).contains("line 4") && err(bad).contains("bad offset"),
+            "{}",
+            err(bad)
+        );
         let no_size = "name: x\nID: 1\n\tfield:int a;\toffset:0;\tsigned:1;\n";
         assert!(err(no_size).contains("has no size"));
         let no_type = "name: x\nID: 1\n\tfield:a;\toffset:0;\tsize:4;\n";
@@ -595,7 +706,12 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
 
     #[test]
     fn garbage_never_panics() {
-        let samples = [SYS_ENTER_LISTEN, INET_SOCK_SET_STATE, KFREE_SKB, SELINUX_AUDITED];
+        let samples = [
+            SYS_ENTER_LISTEN,
+            INET_SOCK_SET_STATE,
+            KFREE_SKB,
+            SELINUX_AUDITED,
+        ];
         for text in samples {
             for end in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
                 if let Ok(f) = parse_format(&text[..end]) {
@@ -604,7 +720,13 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
                 }
             }
         }
-        for junk in ["field:", "field:;;;", "\tfield:int [;offset:1;size:1;", "print fmt: __print_symbolic(", "ID: 99999999999"] {
+        for junk in [
+            "field:",
+            "field:;;;",
+            "\tfield:int [;offset:1;size:1;",
+            "print fmt: __print_symbolic(",
+            "ID: 99999999999",
+        ] {
             let _ = parse_format(junk);
         }
     }
@@ -634,13 +756,22 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
         let f = read_format(&dir, "skb", "kfree_skb").unwrap();
         assert_eq!(f.tracepoint(), "skb:kfree_skb");
         let err = read_format(&dir, "skb", "nope").unwrap_err().to_string();
-        assert!(err.starts_with("kernel has no tracepoint skb:nope"), "{err}");
+        assert!(
+            err.starts_with("kernel has no tracepoint skb:nope"),
+            "{err}"
+        );
         assert!(read_format(&dir, "..", "x").is_err());
         std::fs::write(event_dir.join("format"), "garbage").unwrap();
         let err = format!("{:#}", read_format(&dir, "skb", "kfree_skb").unwrap_err());
-        assert!(err.contains("events/skb/kfree_skb/format") && err.contains("no `name:`"), "{err}");
+        assert!(
+            err.contains("events/skb/kfree_skb/format") && err.contains("no `name:`"),
+            "{err}"
+        );
         let missing = dir.join("missing");
-        assert_eq!(first_with_events([missing.as_path(), dir.as_path()]), Some(dir.clone()));
+        assert_eq!(
+            first_with_events([missing.as_path(), dir.as_path()]),
+            Some(dir.clone())
+        );
         assert_eq!(first_with_events([missing.as_path()]), None);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -652,6 +783,8 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
             println!("note: tracefs is not mounted; skipping");
             return;
         };
+        // With tracefs present, root() must find it without trying to mount anything.
+        assert_eq!(super::root().unwrap(), root);
         for (category, event) in [
             ("syscalls", "sys_enter_listen"),
             ("syscalls", "sys_exit_listen"),
@@ -671,7 +804,10 @@ print fmt: " %ps <-- %ps", (void *)REC->ip, (void *)REC->parent_ip
             assert_eq!(f.symbol_value("newstate", "TCP_LISTEN"), Some(10));
         }
         if let Ok(f) = read_format(&root, "skb", "kfree_skb") {
-            println!("TCP_LISTEN_OVERFLOW = {:?}", f.symbol_value("reason", "TCP_LISTEN_OVERFLOW"));
+            println!(
+                "TCP_LISTEN_OVERFLOW = {:?}",
+                f.symbol_value("reason", "TCP_LISTEN_OVERFLOW")
+            );
         }
     }
 }

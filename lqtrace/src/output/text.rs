@@ -110,7 +110,7 @@ pub fn summary(s: &Summary) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{Reason, Stage};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

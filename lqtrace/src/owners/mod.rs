@@ -397,8 +397,12 @@ time.sleep(30)
         assert_eq!(index.owners_of(srv.inode).len(), 1);
         // SAFETY: kill(2) of the child we spawned via python.
         unsafe { libc::kill(srv.child_pid as i32, libc::SIGKILL) };
-        // The child stays a zombie (python never waits), but exit already released its fds.
-        std::thread::sleep(Duration::from_millis(100));
+        // The child stays a zombie (python never waits), but exit releases its fds; SIGKILL is
+        // asynchronous, so wait for that.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while holdings(srv.child_pid).contains(&srv.inode) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         index.rescan();
         assert!(index.owners_of(srv.inode).is_empty());
     }

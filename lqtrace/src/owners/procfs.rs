@@ -105,8 +105,13 @@ pub(crate) fn socket_inodes_of_pid(pid: u32) -> io::Result<Vec<u64>> {
     let mut buf = Vec::with_capacity(64);
     for entry in std::fs::read_dir(&dir)? {
         let Ok(entry) = entry else { continue };
-        if let Some(ino) = readlink_socket(&dir, entry.file_name().as_bytes(), &mut buf) {
-            inodes.push(ino);
+        match readlink_socket(&dir, entry.file_name().as_bytes(), &mut buf) {
+            Ok(Some(ino)) => inodes.push(ino),
+            Ok(None) => {}
+            // The access check is per process, not per fd: if one link is off limits, they all
+            // are, and trying the other few hundred would only burn syscalls.
+            Err(libc::EACCES) => break,
+            Err(_) => {} // typically ENOENT: closed while we walked the directory
         }
     }
     Ok(inodes)
@@ -116,7 +121,9 @@ pub(crate) fn socket_inodes_of_pid(pid: u32) -> io::Result<Vec<u64>> {
 ///
 /// This is the hot loop of a full rescan (one call per open fd on the host), so it avoids the
 /// PathBuf/OsString allocations of `std::fs::read_link`.
-fn readlink_socket(dir: &Path, name: &[u8], buf: &mut Vec<u8>) -> Option<u64> {
+///
+/// `Ok(None)`: not a socket. `Err(errno)`: readlink failed.
+fn readlink_socket(dir: &Path, name: &[u8], buf: &mut Vec<u8>) -> Result<Option<u64>, i32> {
     buf.clear();
     buf.extend_from_slice(dir.as_os_str().as_bytes());
     buf.push(b'/');
@@ -127,8 +134,10 @@ fn readlink_socket(dir: &Path, name: &[u8], buf: &mut Vec<u8>) -> Option<u64> {
     let n = unsafe {
         libc::readlink(buf.as_ptr().cast(), target.as_mut_ptr().cast(), target.len())
     };
-    let n = usize::try_from(n).ok()?;
-    parse_socket_link_bytes(target.get(..n)?)
+    let Ok(n) = usize::try_from(n) else {
+        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    };
+    Ok(target.get(..n).and_then(parse_socket_link_bytes))
 }
 
 /// Start time of `pid` (clock ticks since boot), the key that tells a pid from its reuse.
