@@ -148,6 +148,8 @@ pub struct Config {
     /// `TCP_LISTEN` from BTF `enum` (tcp_states).
     pub tcp_listen: u32,
     // struct sock
+    /// `__sk_common.skc_state` (one byte).
+    pub sk_state: u32,
     pub sk_net: u32,
     pub sk_ack_backlog: u32,
     pub sk_max_ack_backlog: u32,
@@ -174,8 +176,26 @@ pub struct Config {
     pub tp_state_sport: u32,
     pub tp_state_family: u32,
     pub tp_state_protocol: u32,
+    // struct sk_buff, for the function-probe variants that read the packet from the skb
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_protocol: u32,
+    /// Argument positions (from BTF prototypes) of the listener `sk` and the `skb` in
+    /// tcp_conn_request, tcp_check_req and cookie_v4_check/cookie_v6_check.
+    pub syn_arg_sk: u32,
+    pub syn_arg_skb: u32,
+    pub ack_arg_sk: u32,
+    pub ack_arg_skb: u32,
+    pub cookie_arg_sk: u32,
+    pub cookie_arg_skb: u32,
     pub _pad: u32,
 }
+
+/// Bits of the `CGROUP_STAGES` map: which packets the cgroup "before" hook brackets. The others
+/// are bracketed by function probes (fentry/fexit or kprobe/kretprobe).
+pub const CGROUP_SYN: u32 = 1;
+pub const CGROUP_ACK: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

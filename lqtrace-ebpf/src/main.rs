@@ -13,9 +13,11 @@
 #![no_main]
 
 mod bracket;
+mod cgroup;
 mod kernel;
 mod listeners;
 mod maps;
+mod probes;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use lqtrace_common::{BracketRecord, Config, MIB_COUNT, STAT_COUNT};
 
@@ -22,6 +22,17 @@ macro_rules! config {
 }
 pub(crate) use config;
 
+/// Which packets the cgroup "before" hook brackets (`lqtrace_common::CGROUP_SYN | CGROUP_ACK`):
+/// a map, not part of CONFIG, because the loader decides it after probing which hook variants
+/// the kernel accepts, once the object is loaded.
+#[map]
+pub static CGROUP_STAGES: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn cgroup_stages() -> u32 {
+    CGROUP_STAGES.get(0).copied().unwrap_or(0)
+}
+
 /// Records to userspace. 4 MiB holds ~30k drop records: several seconds of a flood even when the
 /// reader is slow; every record that does not fit is counted in `STATS`.
 #[map]
@@ -36,6 +47,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 pub struct Bracket {
     /// Address of the skb being processed, 0 when no bracket is open.
     pub skb: u64,
+    /// `bracket::OPENER_*`: which hook variant opened it.
+    pub opener: u64,
     /// Address of this CPU's `struct linux_mib` of the listener's network namespace.
     pub mib: u64,
     /// Counter values before processing, in `MIB_*` order.

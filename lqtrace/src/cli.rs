@@ -60,6 +60,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = DEFAULT_BTF, global = true)]
     pub btf: PathBuf,
 
+    /// Force a hook variant: fentry, kprobe or cgroup, for all drop kinds or per group
+    /// (syn=kprobe,ack=cgroup). Default: the best one the kernel accepts (see `lqtrace check`).
+    #[arg(long, value_name = "SPEC", value_parser = crate::hooks::parse_forced, global = true)]
+    pub hooks: Option<crate::hooks::Forced>,
+
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while tracing.
     #[arg(long, value_name = "ADDR", global = true)]
     pub metrics: Option<SocketAddr>,
@@ -76,6 +81,9 @@ pub enum Command {
     Run(RunArgs),
     /// A self-contained demonstration in a private network namespace.
     Demo(DemoArgs),
+    /// Show which hook serves each drop kind on this kernel (and why better ones were skipped);
+    /// exit 0 when every drop kind is covered, 1 otherwise.
+    Check,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,19 +1,31 @@
-//! The one table of what lqtrace attaches, and which drop kind each hook serves.
+//! The one table of hook variants: for each group of drop kinds, the ways lqtrace can observe
+//! them, best first, with the kernel functions each relies on. All variants feed the same
+//! counter engine (lqtrace-ebpf/src/bracket.rs) and produce the same records.
 //!
-//! Every drop kind is observed the same way on this design: a before/after reading of the
-//! listener's per-CPU SNMP counters around the packet (see lqtrace-ebpf/src/bracket.rs). The
-//! table names, for each program, its attach point and the kernel behaviour it relies on, so
-//! that a kernel where one of them is missing fails with a message that says what is missing.
+//! - SYN drops (syn_accept_queue_full, syn_queue_full, syn_other) and SYN cookies: the packet
+//!   handled by `tcp_conn_request()`.
+//! - Final-ACK drops (ack_accept_queue_full with or without RST, ack_syncookie_accept_queue_full):
+//!   the packet handled by `tcp_check_req()` (request-socket path) or
+//!   `cookie_v4_check()`/`cookie_v6_check()` (syncookie path).
+//!
+//! Variants, best first: fentry/fexit (cheapest, needs BPF trampolines), kprobe/kretprobe (needs
+//! CONFIG_KPROBES), cgroup (cgroup_skb ingress + skb free tracepoints: no function hooks at all;
+//! the development host's only option).
+
+use std::fmt;
 
 /// How a program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
     /// cgroup_skb ingress on the root of the cgroup v2 hierarchy (all sockets of the host).
     CgroupIngress,
-    /// Raw tracepoint by name.
     RawTracepoint(&'static str),
     /// Classic tracepoint (category, name).
     Tracepoint(&'static str, &'static str),
+    Fentry(&'static str),
+    Fexit(&'static str),
+    Kprobe(&'static str),
+    Kretprobe(&'static str),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -21,84 +33,247 @@ pub struct Hook {
     /// Program name in the eBPF object.
     pub program: &'static str,
     pub attach: Attach,
-    /// What the program does for the drop kinds.
-    pub role: &'static str,
-    /// The kernel function or behaviour the hook depends on.
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Fentry,
+    Kprobe,
+    Cgroup,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::Fentry, Method::Kprobe, Method::Cgroup];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Fentry => "fentry",
+            Method::Kprobe => "kprobe",
+            Method::Cgroup => "cgroup",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Syn,
+    Ack,
+}
+
+impl Group {
+    pub const ALL: [Group; 2] = [Group::Syn, Group::Ack];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Syn => "syn",
+            Group::Ack => "ack",
+        }
+    }
+    /// The drop kinds (JSON `reason` values) this group observes.
+    pub fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Group::Syn => &["syn_accept_queue_full", "syn_queue_full", "syn_other", "syncookie (not a drop)"],
+            Group::Ack => &["ack_accept_queue_full", "ack_accept_queue_full + rst", "ack_syncookie_accept_queue_full"],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub group: Group,
+    pub method: Method,
+    pub hooks: &'static [Hook],
+    /// Kernel functions that must exist (BTF for fentry, kallsyms for kprobe).
+    pub functions: &'static [&'static str],
+    /// What the variant depends on, for messages and `lqtrace check`.
     pub relies_on: &'static str,
 }
 
-/// In attach order: the "after" hooks and listener bookkeeping first, the cgroup "before" hook
-/// last, so no bracket is opened that cannot be closed.
-pub const HOOKS: &[Hook] = &[
-    Hook {
-        program: "skb_consumed",
-        attach: Attach::RawTracepoint("consume_skb"),
-        role: "after: end of a SYN's processing (accepted or dropped)",
-        relies_on: "tcp_rcv_state_process() consumes the SYN with consume_skb() after conn_request",
+const fn h(program: &'static str, attach: Attach) -> Hook {
+    Hook { program, attach }
+}
+
+/// The cgroup variant's programs are shared by both groups (attached once).
+const CGROUP_HOOKS: &[Hook] = &[
+    h("skb_consumed", Attach::RawTracepoint("consume_skb")),
+    h("skb_dropped", Attach::RawTracepoint("kfree_skb")),
+    h("listener_rx", Attach::CgroupIngress),
+];
+
+pub const VARIANTS: &[Variant] = &[
+    Variant {
+        group: Group::Syn,
+        method: Method::Fentry,
+        hooks: &[h("syn_fentry", Attach::Fentry("tcp_conn_request")), h("syn_fexit", Attach::Fexit("tcp_conn_request"))],
+        functions: &["tcp_conn_request"],
+        relies_on: "BPF trampolines (fentry/fexit) on tcp_conn_request()",
     },
-    Hook {
-        program: "skb_dropped",
-        attach: Attach::RawTracepoint("kfree_skb"),
-        role: "after: end of a dropped final ACK / syncookie ACK",
-        relies_on: "tcp_v4_rcv()/tcp_v6_rcv() and cookie_v4_check() free the dropped ACK with kfree_skb_reason()",
+    Variant {
+        group: Group::Syn,
+        method: Method::Kprobe,
+        hooks: &[h("syn_kprobe", Attach::Kprobe("tcp_conn_request")), h("syn_kretprobe", Attach::Kretprobe("tcp_conn_request"))],
+        functions: &["tcp_conn_request"],
+        relies_on: "CONFIG_KPROBES; tcp_conn_request() not inlined",
     },
-    Hook {
-        program: "listen_enter",
-        attach: Attach::Tracepoint("syscalls", "sys_enter_listen"),
-        role: "listeners: backlog requested in listen()",
-        relies_on: "CONFIG_FTRACE_SYSCALLS",
+    Variant {
+        group: Group::Syn,
+        method: Method::Cgroup,
+        hooks: CGROUP_HOOKS,
+        functions: &[],
+        relies_on: "cgroup v2 + cgroup_skb ingress (tcp_filter() runs it with skb->sk = the listener); tcp_rcv_state_process() consume_skb()s every SYN",
     },
-    Hook {
-        program: "listen_exit",
-        attach: Attach::Tracepoint("syscalls", "sys_exit_listen"),
-        role: "listeners: listen() on an already listening socket (backlog change)",
-        relies_on: "CONFIG_FTRACE_SYSCALLS",
+    Variant {
+        group: Group::Ack,
+        method: Method::Fentry,
+        hooks: &[
+            h("ack_fentry", Attach::Fentry("tcp_check_req")),
+            h("ack_fexit", Attach::Fexit("tcp_check_req")),
+            h("cookie4_fentry", Attach::Fentry("cookie_v4_check")),
+            h("cookie4_fexit", Attach::Fexit("cookie_v4_check")),
+            h("cookie6_fentry", Attach::Fentry("cookie_v6_check")),
+            h("cookie6_fexit", Attach::Fexit("cookie_v6_check")),
+        ],
+        functions: &["tcp_check_req", "cookie_v4_check", "cookie_v6_check"],
+        relies_on: "BPF trampolines on tcp_check_req(), cookie_v4_check(), cookie_v6_check()",
     },
-    Hook {
-        program: "sock_state",
-        attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
-        role: "listeners: socket enters/leaves TCP_LISTEN, in the caller of listen()",
-        relies_on: "inet_csk_listen_start() sets TCP_LISTEN in process context",
+    Variant {
+        group: Group::Ack,
+        method: Method::Kprobe,
+        hooks: &[
+            h("ack_kprobe", Attach::Kprobe("tcp_check_req")),
+            h("ack_kretprobe", Attach::Kretprobe("tcp_check_req")),
+            h("cookie4_kprobe", Attach::Kprobe("cookie_v4_check")),
+            h("cookie4_kretprobe", Attach::Kretprobe("cookie_v4_check")),
+            h("cookie6_kprobe", Attach::Kprobe("cookie_v6_check")),
+            h("cookie6_kretprobe", Attach::Kretprobe("cookie_v6_check")),
+        ],
+        functions: &["tcp_check_req", "cookie_v4_check", "cookie_v6_check"],
+        relies_on: "CONFIG_KPROBES; tcp_check_req()/cookie_v4_check()/cookie_v6_check() not inlined",
     },
-    Hook {
-        program: "listener_rx",
-        attach: Attach::CgroupIngress,
-        role: "before: a listener is about to process a SYN / final ACK / syncookie ACK",
-        relies_on: "tcp_filter() -> sk_filter_trim_cap() runs cgroup ingress programs with skb->sk = the listener",
+    Variant {
+        group: Group::Ack,
+        method: Method::Cgroup,
+        hooks: CGROUP_HOOKS,
+        functions: &[],
+        relies_on: "cgroup v2 + cgroup_skb ingress; tcp_v4_rcv()/cookie_v4_check() kfree_skb() the dropped ACK",
     },
 ];
 
-/// Drop kinds and the counters that identify them, for `-v` and the README.
-pub const DROP_KINDS: &[(&str, &str, &str)] = &[
-    ("syn_accept_queue_full", "listener_rx + skb_consumed", "ListenDrops + ListenOverflows"),
-    ("syn_queue_full", "listener_rx + skb_consumed", "ListenDrops + TCPReqQFullDrop"),
-    ("syn_other", "listener_rx + skb_consumed", "ListenDrops alone"),
-    ("ack_accept_queue_full", "listener_rx + skb_dropped", "ListenDrops + ListenOverflows"),
-    (
-        "ack_syncookie_accept_queue_full",
-        "listener_rx + skb_dropped",
-        "ListenDrops + ListenOverflows + SyncookiesRecv",
-    ),
-    ("syncookie (not a drop)", "listener_rx + skb_consumed", "TCPReqQFullDoCookies"),
+/// Listener bookkeeping (requested backlog, listen() caller): always attached.
+pub const LISTENER_HOOKS: &[Hook] = &[
+    h("listen_enter", Attach::Tracepoint("syscalls", "sys_enter_listen")),
+    h("listen_exit", Attach::Tracepoint("syscalls", "sys_exit_listen")),
+    h("sock_state", Attach::Tracepoint("sock", "inet_sock_set_state")),
 ];
+
+/// Every hook lqtrace may attach (listener bookkeeping and all variants), each once.
+pub fn all_hooks() -> Vec<Hook> {
+    let mut out: Vec<Hook> = LISTENER_HOOKS.to_vec();
+    for v in VARIANTS {
+        for hook in v.hooks {
+            if !out.iter().any(|x| x.program == hook.program) {
+                out.push(*hook);
+            }
+        }
+    }
+    out
+}
+
+pub fn variants(group: Group) -> impl Iterator<Item = &'static Variant> {
+    VARIANTS.iter().filter(move |v| v.group == group)
+}
 
 pub fn describe(attach: Attach) -> String {
     match attach {
         Attach::CgroupIngress => "cgroup_skb/ingress (root cgroup v2)".to_string(),
         Attach::RawTracepoint(name) => format!("raw_tp/{name}"),
         Attach::Tracepoint(cat, name) => format!("tracepoint/{cat}/{name}"),
+        Attach::Fentry(f) => format!("fentry/{f}"),
+        Attach::Fexit(f) => format!("fexit/{f}"),
+        Attach::Kprobe(f) => format!("kprobe/{f}"),
+        Attach::Kretprobe(f) => format!("kretprobe/{f}"),
     }
 }
 
-/// The table as text lines, for `-v`.
-pub fn table() -> Vec<String> {
-    let mut lines = vec![format!("{:<14} {:<40} {}", "PROGRAM", "ATTACH", "ROLE")];
-    for h in HOOKS {
-        lines.push(format!("{:<14} {:<40} {}", h.program, describe(h.attach), h.role));
+/// `--hooks` value: one method for both groups (`kprobe`), or per group (`syn=fentry,ack=cgroup`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forced {
+    pub syn: Option<Method>,
+    pub ack: Option<Method>,
+}
+
+impl Forced {
+    pub fn get(&self, g: Group) -> Option<Method> {
+        match g {
+            Group::Syn => self.syn,
+            Group::Ack => self.ack,
+        }
     }
-    lines.push(format!("{:<32} {:<28} {}", "DROP KIND", "HOOKS", "COUNTERS THAT MOVE"));
-    for (kind, hooks, counters) in DROP_KINDS {
-        lines.push(format!("{kind:<32} {hooks:<28} {counters}"));
+}
+
+pub fn parse_forced(s: &str) -> Result<Forced, String> {
+    let bad = |what: &str| format!("invalid --hooks `{what}`: use fentry, kprobe or cgroup, optionally per group: syn=kprobe,ack=cgroup");
+    let mut f = Forced::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            None => {
+                let m = Method::parse(part).ok_or_else(|| bad(part))?;
+                f.syn = Some(m);
+                f.ack = Some(m);
+            }
+            Some((g, m)) => {
+                let m = Method::parse(m.trim()).ok_or_else(|| bad(part))?;
+                match g.trim() {
+                    "syn" => f.syn = Some(m),
+                    "ack" => f.ack = Some(m),
+                    _ => return Err(bad(part)),
+                }
+            }
+        }
     }
-    lines
+    if f == Forced::default() {
+        return Err(bad(s));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_has_all_methods_best_first() {
+        for g in Group::ALL {
+            let methods: Vec<Method> = variants(g).map(|v| v.method).collect();
+            assert_eq!(methods, vec![Method::Fentry, Method::Kprobe, Method::Cgroup]);
+        }
+    }
+
+    #[test]
+    fn program_names_are_unique_per_attach() {
+        let mut seen = std::collections::HashMap::new();
+        for v in VARIANTS {
+            for hook in v.hooks {
+                let prev = seen.insert(hook.program, hook.attach);
+                assert!(prev.is_none() || prev == Some(hook.attach), "{} attached two ways", hook.program);
+            }
+        }
+    }
+
+    #[test]
+    fn forced_parsing() {
+        assert_eq!(parse_forced("kprobe"), Ok(Forced { syn: Some(Method::Kprobe), ack: Some(Method::Kprobe) }));
+        assert_eq!(parse_forced("syn=fentry,ack=cgroup"), Ok(Forced { syn: Some(Method::Fentry), ack: Some(Method::Cgroup) }));
+        assert_eq!(parse_forced("ack=cgroup"), Ok(Forced { syn: None, ack: Some(Method::Cgroup) }));
+        for bad in ["", "x", "syn=x", "foo=kprobe", ","] {
+            assert!(parse_forced(bad).is_err(), "{bad}");
+        }
+    }
 }

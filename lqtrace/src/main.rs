@@ -17,6 +17,7 @@ fn main() {
             Some(Command::Top(args)) => lqtrace::modes::top::run(&cli, &args).await,
             Some(Command::Run(args)) => lqtrace::modes::run::run(&cli, &args).await,
             Some(Command::Demo(args)) => lqtrace::modes::demo::run(&cli, &args).await,
+            Some(Command::Check) => lqtrace::modes::check::run(&cli),
         }
     });
     match result {

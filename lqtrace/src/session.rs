@@ -37,6 +37,41 @@ pub struct SessionOptions {
     pub btf: PathBuf,
     pub verbose: bool,
     pub filter: Filter,
+    /// `--hooks`: force a hook variant per group of drop kinds.
+    pub forced: hooks::Forced,
+}
+
+impl SessionOptions {
+    pub fn from_cli(cli: &crate::cli::Cli) -> SessionOptions {
+        SessionOptions {
+            btf: cli.btf.clone(),
+            verbose: cli.verbose,
+            filter: Filter::from_cli(cli),
+            forced: cli.hooks.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Privilege and kernel checks, layout resolution, and load + attach with hook selection.
+/// `require_all`: fail when a group of drop kinds has no usable hook (`lqtrace check` reports
+/// instead).
+pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
+    preflight::check_privileges()?;
+    preflight::check_btf(&opts.btf)?;
+    let cgroup_root = preflight::cgroup2_root()?;
+    let tracefs_root = tracefs::root()?;
+    let btf = Btf::from_file(&opts.btf).map_err(|e| anyhow!("{e}"))?;
+    let config = layout::resolve(&btf, &tracefs_root).context("reading the kernel layout")?;
+    let load_opts = loader::LoadOptions {
+        cgroup_root,
+        btf_path: opts.btf.clone(),
+        verbose: opts.verbose,
+        forced: opts.forced.clone(),
+        kallsyms: loader::read_kallsyms(),
+        btf_funcs: layout::probe_functions(&btf),
+    };
+    drop(btf);
+    loader::load(&config, &load_opts, require_all)
 }
 
 /// Counters of one namespace at a point in time (kernel monotonic ns when the read started).
@@ -131,21 +166,8 @@ impl Session {
     /// Check privileges and kernel support, load and attach every program, take the start
     /// readings. Must run inside a tokio runtime (the ring buffer is polled with AsyncFd).
     pub fn start(opts: &SessionOptions) -> Result<Session> {
-        preflight::check_privileges()?;
-        preflight::check_btf(&opts.btf)?;
-        let cgroup_root = preflight::cgroup2_root()?;
-        let tracefs_root = tracefs::root()?;
         let started = Instant::now();
-
-        let btf = Btf::from_file(&opts.btf).map_err(|e| anyhow!("{e}"))?;
-        let config = layout::resolve(&btf, &tracefs_root).context("reading the kernel layout")?;
-        drop(btf);
-        if opts.verbose {
-            for line in hooks::table() {
-                eprintln!("{line}");
-            }
-        }
-        let mut tracer = loader::load(&config, &cgroup_root, opts.verbose)?;
+        let mut tracer = load_tracer(opts, true)?;
         let ring = tracer.take_events()?;
         // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -212,6 +234,11 @@ impl Session {
     /// The programs' own counters so far (lost records etc.).
     pub fn stats(&self) -> [u64; lqtrace_common::STAT_COUNT as usize] {
         self.tracer.stats().unwrap_or_default()
+    }
+
+    /// Hook variant chosen per group of drop kinds.
+    pub fn hooks(&self) -> BTreeMap<String, String> {
+        self.tracer.selection.chosen.iter().map(|(g, m)| (g.as_str().to_string(), m.as_str().to_string())).collect()
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -311,6 +338,7 @@ impl Session {
             unbracketed: stats[STAT_UNBRACKETED as usize],
             late: stats[STAT_LATE as usize],
             brackets: stats[STAT_BRACKETS as usize],
+            hooks: self.hooks(),
         }
     }
 }

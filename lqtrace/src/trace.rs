@@ -4,13 +4,13 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Filter},
+    cli::Cli,
     output::Printer,
     session::{Session, SessionOptions},
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let opts = SessionOptions { btf: cli.btf.clone(), verbose: cli.verbose, filter: Filter::from_cli(&cli) };
+    let opts = SessionOptions::from_cli(&cli);
     let mut session = Session::start(&opts)?;
     let mut printer = Printer::new(cli.json);
     printer.banner().context("writing to stdout")?;

@@ -36,6 +36,7 @@ fn tp_field(fmt: &tracefs::Format, name: &str, size: u32) -> Result<u32> {
 pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     let mut c = Config { ready: 1, ..Config::default() };
     c.tcp_listen = enum_u32(btf, "TCP_LISTEN")?;
+    c.sk_state = field(btf, "sock", "__sk_common.skc_state", 1)?;
     c.sk_net = field(btf, "sock", "__sk_common.skc_net", 8)?;
     c.sk_ack_backlog = field(btf, "sock", "sk_ack_backlog", 4)?;
     c.sk_max_ack_backlog = field(btf, "sock", "sk_max_ack_backlog", 4)?;
@@ -56,6 +57,19 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
         *slot = enum_u32(btf, name)?;
     }
     debug_assert_eq!(c.mib.len(), MIB_COUNT);
+    // For the function-probe variants, which read the packet from the skb.
+    c.skb_head = field(btf, "sk_buff", "head", 8)?;
+    c.skb_network_header = field(btf, "sk_buff", "network_header", 2)?;
+    c.skb_transport_header = field(btf, "sk_buff", "transport_header", 2)?;
+    c.skb_protocol = field(btf, "sk_buff", "protocol", 2)?;
+    // Argument positions; a function missing here only disables the variants that hook it
+    // (loader pre-check), so absence is not an error.
+    (c.syn_arg_sk, c.syn_arg_skb) = sk_skb_args(btf, "tcp_conn_request").unwrap_or((0, 0));
+    (c.ack_arg_sk, c.ack_arg_skb) = sk_skb_args(btf, "tcp_check_req").unwrap_or((0, 0));
+    (c.cookie_arg_sk, c.cookie_arg_skb) = sk_skb_args(btf, "cookie_v4_check").unwrap_or((0, 0));
+    if sk_skb_args(btf, "cookie_v6_check").is_some_and(|a| a != (c.cookie_arg_sk, c.cookie_arg_skb)) {
+        bail!("kernel BTF: cookie_v4_check and cookie_v6_check take sk/skb in different positions");
+    }
     check_raw_tracepoint(btf, "consume_skb")?;
     check_raw_tracepoint(btf, "kfree_skb")?;
 
@@ -83,4 +97,24 @@ fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
         Some((_, ty)) if ty.contains("sk_buff") => Ok(()),
         other => bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *"),
     }
+}
+
+/// Positions of the `struct sock *` and `struct sk_buff *` parameters of `func`, by type (names
+/// vary across versions). None when the function is absent or the prototype is unexpected.
+pub fn sk_skb_args(btf: &Btf, func: &str) -> Option<(u32, u32)> {
+    let params = btf.func_params(func).ok()?;
+    let pos = |ty: &str| params.iter().position(|(_, t)| t == ty).map(|p| p as u32);
+    let sk = pos("struct sock *")?;
+    let skb = pos("struct sk_buff *")?;
+    (sk < 6 && skb < 6).then_some((sk, skb))
+}
+
+/// Which of the functions the probe variants hook exist in BTF with the expected arguments.
+pub fn probe_functions(btf: &Btf) -> std::collections::HashSet<String> {
+    crate::hooks::VARIANTS
+        .iter()
+        .flat_map(|v| v.functions.iter())
+        .filter(|f| btf.has_func(f) && sk_skb_args(btf, f).is_some())
+        .map(|f| f.to_string())
+        .collect()
 }

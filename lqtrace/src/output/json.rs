@@ -82,6 +82,7 @@ pub fn summary(s: &Summary) -> Value {
         "unbracketed": s.unbracketed,
         "late_brackets": s.late,
         "brackets": s.brackets,
+        "hooks": s.hooks,
     })
 }
 

@@ -65,6 +65,8 @@ pub struct Summary {
     pub unbracketed: u64,
     pub late: u64,
     pub brackets: u64,
+    /// Hook variant per group of drop kinds ("syn" -> "cgroup", ...).
+    pub hooks: BTreeMap<String, String>,
 }
 
 /// Accumulates events while tracing.

@@ -106,6 +106,10 @@ pub fn summary(s: &Summary) -> Vec<String> {
         "Lost records: {} (standing for {} drops), other lost: {}, undecodable: {}, unbracketed packets: {}",
         s.lost_records, s.lost_drops, s.lost_other, s.undecodable, s.unbracketed
     ));
+    if !s.hooks.is_empty() {
+        let hooks: Vec<String> = s.hooks.iter().map(|(g, m)| format!("{g} drops via {m}")).collect();
+        out.push(format!("Hooks: {}", hooks.join(", ")));
+    }
     out
 }
 

@@ -1,0 +1,148 @@
+//! Hook variants "fentry" (fentry/fexit) and "kprobe" (kprobe/kretprobe): bracket the kernel
+//! functions that decide listen drops, where the kernel lets us hook functions (most distro
+//! kernels; not the development host). Same counter engine as the cgroup variant
+//! (`bracket.rs`), same records.
+//!
+//! - SYN: `tcp_conn_request()` — every SYN a listener answers or drops (v4-mapped SYNs too:
+//!   tcp_v6_conn_request calls tcp_v4_conn_request, which calls it once).
+//! - Final ACK (request-socket path): `tcp_check_req()` — including the embryonic RST of
+//!   tcp_abort_on_overflow=1; skipped when `sk` is not a listener (TCP Fast Open calls it with
+//!   the child).
+//! - Syncookie ACK: `cookie_v4_check()` / `cookie_v6_check()`.
+//! Argument positions come from the running kernel's BTF (the loader checks the prototypes).
+
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use lqtrace_common::STAT_UNBRACKETED;
+
+use crate::{
+    bracket::{ETH_P_IP, ETH_P_IPV6, OPENER_PROBE, apply_ipv4, apply_ipv6, apply_tcp, close_matching, fresh_slot, open},
+    kernel::read_u64,
+    maps::{config, stat_add},
+};
+
+/// Open a bracket for `skb` about to be handled by the listener `sk`.
+#[inline(always)]
+fn before(sk: u64, skb: u64) {
+    if config!(ready) == 0 || sk == 0 || skb == 0 {
+        return;
+    }
+    if !is_listener(sk) {
+        return;
+    }
+    if probe_open(sk, skb).is_none() {
+        stat_add(STAT_UNBRACKETED, 1);
+    }
+}
+
+#[inline(always)]
+fn is_listener(sk: u64) -> bool {
+    let mut state = [0u8; 1];
+    let ok = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf((sk + config!(sk_state) as u64) as *const u8, &mut state)
+    }
+    .is_ok();
+    ok && state[0] as u32 == config!(tcp_listen)
+}
+
+fn probe_open(sk: u64, skb: u64) -> Option<()> {
+    let slot = fresh_slot()?;
+    let r = unsafe { &mut (*slot).record };
+    let head = read_u64(skb + config!(skb_head) as u64)?;
+    let nh = read_u16(skb + config!(skb_network_header) as u64)? as u64;
+    let th = read_u16(skb + config!(skb_transport_header) as u64)? as u64;
+    let proto = u16::from_be(read_u16(skb + config!(skb_protocol) as u64)?);
+    if proto == ETH_P_IP {
+        let ip: [u8; 20] = read_bytes(head + nh)?;
+        apply_ipv4(r, &ip)?;
+        apply_tcp(r, &read_bytes(head + th)?);
+    } else if proto == ETH_P_IPV6 {
+        if apply_ipv6(r, &read_bytes(head + nh)?) {
+            apply_tcp(r, &read_bytes(head + th)?);
+        }
+    } else {
+        return None;
+    }
+    open(slot, sk, skb, OPENER_PROBE, 0)
+}
+
+#[inline(always)]
+fn read_u16(addr: u64) -> Option<u16> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u16) }.ok()
+}
+
+#[inline(always)]
+fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(addr as *const u8, &mut buf) }.ok()?;
+    Some(buf)
+}
+
+/// BTF context argument `n` (a runtime value from the config): one constant offset per arm,
+/// as the verifier requires for ctx accesses.
+#[inline(always)]
+fn btf_arg(ctx: &FEntryContext, n: u32) -> u64 {
+    match n {
+        0 => ctx.arg(0),
+        1 => ctx.arg(1),
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        4 => ctx.arg(4),
+        _ => ctx.arg(5),
+    }
+}
+
+#[inline(always)]
+fn btf_arg_exit(ctx: &FExitContext, n: u32) -> u64 {
+    match n {
+        0 => ctx.arg(0),
+        1 => ctx.arg(1),
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        4 => ctx.arg(4),
+        _ => ctx.arg(5),
+    }
+}
+
+#[inline(always)]
+fn reg_arg(ctx: &ProbeContext, n: u32) -> u64 {
+    ctx.arg::<u64>(n as usize).unwrap_or(0)
+}
+
+macro_rules! probe_pair {
+    ($func:literal, $sk:ident, $skb:ident,
+     $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident) => {
+        #[fentry(function = $func)]
+        pub fn $fentry(ctx: FEntryContext) -> i32 {
+            before(btf_arg(&ctx, config!($sk)), btf_arg(&ctx, config!($skb)));
+            0
+        }
+
+        #[fexit(function = $func)]
+        pub fn $fexit(ctx: FExitContext) -> i32 {
+            close_matching(OPENER_PROBE, btf_arg_exit(&ctx, config!($skb)));
+            0
+        }
+
+        #[kprobe(function = $func)]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            before(reg_arg(&ctx, config!($sk)), reg_arg(&ctx, config!($skb)));
+            0
+        }
+
+        #[kretprobe(function = $func)]
+        pub fn $kretprobe(_ctx: RetProbeContext) -> u32 {
+            // No arguments at return: the bracket this CPU's kprobe opened is the one to close
+            // (nothing nests inside these functions that opens another).
+            close_matching(OPENER_PROBE, 0);
+            0
+        }
+    };
+}
+
+probe_pair!("tcp_conn_request", syn_arg_sk, syn_arg_skb, syn_fentry, syn_fexit, syn_kprobe, syn_kretprobe);
+probe_pair!("tcp_check_req", ack_arg_sk, ack_arg_skb, ack_fentry, ack_fexit, ack_kprobe, ack_kretprobe);
+probe_pair!("cookie_v4_check", cookie_arg_sk, cookie_arg_skb, cookie4_fentry, cookie4_fexit, cookie4_kprobe, cookie4_kretprobe);
+probe_pair!("cookie_v6_check", cookie_arg_sk, cookie_arg_skb, cookie6_fentry, cookie6_fexit, cookie6_kprobe, cookie6_kretprobe);
