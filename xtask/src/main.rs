@@ -1,1 +1,128 @@
-fn main() {}
+//! `cargo xtask`: the build/test front door of lqtrace.
+//!
+//! `cargo xtask` / `cargo xtask setup` checks and installs the BPF toolchain; `build`, `ebpf`,
+//! `run`, `test` and `clippy` do that check first. See README.md ("Development").
+
+mod commands;
+mod toolchain;
+mod util;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test lqtrace (with no command: `setup`)",
+    after_help = "Quick start (as root, on a fresh machine):\n  \
+                  cargo xtask run     # install the BPF toolchain if missing, build, trace (Ctrl-C to end)\n  \
+                  cargo xtask test    # install the toolchain if missing, build, run unit + root integration tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build with the release profile
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the toolchain (nightly rust-src, LLVM 22, bpf-linker, iproute2, python3) and install
+    /// what is missing (apt needs root)
+    Setup,
+    /// Setup check, then `cargo build -p lqtrace` (build.rs builds and embeds the eBPF object)
+    Build(BuildArgs),
+    /// Build, then copy the eBPF object to target/bpf/lqtrace.bpf.o for inspection
+    Ebpf(BuildArgs),
+    /// Build, then run target/<profile>/lqtrace ARGS as root (via `sudo -E` if not root)
+    #[command(after_help = "Example: cargo xtask run -- -j -d 30s")]
+    Run {
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Arguments for lqtrace (after `--`; see `cargo xtask run -- --help`)
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Setup check, then what CI runs: unit tests, xtask tests, root integration tests
+    #[command(
+        after_help = "Environment: LQTRACE_TEST_THREADS=N passes --test-threads=N to the \
+                            integration test binaries.\n\
+                            Example: cargo xtask test -- --nocapture some_test_name"
+    )]
+    Test {
+        /// Run only the unit tests (steps 1 and 2); without it, a non-root run fails
+        #[arg(long)]
+        unit_only: bool,
+        /// Arguments for the integration test binaries (after `--`)
+        #[arg(last = true, value_name = "EXTRA")]
+        extra: Vec<OsString>,
+    },
+    /// Setup check, then `cargo clippy` on lqtrace, lqtrace-common and xtask (all targets)
+    Clippy {
+        /// Arguments for clippy-driver (after `--`), e.g. `-D warnings`
+        #[arg(last = true, value_name = "EXTRA")]
+        extra: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Cmd::Setup) {
+        Cmd::Setup => toolchain::ensure(true),
+        Cmd::Build(b) => commands::build(b.release),
+        Cmd::Ebpf(b) => commands::ebpf(b.release),
+        Cmd::Run { build, args } => commands::run(build.release, &args),
+        Cmd::Test { unit_only, extra } => commands::test(unit_only, &extra),
+        Cmd::Clippy { extra } => commands::clippy(&extra),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_args_after_dashdash() {
+        let cli =
+            Cli::try_parse_from(["xtask", "run", "--release", "--", "-j", "-d", "30s"]).unwrap();
+        let Some(Cmd::Run { build, args }) = cli.command else {
+            panic!("not run")
+        };
+        assert!(build.release);
+        assert_eq!(args, ["-j", "-d", "30s"]);
+        assert!(Cli::try_parse_from(["xtask", "run", "-j"]).is_err());
+    }
+
+    #[test]
+    fn test_flags() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--unit-only", "--", "--nocapture"]).unwrap();
+        let Some(Cmd::Test { unit_only, extra }) = cli.command else {
+            panic!("not test")
+        };
+        assert!(unit_only);
+        assert_eq!(extra, ["--nocapture"]);
+        assert!(Cli::try_parse_from(["xtask"]).unwrap().command.is_none());
+    }
+}
