@@ -22,7 +22,7 @@ pub fn check_privileges() -> Result<()> {
     let missing = missing_caps(&status);
     if !missing.is_empty() {
         bail!(
-            "lqtrace needs root or the capabilities {}: missing {}; run it with sudo",
+            "root privileges needed (or the capabilities {}): missing {}; run it with sudo",
             NEEDED_CAPS.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
             missing.join(", ")
         );
