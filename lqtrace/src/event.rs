@@ -4,7 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lqtrace_common::{
     BracketRecord, FLAG_LATE, KIND_SYNCOOKIE, MIB_EMBRYONIC_RSTS, MIB_LISTEN_DROPS,
-    MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DROP, MIB_SYNCOOKIES_RECV, STAGE_ACK, STAGE_SYN,
+    MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DO_COOKIES, MIB_REQQ_FULL_DROP, MIB_SYNCOOKIES_RECV,
+    STAGE_ACK, STAGE_SYN,
 };
 use serde::Serialize;
 
@@ -129,8 +130,9 @@ pub fn addr(ip_version: u8, bytes: &[u8; 16]) -> IpAddr {
 
 /// Build the event from a record; owners and requested backlog are filled by the caller.
 pub fn from_record(r: &BracketRecord, clock: &Clock) -> DropEvent {
+    let syncookie = r.kind == KIND_SYNCOOKIE && r.deltas[MIB_LISTEN_DROPS] == 0;
     DropEvent {
-        syncookie: r.kind == KIND_SYNCOOKIE && r.deltas[MIB_LISTEN_DROPS] == 0,
+        syncookie,
         reason: classify(r),
         stage: stage(r),
         ts_ns: r.ts_ns,
@@ -148,7 +150,8 @@ pub fn from_record(r: &BracketRecord, clock: &Clock) -> DropEvent {
         somaxconn: r.somaxconn,
         requested_backlog: None,
         rst_sent: r.deltas[MIB_EMBRYONIC_RSTS] > 0,
-        count: r.deltas[MIB_LISTEN_DROPS],
+        // What the record stands for: listen drops, or for a syncookie record, cookies sent.
+        count: if syncookie { r.deltas[MIB_REQQ_FULL_DO_COOKIES] } else { r.deltas[MIB_LISTEN_DROPS] },
         cpu: r.cpu,
         late: r.flags & FLAG_LATE != 0,
         owners: Vec::new(),
@@ -255,6 +258,15 @@ mod tests {
         assert!(e.rst_sent);
         assert_eq!(e.count, 2);
         assert!(!e.syncookie);
+    }
+
+    #[test]
+    fn syncookie_record_counts_cookies() {
+        let mut r = rec(STAGE_SYN, [0, 0, 0, 1, 0, 0]);
+        r.kind = KIND_SYNCOOKIE;
+        let e = from_record(&r, &Clock::with_offset(0));
+        assert!(e.syncookie);
+        assert_eq!(e.count, 1);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! `cargo xtask` / `cargo xtask setup` checks and installs the BPF toolchain; `build`, `ebpf`,
 //! `run`, `test` and `clippy` do that check first. See README.md ("Development").
 
+mod bench;
 mod commands;
 mod toolchain;
 mod util;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -64,12 +66,21 @@ enum Cmd {
         #[arg(last = true, value_name = "EXTRA")]
         extra: Vec<OsString>,
     },
+    /// Build release, then measure lqtrace's overhead (connection rate, per-program ns, drop
+    /// throughput, start-up, RSS) on loopback in a private netns; writes BENCHMARKS.md (root)
+    Bench(bench::BenchArgs),
     /// Setup check, then `cargo clippy` on lqtrace, lqtrace-common and xtask (all targets)
     Clippy {
         /// Arguments for clippy-driver (after `--`), e.g. `-D warnings`
         #[arg(last = true, value_name = "EXTRA")]
         extra: Vec<OsString>,
     },
+    /// Build static (musl) lqtrace, boot Debian kernels under QEMU (TCG) and run lqtrace's
+    /// scenarios in each; logs in target/vm/<kernel>.log
+    #[command(after_help = "Examples:\n  cargo xtask vm-test                          # 5.10 6.1 6.12 sid\n  \
+                            cargo xtask vm-test --kernel 6.1 --kernel 6.12\n  \
+                            cargo xtask vm-test --kernel host            # same payloads, no VM")]
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +92,8 @@ fn main() -> ExitCode {
         Cmd::Run { build, args } => commands::run(build.release, &args),
         Cmd::Test { unit_only, extra } => commands::test(unit_only, &extra),
         Cmd::Clippy { extra } => commands::clippy(&extra),
+        Cmd::Bench(args) => bench::run(&args),
+        Cmd::VmTest(args) => vm::vm_test(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

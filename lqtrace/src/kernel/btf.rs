@@ -707,10 +707,10 @@ impl Btf {
                 continue;
             }
             let inner = self.skip_modifiers(m.type_id)?;
-            if self.entry(inner).is_some_and(|t| t.kind.is_composite()) {
-                if let Some((off, found)) = self.find_member_at(inner, name, depth + 1, visits)? {
-                    return Ok(Some((u64::from(m.bit_offset) + off, found)));
-                }
+            if self.entry(inner).is_some_and(|t| t.kind.is_composite())
+                && let Some((off, found)) = self.find_member_at(inner, name, depth + 1, visits)?
+            {
+                return Ok(Some((u64::from(m.bit_offset) + off, found)));
             }
         }
         Ok(None)
@@ -1946,10 +1946,10 @@ mod tests {
                 if mname == step {
                     return Some((*off, *ty));
                 }
-                if mname == "(anon)" {
-                    if let Some((inner, ty)) = find(types, strip(types, *ty), step) {
-                        return Some((off + inner, ty));
-                    }
+                if mname == "(anon)"
+                    && let Some((inner, ty)) = find(types, strip(types, *ty), step)
+                {
+                    return Some((off + inner, ty));
                 }
             }
             None

@@ -8,12 +8,14 @@ pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Capabilities lqtrace needs when not running as root: load BPF programs (CAP_BPF), tracing
 /// helpers and pointer reads (CAP_PERFMON), attach to a cgroup (CAP_NET_ADMIN), read other
-/// processes' fd tables (CAP_SYS_PTRACE) and join network namespaces (CAP_SYS_ADMIN).
+/// processes' fd tables (CAP_SYS_PTRACE, and CAP_DAC_READ_SEARCH to list /proc/PID/fd of other
+/// users' processes) and join network namespaces (CAP_SYS_ADMIN).
 const NEEDED_CAPS: &[(u32, &str)] = &[
     (39, "CAP_BPF"),
     (38, "CAP_PERFMON"),
     (12, "CAP_NET_ADMIN"),
     (19, "CAP_SYS_PTRACE"),
+    (2, "CAP_DAC_READ_SEARCH"),
     (21, "CAP_SYS_ADMIN"),
 ];
 

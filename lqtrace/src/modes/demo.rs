@@ -1,9 +1,355 @@
-//! `lqtrace demo` (in progress).
+//! `lqtrace demo`: listen-queue drops in a few seconds, without touching the host's services.
+//!
+//! A private network namespace (deleted at the end, also on error or Ctrl-C) gets a server with
+//! backlog 4 that accepts one connection every 200 ms, and a burst of 200 clients. The accept
+//! queue overflows at once; every SYN and final ACK the kernel drops shows up live, then the
+//! summary with the reconciliation against the namespace's own ListenDrops counter, then the
+//! advice for the server's listener.
 
-use anyhow::{Result, bail};
+use std::{
+    io::{self, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 
-use crate::cli::{Cli, DemoArgs};
+use anyhow::{Context as _, Result, anyhow};
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
 
-pub async fn run(_cli: &Cli, _args: &DemoArgs) -> Result<i32> {
-    bail!("`lqtrace demo` is not implemented yet")
+use crate::{
+    advice::{self, Facts},
+    cli::{Cli, DemoArgs, Filter},
+    netns::{self, TempNetns},
+    output::{Printer, text},
+    session::{Session, SessionOptions},
+    sockdiag::{self, ListenerSnapshot},
+};
+
+const BACKLOG: i32 = 4;
+const ACCEPT_EVERY: Duration = Duration::from_millis(200);
+const CLIENT_THREADS: usize = 8;
+const CLIENTS_PER_THREAD: usize = 8;
+
+pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
+    // Before anything is created: from here on Ctrl-C is a message, so every step below gets to
+    // clean up (the namespace is deleted when `ns` drops).
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    crate::kernel::preflight::check_privileges()?;
+
+    let ns = TempNetns::new("lqtrace-demo").context("creating the demo network namespace")?;
+    // The CLI's btf/verbose/hooks, but no filter: the demo shows its own namespace.
+    let opts = SessionOptions { filter: Filter::default(), ..SessionOptions::from_cli(cli) };
+    let mut session = Session::start(&opts)?;
+
+    let listener = ns.run(|| listen_v4(BACKLOG))?.context("starting the demo server")?;
+    let addr = listener.local_addr()?;
+    let server = Server::start(listener)?;
+
+    let mut printer = Printer::new(cli.json);
+    let intro = format!(
+        "Demo: in a private network namespace ({}, netns {}), a server listens on {addr} with backlog {BACKLOG} \
+and accepts one connection every {} ms; {} clients connect at once. The accept queue holds {} connections \
+(the kernel drops when it holds more than its limit {BACKLOG}): every SYN or final ACK the kernel drops is shown \
+below as it happens (this namespace only), then the reconciliation with the namespace's TcpExt ListenDrops counter.",
+        ns.name(),
+        ns.inum(),
+        ACCEPT_EVERY.as_millis(),
+        CLIENT_THREADS * CLIENTS_PER_THREAD,
+        BACKLOG + 1,
+    );
+    if cli.json {
+        eprintln!("{intro}");
+    } else {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{intro}")?;
+        writeln!(out, "{}", text::header())?;
+        out.flush()?;
+    }
+
+    // The client sockets must be created inside the namespace: a thread that entered it, whose
+    // own threads inherit it.
+    let ns_path = ns.path();
+    let burst: JoinHandle<io::Result<Vec<OwnedFd>>> = std::thread::spawn(move || {
+        netns::run_in(&ns_path, move || burst_connects(addr, CLIENT_THREADS, CLIENTS_PER_THREAD))?
+    });
+
+    let deadline = tokio::time::Instant::now() + args.length;
+    let mut interrupted = false;
+    let mut output_closed = false;
+    loop {
+        tokio::select! {
+            events = session.next_events() => {
+                for e in events? {
+                    if e.netns == ns.inum() && printer.event(&e).is_err() {
+                        output_closed = true;
+                    }
+                }
+                if output_closed || printer.flush().is_err() {
+                    output_closed = true;
+                    break;
+                }
+            }
+            _ = sigint.recv() => { interrupted = true; break; }
+            _ = sigterm.recv() => { interrupted = true; break; }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+
+    // The burst is over in milliseconds; joining it first also orders an early Ctrl-C after it.
+    let clients = burst.join().map_err(|_| anyhow!("the client thread panicked"))?.context("connecting the demo clients")?;
+    // The listener as the kernel sees it now, while the load is still on.
+    let snapshot = ns
+        .run(sockdiag::listeners_in_current_netns)
+        .and_then(|r| r)
+        .map(|all| all.into_iter().find(|s| s.lport == addr.port()));
+    // Stop the load: clients first (RST, so none keeps retransmitting), then the server.
+    let client_count = clients.len();
+    for fd in clients {
+        close_rst(fd);
+    }
+    let accepted = server.stop();
+
+    let (last, mut summary) = session.finish();
+    if !output_closed {
+        for e in last.iter().filter(|e| e.netns == ns.inum()) {
+            printer.event(e)?;
+        }
+    }
+    summary.listeners.retain(|l| l.netns == ns.inum());
+    summary.reconciliation.retain(|r| r.netns == ns.inum());
+    let demo_listener = summary.listeners.iter().filter(|l| l.lport == addr.port());
+    let recorded: u64 = demo_listener.clone().map(|l| l.drops).sum();
+    let peak = demo_listener.map(|l| l.peak_accept_queue).max();
+    let reconciliation = summary.reconciliation.first().cloned();
+    if !output_closed {
+        printer.summary(&summary).context("writing the summary")?;
+    }
+
+    let advice_line = match &snapshot {
+        Ok(Some(s)) => Some(advice_for(s, recorded, peak)),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("lqtrace demo: could not read the demo listener's state: {e:#}");
+            None
+        }
+    };
+    if !output_closed {
+        let facts = AdviceFacts { peak, recorded, accepted, clients: client_count };
+        write_advice(cli.json, &addr, snapshot.as_ref().ok().and_then(|s| s.as_ref()), advice_line.as_deref(), &facts)?;
+    }
+
+    drop(ns);
+    if interrupted {
+        eprintln!("lqtrace demo: interrupted; the demo namespace was removed");
+    }
+    let code = match reconciliation {
+        Some(r) if r.matches() && r.recorded > 0 => 0,
+        Some(r) => {
+            eprintln!(
+                "lqtrace demo: the reconciliation did not match: recorded {} drops, the kernel counted {} (see the summary)",
+                r.recorded,
+                r.kernel_listen_drops.map_or("?".to_string(), |k| k.to_string())
+            );
+            1
+        }
+        None => {
+            eprintln!("lqtrace demo: no listen drops were seen in the demo namespace");
+            1
+        }
+    };
+    Ok(code)
+}
+
+fn advice_for(s: &ListenerSnapshot, recorded: u64, peak: Option<u32>) -> String {
+    advice::advise(&Facts {
+        accept_queue: s.accept_queue,
+        accept_queue_max: s.accept_queue_max,
+        somaxconn: s.somaxconn,
+        requested_backlog: Some(BACKLOG),
+        drops: if recorded > 0 { recorded } else { s.drops as u64 },
+        peak_accept_queue: peak,
+    })
+}
+
+/// What the run itself established, for the advice paragraph.
+struct AdviceFacts {
+    peak: Option<u32>,
+    recorded: u64,
+    accepted: u32,
+    clients: usize,
+}
+
+fn write_advice(json: bool, addr: &SocketAddr, s: Option<&ListenerSnapshot>, advice: Option<&str>, f: &AdviceFacts) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        let v = json!({
+            "kind": "advice",
+            "laddr": addr.ip().to_string(),
+            "lport": addr.port(),
+            "netns": s.map(|s| s.netns),
+            "sock_ino": s.map(|s| s.sock_ino),
+            "requested_backlog": BACKLOG,
+            "accept_queue": s.map(|s| s.accept_queue),
+            "accept_queue_max": s.map(|s| s.accept_queue_max),
+            "somaxconn": s.map(|s| s.somaxconn),
+            "drops": s.map(|s| s.drops),
+            "peak_accept_queue": f.peak,
+            "recorded_drops": f.recorded,
+            "clients": f.clients,
+            "accepted": f.accepted,
+            "advice": advice,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+        match (s, advice) {
+            (Some(s), Some(a)) => {
+                let peak = f.peak.map_or("-".to_string(), |p| format!("{p}/{}", s.accept_queue_max));
+                writeln!(
+                    out,
+                    "Listener {addr}: backlog {BACKLOG} passed to listen(), limit {}, somaxconn {}; accept queue at the drops {peak}, {}/{} at the end; \
+{} drops traced, socket drop counter {}; {} of {} clients accepted.",
+                    s.accept_queue_max, s.somaxconn, s.accept_queue, s.accept_queue_max, f.recorded, s.drops, f.accepted, f.clients
+                )?;
+                writeln!(out, "Advice: {a}")?;
+            }
+            _ => writeln!(out, "Advice: unavailable (the demo listener could not be read)")?,
+        }
+    }
+    out.flush()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server and the clients
+
+fn cvt(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(rc)
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = a.port().to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+    sin
+}
+
+/// socket + bind 127.0.0.1:0 + listen(backlog) with this exact backlog (std uses 128),
+/// non-blocking. Call inside the namespace.
+fn listen_v4(backlog: i32) -> io::Result<TcpListener> {
+    // SAFETY: plain syscalls; the fd is owned by the OwnedFd right after creation.
+    unsafe {
+        let fd = cvt(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0), "socket")?;
+        let owned = OwnedFd::from_raw_fd(fd);
+        let sin = sockaddr_in(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+        cvt(
+            libc::bind(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t),
+            "bind 127.0.0.1:0",
+        )?;
+        cvt(libc::listen(fd, backlog), "listen")?;
+        Ok(TcpListener::from(owned))
+    }
+}
+
+/// A non-blocking connect; the SYN is on its way when this returns.
+fn connect_nb(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let SocketAddr::V4(a) = addr else { return Err(io::Error::other("IPv4 only")) };
+    // SAFETY: plain syscalls on a fresh fd owned by the returned OwnedFd.
+    unsafe {
+        let fd = cvt(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0), "socket")?;
+        let owned = OwnedFd::from_raw_fd(fd);
+        let sin = sockaddr_in(a);
+        let rc = libc::connect(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(io::Error::new(e.kind(), format!("connect {addr}: {e}")));
+            }
+        }
+        Ok(owned)
+    }
+}
+
+/// `threads` threads each firing `per_thread` connects as fast as they can. The threads inherit
+/// the caller's network namespace.
+fn burst_connects(addr: SocketAddr, threads: usize, per_thread: usize) -> io::Result<Vec<OwnedFd>> {
+    let barrier = Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                (0..per_thread).map(|_| connect_nb(addr)).collect::<io::Result<Vec<_>>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().map_err(|_| io::Error::other("client thread panicked"))??);
+    }
+    Ok(all)
+}
+
+/// Close with a RST (SO_LINGER {1, 0}), so no client keeps retransmitting into the queue after
+/// the demo and no FIN handshake lingers.
+fn close_rst(fd: OwnedFd) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a linger struct; errors don't matter before close.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(fd);
+}
+
+/// The slow server: accepts one connection per ACCEPT_EVERY on its own thread.
+struct Server {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU32>,
+    thread: JoinHandle<()>,
+}
+
+impl Server {
+    fn start(listener: TcpListener) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = std::thread::Builder::new()
+            .name("lqtrace-demo-server".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(ACCEPT_EVERY);
+                    if let Ok((conn, _)) = listener.accept() {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        close_rst(OwnedFd::from(conn));
+                    }
+                }
+            })
+            .context("starting the demo server thread")?;
+        Ok(Server { stop, accepted, thread })
+    }
+
+    /// Stop accepting and close the listener; returns how many connections were accepted.
+    fn stop(self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.accepted.load(Ordering::Relaxed)
+    }
 }

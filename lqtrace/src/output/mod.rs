@@ -21,16 +21,15 @@ impl Printer {
         Printer { json, out: io::BufWriter::with_capacity(64 * 1024, io::stdout()) }
     }
 
-    /// The banner goes to stderr in JSON mode so stdout carries JSON only.
+    /// The banner goes to stderr, once every program is attached: it tells a person (and a
+    /// script) that tracing has started, and keeps stdout to the data (header + lines, or JSON).
     pub fn banner(&mut self) -> io::Result<()> {
-        if self.json {
-            eprintln!("{BANNER}");
-            Ok(())
-        } else {
-            writeln!(self.out, "{BANNER}")?;
+        eprintln!("{BANNER}");
+        if !self.json {
             writeln!(self.out, "{}", text::header())?;
-            self.out.flush()
+            self.out.flush()?;
         }
+        Ok(())
     }
 
     pub fn event(&mut self, e: &DropEvent) -> io::Result<()> {

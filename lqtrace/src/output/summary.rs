@@ -110,7 +110,7 @@ impl Totals {
             t.owners = e.owners.clone();
         }
         if e.syncookie {
-            t.syncookies += 1;
+            t.syncookies += e.count as u64;
         } else {
             t.drops += e.count as u64;
             *t.by_reason.entry(e.reason).or_default() += e.count as u64;

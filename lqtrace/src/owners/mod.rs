@@ -31,12 +31,22 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(1);
 /// unknown socket cannot turn into a scan storm.
 const DEFAULT_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Cached holders are re-verified this often (one readlink per holder): a pre-fork parent that
+/// closed its copy of the listener right after forking must not be reported for up to the max
+/// age.
+const VERIFY_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Which pids hold a socket, and when that was last established.
 #[derive(Debug, Clone)]
 struct Holders {
     /// Sorted, no duplicates. Empty = "nobody held it at `seen`" (cached miss).
     pids: Vec<u32>,
+    /// For each pid in `pids`, one fd number through which it held the socket (-1 unknown).
+    fds: Vec<i32>,
     seen: Instant,
+    verified: Instant,
+    /// Built by `scan_pid` (one process looked at): trusted until a full rescan is allowed.
+    partial: bool,
 }
 
 /// Resolved identity of a pid, valid while the pid's start time is unchanged.
@@ -95,8 +105,8 @@ impl OwnerIndex {
         };
         let mut by_inode: HashMap<u64, Holders> = HashMap::with_capacity(self.by_inode.len());
         for &pid in &pids {
-            for ino in holdings(pid) {
-                add_holder(&mut by_inode, ino, pid, start);
+            for (ino, fd) in holdings(pid) {
+                add_holder(&mut by_inode, ino, pid, fd, start, false);
             }
         }
         self.by_inode = by_inode;
@@ -113,12 +123,12 @@ impl OwnerIndex {
     /// used as is. A miss after a scan is remembered like a hit, so an orphaned socket costs at
     /// most one rescan per max age, not one per minimum interval.
     pub fn owners_of(&mut self, ino: u64) -> Vec<Owner> {
-        if self.needs_refresh(ino) && self.may_rescan() {
+        if !self.verify(ino) && self.may_rescan() {
             let took = self.rescan();
             log::debug!("owners: rescan for socket {ino} took {took:?}");
             if !self.by_inode.contains_key(&ino) {
                 let seen = self.last_full_scan.unwrap_or_else(Instant::now);
-                self.by_inode.insert(ino, Holders { pids: Vec::new(), seen });
+                self.by_inode.insert(ino, Holders { pids: Vec::new(), fds: Vec::new(), seen, verified: seen, partial: false });
             }
         }
         let pids = self.by_inode.get(&ino).map(|h| h.pids.clone()).unwrap_or_default();
@@ -130,13 +140,38 @@ impl OwnerIndex {
     pub fn scan_pid(&mut self, pid: u32) {
         let tgid = procfs::read_tgid(pid).unwrap_or(pid);
         let now = Instant::now();
-        for ino in holdings(tgid) {
-            add_holder(&mut self.by_inode, ino, tgid, now);
+        for (ino, fd) in holdings(tgid) {
+            add_holder(&mut self.by_inode, ino, tgid, fd, now, true);
         }
     }
 
-    fn needs_refresh(&self, ino: u64) -> bool {
-        self.by_inode.get(&ino).is_none_or(|h| h.seen.elapsed() > self.max_age)
+    /// Whether the cached entry for `ino` can be used as is. Checks, at most every
+    /// VERIFY_INTERVAL, that each cached holder still has the socket at the fd it was seen at;
+    /// holders that lost it are dropped from the entry at once (never report a process that no
+    /// longer holds the socket), and the entry then asks for a rescan (someone else may hold it
+    /// now: the child of a pre-fork server).
+    fn verify(&mut self, ino: u64) -> bool {
+        let max_age = self.max_age;
+        let Some(h) = self.by_inode.get_mut(&ino) else { return false };
+        if h.partial || h.seen.elapsed() > max_age {
+            return false;
+        }
+        if h.verified.elapsed() < VERIFY_INTERVAL || h.pids.is_empty() {
+            return true;
+        }
+        h.verified = Instant::now();
+        let before = h.pids.len();
+        let (mut pids, mut fds) = (Vec::with_capacity(before), Vec::with_capacity(before));
+        for (&pid, &fd) in h.pids.iter().zip(&h.fds) {
+            if fd >= 0 && socket_inode_of_fd(pid, fd) == Some(ino) {
+                pids.push(pid);
+                fds.push(fd);
+            }
+        }
+        let intact = pids.len() == before;
+        h.pids = pids;
+        h.fds = fds;
+        intact
     }
 
     fn may_rescan(&self) -> bool {
@@ -180,13 +215,13 @@ impl OwnerIndex {
     }
 }
 
-/// Socket inodes in `pid`'s fd table, deduplicated. A process that vanished (ENOENT/ESRCH),
-/// isn't ours to read (EACCES) or is a kernel thread (no fds) simply holds nothing.
-fn holdings(pid: u32) -> Vec<u64> {
+/// Socket inodes in `pid`'s fd table (with one fd each), deduplicated. A process that vanished
+/// (ENOENT/ESRCH), isn't ours to read (EACCES) or is a kernel thread (no fds) holds nothing.
+fn holdings(pid: u32) -> Vec<(u64, i32)> {
     match procfs::socket_inodes_of_pid(pid) {
         Ok(mut inodes) => {
             inodes.sort_unstable();
-            inodes.dedup();
+            inodes.dedup_by_key(|(ino, _)| *ino);
             inodes
         }
         Err(e) => {
@@ -198,12 +233,17 @@ fn holdings(pid: u32) -> Vec<u64> {
     }
 }
 
-/// Record that `pid` holds `ino`, keeping the pid list sorted and unique.
-fn add_holder(map: &mut HashMap<u64, Holders>, ino: u64, pid: u32, now: Instant) {
-    let entry = map.entry(ino).or_insert_with(|| Holders { pids: Vec::new(), seen: now });
+/// Record that `pid` holds `ino` through `fd`, keeping the pid list sorted and unique.
+fn add_holder(map: &mut HashMap<u64, Holders>, ino: u64, pid: u32, fd: i32, now: Instant, partial: bool) {
+    let entry = map
+        .entry(ino)
+        .or_insert_with(|| Holders { pids: Vec::new(), fds: Vec::new(), seen: now, verified: now, partial });
     entry.seen = now;
+    entry.verified = now;
+    entry.partial &= partial;
     if let Err(at) = entry.pids.binary_search(&pid) {
         entry.pids.insert(at, pid);
+        entry.fds.insert(at, fd);
     }
 }
 
@@ -230,9 +270,10 @@ mod tests {
         let mut map = HashMap::new();
         let now = Instant::now();
         for pid in [30, 10, 20, 10, 30] {
-            add_holder(&mut map, 7, pid, now);
+            add_holder(&mut map, 7, pid, pid as i32 + 1, now, false);
         }
         assert_eq!(map[&7].pids, vec![10, 20, 30]);
+        assert_eq!(map[&7].fds, vec![11, 21, 31]);
     }
 
     #[test]
@@ -263,8 +304,12 @@ mod tests {
         index.scan_pid(tid);
         assert!(index.last_full_scan.is_none());
         assert_eq!(index.by_inode[&ino].pids, vec![std::process::id()]);
+        assert!(index.by_inode[&ino].partial);
+        // A partial entry is confirmed by a full rescan on first use (the listen() caller may
+        // not be the only or the lasting holder), which still finds us.
         assert_eq!(index.owners_of(ino).len(), 1);
-        assert!(index.last_full_scan.is_none(), "fresh entry must not trigger a rescan");
+        assert!(index.last_full_scan.is_some());
+        assert!(!index.by_inode[&ino].partial);
     }
 
     #[test]
@@ -400,7 +445,7 @@ time.sleep(30)
         // The child stays a zombie (python never waits), but exit releases its fds; SIGKILL is
         // asynchronous, so wait for that.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while holdings(srv.child_pid).contains(&srv.inode) && Instant::now() < deadline {
+        while holdings(srv.child_pid).iter().any(|(i, _)| *i == srv.inode) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         index.rescan();

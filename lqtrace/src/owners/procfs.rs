@@ -95,18 +95,21 @@ fn parse_pid(name: &OsStr) -> Option<u32> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Socket inodes held in the fd table of `pid`, possibly with duplicates (dup'ed fds).
+/// Socket inodes held in the fd table of `pid`, with the fd number holding each, possibly with
+/// duplicates (dup'ed fds).
 ///
 /// Errors only if the fd directory itself can't be listed (process gone: ENOENT; not ours:
 /// EACCES); an fd closed while we walk the directory is simply skipped.
-pub(crate) fn socket_inodes_of_pid(pid: u32) -> io::Result<Vec<u64>> {
+pub(crate) fn socket_inodes_of_pid(pid: u32) -> io::Result<Vec<(u64, i32)>> {
     let dir = pid_path(pid, "fd");
     let mut inodes = Vec::new();
     let mut buf = Vec::with_capacity(64);
     for entry in std::fs::read_dir(&dir)? {
         let Ok(entry) = entry else { continue };
-        match readlink_socket(&dir, entry.file_name().as_bytes(), &mut buf) {
-            Ok(Some(ino)) => inodes.push(ino),
+        let name = entry.file_name();
+        let fd = std::str::from_utf8(name.as_bytes()).ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(-1);
+        match readlink_socket(&dir, name.as_bytes(), &mut buf) {
+            Ok(Some(ino)) => inodes.push((ino, fd)),
             Ok(None) => {}
             // The access check is per process, not per fd: if one link is off limits, they all
             // are, and trying the other few hundred would only burn syscalls.

@@ -1,0 +1,207 @@
+//! Linux plumbing for /init: mounts, loopback, namespaces, counters, power-off.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in path")
+}
+
+/// `mount -t fstype source target`, creating `target` first.
+pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The file systems /init mounts: (fstype, target, required). A failure of an optional one is
+/// reported in the VMTEST-INFO line, not fatal.
+pub const MOUNTS: &[(&str, &str, bool)] = &[
+    ("proc", "/proc", true),
+    ("sysfs", "/sys", true),
+    ("devtmpfs", "/dev", false),
+    ("tmpfs", "/tmp", false),
+    ("tmpfs", "/run", false),
+    ("tracefs", "/sys/kernel/tracing", false),
+    ("debugfs", "/sys/kernel/debug", false),
+    ("cgroup2", "/sys/fs/cgroup", false),
+    ("bpf", "/sys/fs/bpf", false),
+];
+
+/// Mounts [`MOUNTS`]; returns the failures as `target: error`.
+pub fn mount_all() -> Result<Vec<String>, String> {
+    let mut failed = Vec::new();
+    for &(fstype, target, required) in MOUNTS {
+        let flags = libc::MS_NOSUID | if fstype == "devtmpfs" { 0 } else { libc::MS_NODEV };
+        if let Err(e) = mount(fstype, target, fstype, flags) {
+            let msg = format!("{target} ({fstype}): {e}");
+            if required {
+                return Err(msg);
+            }
+            failed.push(msg);
+        }
+    }
+    Ok(failed)
+}
+
+/// Makes sure fds 0-2 are open (on /dev/console), for when the kernel found no console node.
+pub fn ensure_console() {
+    // SAFETY: fcntl/open/dup2 on small integer fds.
+    unsafe {
+        if libc::fcntl(1, libc::F_GETFD) != -1 {
+            return;
+        }
+        let fd = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if fd < 0 {
+            return;
+        }
+        for target in 0..3 {
+            if fd != target {
+                libc::dup2(fd, target);
+            }
+        }
+        if fd > 2 {
+            libc::close(fd);
+        }
+    }
+}
+
+#[repr(C)]
+struct IfreqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// `ip link set lo up` in the calling thread's network namespace.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket; the ifreq is a C struct of the right size (40 bytes).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req = IfreqFlags { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        req.name[..2].copy_from_slice(b"lo");
+        let mut res = Ok(());
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            res = Err(io::Error::last_os_error());
+        } else {
+            req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
+                res = Err(io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+        res
+    }
+}
+
+/// Moves the calling thread into a new network namespace.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: affects the calling thread only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The inode of the calling thread's network namespace (what lqtrace reports as `netns`).
+pub fn netns_inode() -> io::Result<u64> {
+    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
+}
+
+/// A `TcpExt` counter from a `/proc/.../net/netstat` text.
+pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
+    let mut lines = netstat.lines();
+    while let Some(header) = lines.next() {
+        let values = lines.next()?;
+        let Some(keys) = header.strip_prefix("TcpExt:") else { continue };
+        let vals = values.strip_prefix("TcpExt:")?;
+        let i = keys.split_whitespace().position(|k| k == name)?;
+        return vals.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
+}
+
+/// TcpExt ListenDrops of the calling thread's network namespace.
+pub fn listen_drops() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
+    tcpext(&text, "ListenDrops")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenDrops in netstat"))
+}
+
+pub fn uname_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn uptime_s() -> Option<f64> {
+    fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+pub fn has_filesystem(name: &str) -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().last() == Some(name)))
+}
+
+
+pub fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+/// RLIMIT_MEMLOCK soft limit as text ("unlimited" or bytes).
+pub fn memlock() -> String {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return "?".into();
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY { "unlimited".into() } else { r.rlim_cur.to_string() }
+}
+
+/// Ends the VM: writes `code` to QEMU's isa-debug-exit port (0xf4), which makes QEMU exit with
+/// status `code * 2 + 1`; falls back to a power-off (QEMU exit 0) if the device is missing.
+pub fn vm_exit(code: u32) -> ! {
+    // SAFETY: ioperm grants this process access to 4 ports; `out` writes one dword. Harmless
+    // without the device (the write goes nowhere) and we power off right after.
+    unsafe {
+        libc::sync();
+        if libc::syscall(libc::SYS_ioperm, 0xf4 as libc::c_ulong, 4 as libc::c_ulong, 1 as libc::c_int) == 0 {
+            std::arch::asm!("out dx, eax", in("dx") 0xf4u16, in("eax") code, options(nomem, nostack));
+        }
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcpext() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 7 9\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(tcpext(text, "ListenDrops"), Some(9));
+        assert_eq!(tcpext(text, "ListenOverflows"), Some(7));
+        assert_eq!(tcpext(text, "Nope"), None);
+        assert_eq!(tcpext("IpExt: A\nIpExt: 1\n", "ListenDrops"), None);
+    }
+
+    #[test]
+    fn reads_own_counters() {
+        assert!(listen_drops().is_ok());
+        assert!(netns_inode().unwrap() > 0);
+    }
+}

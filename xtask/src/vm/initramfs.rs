@@ -1,0 +1,113 @@
+//! A minimal initramfs writer: uncompressed cpio "newc" (the format the kernel unpacks), built
+//! in memory. No `cpio` tool and no busybox needed: /init is the static vm-guest binary.
+
+use std::{fs, io, path::Path};
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+
+#[derive(Default)]
+pub struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+fn pad4(buf: &mut Vec<u8>) {
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+impl Cpio {
+    pub fn new() -> Cpio {
+        Cpio { buf: Vec::new(), ino: 1 }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        let name = name.trim_start_matches('/');
+        let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
+        let fields = [
+            self.ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime
+            u32::try_from(data.len()).expect("initramfs file < 4 GiB"),
+            0, // devmajor
+            0, // devminor
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).expect("short name"),
+            0, // check
+        ];
+        self.ino += 1;
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        pad4(&mut self.buf);
+        self.buf.extend_from_slice(data);
+        pad4(&mut self.buf);
+    }
+
+    pub fn dir(&mut self, name: &str) {
+        self.entry(name, S_IFDIR | 0o755, (0, 0), &[]);
+    }
+
+    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, S_IFREG | perm, (0, 0), data);
+    }
+
+    pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
+        self.entry(name, S_IFCHR | perm, (major, minor), &[]);
+    }
+
+    /// Adds the file at `src` as `name`, keeping its permission bits.
+    pub fn copy(&mut self, name: &str, src: &Path) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = fs::read(src).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+        let perm = fs::metadata(src)?.permissions().mode() & 0o7777;
+        self.file(name, perm, &data);
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_layout() {
+        let mut c = Cpio::new();
+        c.dir("/dev");
+        c.char_dev("dev/console", 0o600, 5, 1);
+        c.file("init", 0o755, b"hello");
+        let out = c.finish();
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.starts_with(b"070701"));
+        // First header: ino 1, mode 040755, name "dev" (4 bytes with NUL).
+        let h = std::str::from_utf8(&out[..110]).unwrap();
+        assert_eq!(&h[6..14], "00000001");
+        assert_eq!(&h[14..22], "000041ed");
+        assert_eq!(&h[94..102], "00000004");
+        assert_eq!(&out[110..113], b"dev");
+        // Header (110) + "dev\0" = 114 -> padded to 116.
+        let second = std::str::from_utf8(&out[116..226]).unwrap();
+        assert_eq!(&second[14..22], "00002180", "char device, 0600");
+        assert_eq!(&second[78..86], "00000005", "rdevmajor");
+        assert_eq!(&second[86..94], "00000001", "rdevminor");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("init\0"));
+        assert!(text.contains("hello"));
+        assert!(text.contains("TRAILER!!!\0"));
+    }
+}

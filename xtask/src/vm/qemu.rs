@@ -1,0 +1,218 @@
+//! Booting a kernel under QEMU (TCG) and following its serial console; the same follower runs
+//! `vm-guest run` on the host for `--kernel host`.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::util::{self, command};
+
+use super::report::{self, GuestReport};
+
+/// The guest ends the VM by writing a code to this port (vm-guest `sys::vm_exit`).
+pub const DEBUG_EXIT_PORT: &str = "0xf4";
+
+pub const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+
+/// `qemu-system-x86_64` for one kernel. TCG only: the machine's /dev/kvm (PVM) crashes stock
+/// kernels, so `-accel tcg` is forced. Default `pc` machine (`microvm` with -smp 2 hangs).
+pub fn command_for(qemu: &Path, vmlinuz: &Path, initrd: &Path, smp: u32, mem_mb: u32) -> Command {
+    let mut cmd = command(qemu);
+    cmd.args(["-accel", "tcg", "-machine", "pc", "-m"])
+        .arg(mem_mb.to_string())
+        .arg("-smp")
+        .arg(smp.to_string())
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", APPEND])
+        .args(["-device", &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT},iosize=0x04")]);
+    cmd
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest's exit code (isa-debug-exit: QEMU status = code * 2 + 1; host mode: the
+    /// vm-guest exit status).
+    Guest(i32),
+    /// QEMU exited 0: the guest rebooted/powered off without the exit device (a kernel panic
+    /// with `panic=-1 -no-reboot`, or /init died).
+    NoExitCode,
+    /// Killed by a signal or another status.
+    Other(String),
+    Timeout,
+    CouldNotStart(String),
+}
+
+impl Exit {
+    pub fn from_qemu(status: ExitStatus) -> Exit {
+        match status.code() {
+            Some(0) => Exit::NoExitCode,
+            Some(c) if c % 2 == 1 => Exit::Guest(c >> 1),
+            _ => Exit::Other(util::describe(status)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Guest(0) => "guest exit 0".into(),
+            Exit::Guest(c) => format!("guest exit {c}"),
+            Exit::NoExitCode => "no exit code (kernel panic or /init died?)".into(),
+            Exit::Other(s) => s.clone(),
+            Exit::Timeout => "timed out".into(),
+            Exit::CouldNotStart(e) => format!("could not start: {e}"),
+        }
+    }
+}
+
+pub struct Run {
+    pub exit: Exit,
+    /// From start to the guest's VMTEST-INFO line (kernel boot + /init mounts).
+    pub boot: Option<Duration>,
+    pub total: Duration,
+    pub report: GuestReport,
+}
+
+fn pipe_lines(pipe: impl Read + Send + 'static, prefix: &'static str, tx: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        let mut r = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+                    if tx.send(format!("{prefix}{line}")).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Runs `cmd`, writing every output line to `log`, feeding the protocol parser and echoing
+/// protocol lines to stderr as `[label] ...`; kills it at `timeout`. `qemu` selects how the
+/// exit status is read.
+pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu: bool) -> Run {
+    let start = Instant::now();
+    let mut report = GuestReport::default();
+    let mut log = match File::create(log) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("[{label}] cannot write {}: {e}", log.display());
+            None
+        }
+    };
+    if let Some(f) = log.as_mut() {
+        let _ = writeln!(f, "# {}", util::render(&cmd));
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Run {
+                exit: Exit::CouldNotStart(format!("{}: {e}", util::render(&cmd))),
+                boot: None,
+                total: start.elapsed(),
+                report,
+            };
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    pipe_lines(child.stdout.take().expect("piped"), "", tx.clone());
+    pipe_lines(child.stderr.take().expect("piped"), if qemu { "qemu: " } else { "stderr: " }, tx);
+    let deadline = start + timeout;
+    let mut boot = None;
+    let mut timed_out = false;
+    let mut handle = |line: String, report: &mut GuestReport, boot: &mut Option<Duration>| {
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+        if line.starts_with("VMTEST-INFO") && boot.is_none() {
+            *boot = Some(start.elapsed());
+        }
+        if report::is_protocol_line(&line) || line.starts_with("qemu: ") {
+            eprintln!("[{label}] {line}");
+        }
+        report.feed(&line);
+    };
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
+            Ok(line) => handle(line, &mut report, &mut boot),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break, // both pipes closed
+        }
+    }
+    let status = child.wait();
+    // Lines still in flight.
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+        handle(line, &mut report, &mut boot);
+    }
+    let exit = match status {
+        _ if timed_out => Exit::Timeout,
+        Ok(st) if qemu => Exit::from_qemu(st),
+        Ok(st) => match st.code() {
+            Some(c) => Exit::Guest(c),
+            None => Exit::Other(util::describe(st)),
+        },
+        Err(e) => Exit::Other(format!("wait: {e}")),
+    };
+    if let Some(f) = log.as_mut() {
+        let _ = writeln!(f, "# {} after {:.2}s", exit.describe(), start.elapsed().as_secs_f64());
+    }
+    Run { exit, boot, total: start.elapsed(), report }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    #[test]
+    fn qemu_exit_codes() {
+        let st = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(Exit::from_qemu(st(1)), Exit::Guest(0));
+        assert_eq!(Exit::from_qemu(st(3)), Exit::Guest(1));
+        assert_eq!(Exit::from_qemu(st(0)), Exit::NoExitCode);
+        assert!(matches!(Exit::from_qemu(st(2)), Exit::Other(_)));
+        assert!(matches!(Exit::from_qemu(ExitStatus::from_raw(9)), Exit::Other(_)));
+    }
+
+    #[test]
+    fn follows_a_command() {
+        let dir = std::env::temp_dir().join(format!("xtask-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("x.log");
+        let mut cmd = command("/bin/sh");
+        cmd.args(["-c", "echo 'VMTEST-INFO uname=x'; echo 'VMTEST a PASS 0.1s ok'; echo 'VMTEST-DONE'; exit 0"]);
+        let run = follow("t", cmd, &log, Duration::from_secs(10), false);
+        assert_eq!(run.exit, Exit::Guest(0));
+        assert!(run.boot.is_some());
+        assert!(run.report.all_passed());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("VMTEST a PASS"));
+        let mut cmd = command("/bin/sh");
+        cmd.args(["-c", "sleep 20"]);
+        let run = follow("t", cmd, &log, Duration::from_millis(300), false);
+        assert_eq!(run.exit, Exit::Timeout);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
