@@ -79,6 +79,20 @@ pub fn check_all() -> Vec<Check> {
             name: "python3",
             status: check_program("python3", "python3"),
         },
+        // Used by the root integration tests: `top` is checked in a tmux pane, metrics are
+        // scraped by a real Prometheus server, least privilege is tested with setcap.
+        Check {
+            name: "tmux",
+            status: check_program("tmux", "tmux"),
+        },
+        Check {
+            name: "prometheus",
+            status: check_program("prometheus", "prometheus"),
+        },
+        Check {
+            name: "setcap",
+            status: check_program("setcap", "libcap2-bin"),
+        },
         Check {
             name: "bpftool",
             status: check_bpftool(),
