@@ -26,6 +26,7 @@ use crate::{
     kernel::{btf::Btf, layout, preflight, tracefs},
     listeners::Listeners,
     loader::{self, Tracer},
+    metrics::Metrics,
     netns,
     output::summary::{Reconciliation, Summary, Totals},
     owners::OwnerIndex,
@@ -39,6 +40,8 @@ pub struct SessionOptions {
     pub filter: Filter,
     /// `--hooks`: force a hook variant per group of drop kinds.
     pub forced: hooks::Forced,
+    /// `--metrics`: serve Prometheus metrics on this address while the session runs.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl SessionOptions {
@@ -48,6 +51,7 @@ impl SessionOptions {
             verbose: cli.verbose,
             filter: Filter::from_cli(cli),
             forced: cli.hooks.clone().unwrap_or_default(),
+            metrics: cli.metrics,
         }
     }
 }
@@ -160,12 +164,15 @@ pub struct Session {
     traced_from: Instant,
     /// Events decoded and not yet handed out (only those passing the filter).
     pending: Vec<DropEvent>,
+    /// Prometheus exporter (`--metrics`), fed from here so that every mode has it.
+    metrics: Option<Metrics>,
+    stats_published: Instant,
 }
 
 impl Session {
     /// Check privileges and kernel support, load and attach every program, take the start
     /// readings. Must run inside a tokio runtime (the ring buffer is polled with AsyncFd).
-    pub fn start(opts: &SessionOptions) -> Result<Session> {
+    pub async fn start(opts: &SessionOptions) -> Result<Session> {
         let started = Instant::now();
         let mut tracer = load_tracer(opts, true)?;
         let ring = tracer.take_events()?;
@@ -186,7 +193,13 @@ impl Session {
                 start.len()
             );
         }
-        Ok(Session {
+        // The metrics endpoint is up before the caller prints its banner, so "ready" means
+        // scrapeable too.
+        let metrics = match opts.metrics {
+            Some(addr) => Some(Metrics::start(addr).await?),
+            None => None,
+        };
+        let mut session = Session {
             tracer,
             ring,
             verbose: opts.verbose,
@@ -203,7 +216,25 @@ impl Session {
             start,
             traced_from: Instant::now(),
             pending: Vec::new(),
-        })
+            metrics,
+            stats_published: Instant::now(),
+        };
+        if let Some(m) = &session.metrics {
+            m.set_info(&crate::metrics::kernel_release(), &session.hooks());
+        }
+        session.publish_stats();
+        Ok(session)
+    }
+
+    /// Hand the tracer's own counters to the exporter, at most once a second.
+    fn publish_stats(&mut self) {
+        if self.metrics.is_some() && self.stats_published.elapsed() >= Duration::from_secs(1) {
+            self.stats_published = Instant::now();
+            let stats = self.stats();
+            if let Some(m) = &self.metrics {
+                m.update_stats(&stats);
+            }
+        }
     }
 
     /// Wait until records arrive; return the decoded events that pass the filter (every event
@@ -220,6 +251,7 @@ impl Session {
             for item in items {
                 self.handle(&item);
             }
+            self.publish_stats();
             if !self.pending.is_empty() {
                 return Ok(std::mem::take(&mut self.pending));
             }
@@ -261,6 +293,9 @@ impl Session {
             self.handle(&item);
         }
         let stats = self.stats();
+        if let Some(m) = &self.metrics {
+            m.update_stats(&stats);
+        }
         if self.verbose {
             eprintln!(
                 "brackets {} (closed late {}), bad closes {}",
@@ -288,6 +323,9 @@ impl Session {
                     *self.reconciled.entry(e.netns).or_default() += e.count as u64;
                 }
                 if shown {
+                    if let Some(m) = &self.metrics {
+                        m.observe(&e);
+                    }
                     self.pending.push(e);
                 }
             }

@@ -5,23 +5,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::Cli,
-    metrics::Metrics,
     output::Printer,
     session::{Session, SessionOptions},
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
     let opts = SessionOptions::from_cli(&cli);
-    let mut session = Session::start(&opts)?;
-    // The metrics endpoint is up before the banner, so "ready" means scrapeable too.
-    let metrics = match cli.metrics {
-        Some(addr) => Some(Metrics::start(addr).await?),
-        None => None,
-    };
-    if let Some(m) = &metrics {
-        m.set_info(&crate::metrics::kernel_release(), &session.hooks());
-    }
-    let mut stats_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut session = Session::start(&opts).await?;
     let mut printer = Printer::new(cli.json);
     printer.banner().context("writing to stdout")?;
 
@@ -43,9 +33,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         tokio::select! {
             events = session.next_events() => {
                 for e in events? {
-                    if let Some(m) = &metrics {
-                        m.observe(&e);
-                    }
                     if printer.event(&e).is_err() {
                         output_closed = true;
                         break;
@@ -57,11 +44,6 @@ pub async fn run(cli: Cli) -> Result<()> {
                     break;
                 }
             }
-            _ = stats_tick.tick(), if metrics.is_some() => {
-                if let Some(m) = &metrics {
-                    m.update_stats(&session.stats());
-                }
-            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut sleep => break,
@@ -69,11 +51,6 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 
     let (last, summary) = session.finish();
-    if let Some(m) = &metrics {
-        for e in &last {
-            m.observe(e);
-        }
-    }
     if !output_closed {
         for e in &last {
             printer.event(e).context("writing to stdout")?;

@@ -177,7 +177,10 @@ fn tui_shows_the_saturated_listener_first() {
     let script = TempFile::new("top-load.py", LOAD_PY.as_bytes());
     let name = format!("lqtrace-top-test-{}", std::process::id());
     // After lqtrace exits, the pane stays a while so its exit status and summary can be read.
-    let command = format!("{} top -d 8s; echo LQTRACE-EXIT=$?; sleep 30", bin());
+    // -P: rank only this test's two listeners; whatever else drops on the host meanwhile (the
+    // other test, a benchmark) cannot take the first row. The unfiltered table is exercised by
+    // `piped_output_is_plain_lines`.
+    let command = format!("{} top -d 8s -P {hot},{cold}; echo LQTRACE-EXIT=$?; sleep 30", bin());
     let tmux = Tmux::start(&name, 200, 50, &command);
 
     tmux.wait_for("table header (tracing started)", Duration::from_secs(30), |s| s.contains("LISTENER") && s.contains("lqtrace top"));
@@ -198,6 +201,10 @@ fn tui_shows_the_saturated_listener_first() {
     assert!(first.contains("syn_acc"), "DROPS/s column: {first}");
     assert!(first.contains("/1 peak"), "ACCEPT QUEUE column (limit 1): {first}");
     assert!(screen.contains("lost records 0"), "header: {screen}");
+    assert!(
+        rows.iter().all(|r| r.contains(&format!(":{hot} ")) || r.contains(&format!(":{cold} "))),
+        "-P filter: only the two listeners:\n{screen}"
+    );
     drop(load);
 
     // -d 8s: it ends by itself, puts the terminal back, prints the summary.

@@ -105,6 +105,17 @@ fn error_line(argv0: &str, stderr: &[String]) -> String {
         .map_or_else(|| proc::last_line(stderr, 400), |l| proc::shorten(l.trim(), 400))
 }
 
+/// For a passing command: lqtrace's `attached ...`/`ready in ...` lines (with -v) if any, else
+/// the first stdout line.
+fn pass_details(stdout: &[String], stderr: &[String]) -> String {
+    let attached = stderr.iter().filter(|l| l.starts_with("attached ")).count();
+    let ready = stderr.iter().find(|l| l.starts_with("ready in "));
+    match (attached, ready) {
+        (0, None) => proc::last_line(&stdout[..stdout.len().min(1)], 200),
+        (n, r) => format!("attached={n} {}", r.map_or("", |r| r.trim())),
+    }
+}
+
 fn run_exit0(p: &Payload, env: &[(String, String)]) -> Verdict {
     let mut child = match Proc::spawn(&p.name, &p.argv, env) {
         Ok(c) => c,
@@ -116,9 +127,7 @@ fn run_exit0(p: &Payload, env: &[(String, String)]) -> Verdict {
             p.timeout.as_secs(),
             proc::last_line(&child.stderr, 300)
         )),
-        Some(st) if st.success() => {
-            Verdict::pass(proc::last_line(&child.stdout[..child.stdout.len().min(1)], 200))
-        }
+        Some(st) if st.success() => Verdict::pass(pass_details(&child.stdout, &child.stderr)),
         Some(st) => Verdict::fail(format!("{}: {}", proc::describe(st), error_line(&p.argv[0], &child.stderr))),
     }
 }

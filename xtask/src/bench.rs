@@ -84,6 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let measured = Instant::now();
+    let load_before = sys::loadavg();
     eprintln!("bench: netns {} (inum {}), {} CPUs, {:?} per run", cx.ns.name, cx.ns.inum, cx.cpus, cx.run);
 
     let conn = conn_rate(&cx)?;
@@ -96,7 +97,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         hooks,
         drops,
         startup,
-        machine: report::Machine::probe(cx.cpus),
+        machine: report::Machine::probe(cx.cpus, load_before),
         command: command_line(args),
         measured_in: measured.elapsed(),
     };
@@ -191,7 +192,7 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
         let order = if pair % 2 == 0 { [false, true] } else { [true, false] };
         for traced in order {
             if traced {
-                let t = Tracer::start(&cx.bin, &["-d", "600s"], None)?;
+                let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
                 let r = connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?;
                 let f = t.stop()?;
                 check_no_loss(&f.summary)?;
@@ -224,12 +225,15 @@ fn check_no_loss(summary: &json::Value) -> Result<()> {
 pub struct ProgCost {
     pub name: String,
     pub kind: String,
+    pub stream: tracer::ProgStat,
     pub hot: tracer::ProgStat,
     pub drop: tracer::ProgStat,
 }
 
 pub struct HookCost {
     pub progs: Vec<ProgCost>,
+    pub round_trips: u64,
+    pub stream_secs: f64,
     pub connections: u64,
     pub conn_rate: f64,
     pub drops: u64,
@@ -242,21 +246,27 @@ fn stat_delta(a: &BTreeMap<u32, tracer::ProgStat>, b: &BTreeMap<u32, tracer::Pro
 }
 
 /// With `kernel.bpf_stats_enabled=1` (restored on return): run time and count of each program
-/// of one lqtrace process, over the connect loop (no drops) and over a SYN flood at `drop_rate`.
+/// of one lqtrace process, over request/response traffic on an established connection (packets
+/// that reach no listener), over the connect loop (no drops) and over a SYN flood at `drop_rate`.
 fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
     eprintln!("bench: [3/4] per-program cost (kernel.bpf_stats_enabled=1, restored afterwards)");
     let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
-    let t = Tracer::start(&cx.bin, &["-d", "600s"], None)?;
+    let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
     let names = prog_names()?;
     let s0 = prog_stats(t.pid())?;
     if s0.is_empty() {
         bail!("found no BPF program fds in /proc/{}/fdinfo", t.pid());
     }
+    let began = Instant::now();
+    let round_trips = load::ping_pong(&cx.ns, LOOP_PORT + 10, cx.run)?;
+    let stream_secs = began.elapsed().as_secs_f64();
+    let sm = prog_stats(t.pid())?;
     let hot = connect_loop(&cx.ns, LOOP_PORT, cx.cpus, cx.run)?;
     let s1 = prog_stats(t.pid())?;
     let _sat = saturated_listener(&cx.ns, FLOOD_PORT + 1)?;
     let c0 = cx.ns.counters()?;
     let flood = syn_flood(&cx.ns, FLOOD_PORT + 1, Some(drop_rate), 1, cx.run)?;
+    eprintln!("  hot path: {} connections; drop path: {} SYNs sent at {drop_rate}/s", hot.connections, flood.sent);
     sys::sleep(Duration::from_millis(200))?;
     let drops = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
     let s2 = prog_stats(t.pid())?;
@@ -265,10 +275,10 @@ fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
         .keys()
         .map(|&id| {
             let (name, kind) = names.get(&id).cloned().unwrap_or_else(|| (format!("id {id}"), "?".into()));
-            ProgCost { name, kind, hot: stat_delta(&s0, &s1, id), drop: stat_delta(&s1, &s2, id) }
+            ProgCost { name, kind, stream: stat_delta(&s0, &sm, id), hot: stat_delta(&sm, &s1, id), drop: stat_delta(&s1, &s2, id) }
         })
         .collect();
-    Ok(HookCost { progs, connections: hot.connections, conn_rate: hot.rate(), drops, drop_rate: drops as f64 / flood.secs })
+    Ok(HookCost { progs, round_trips, stream_secs, connections: hot.connections, conn_rate: hot.rate(), drops, drop_rate: drops as f64 / flood.secs })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,6 +299,8 @@ pub struct DropStep {
     pub lost_records: u64,
     pub lost_drops: u64,
     pub vm_hwm_kib: u64,
+    /// The tracer's user + system CPU time over the whole step.
+    pub cpu_secs: f64,
 }
 
 impl DropStep {
@@ -327,8 +339,8 @@ impl DropLadder {
 
 /// One flood step with a fresh tracer: rate `target`, then SIGINT and the summary.
 fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -> Result<DropStep> {
-    let needle = format!("\"netns\":{},", cx.ns.inum);
-    let t = Tracer::start(&cx.bin, &["-d", "600s"], Some(needle))?;
+    let needles = vec!["\"kind\":\"drop\"".to_string(), format!("\"netns\":{},", cx.ns.inum)];
+    let t = Tracer::start(&cx.bin, &["-d", "600s"], needles)?;
     let c0 = cx.ns.counters()?;
     let flood = syn_flood(&cx.ns, FLOOD_PORT, target, threads, run)?;
     sys::sleep(Duration::from_millis(300))?;
@@ -346,9 +358,10 @@ fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -
         lost_records: f.summary.get("lost_records").as_u64().unwrap_or(0),
         lost_drops: f.summary.get("lost_drops").as_u64().unwrap_or(0),
         vm_hwm_kib: f.vm_hwm_kib,
+        cpu_secs: f.cpu_secs,
     };
     eprintln!(
-        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB",
+        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
         target.map_or("max".to_string(), |r| format!("{}k/s", r / 1000)),
         step.rate(),
         step.kernel,
@@ -357,7 +370,8 @@ fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -
         step.lost_records,
         step.lost_drops,
         step.tracer_kernel,
-        step.vm_hwm_kib
+        step.vm_hwm_kib,
+        step.cpu_secs
     );
     Ok(step)
 }
@@ -417,7 +431,7 @@ fn startup(cx: &Context) -> Result<Startup> {
         let order = if i % 2 == 0 { [true, false] } else { [false, true] };
         for lq in order {
             if lq {
-                let t = Tracer::start(&cx.bin, &["-d", "600s"], None)?;
+                let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
                 s.lq_ready.push(t.ready.as_secs_f64() * 1000.0);
                 sys::sleep(hold)?;
                 s.lq_hwm.push(t.stop()?.vm_hwm_kib as f64 / 1024.0);

@@ -95,6 +95,39 @@ fn guest_binaries(musl_dir: &Path) -> Vec<(String, PathBuf)> {
     vec![("lqtrace".into(), musl_dir.join("lqtrace"))]
 }
 
+/// Host programs shipped as `/bin/<name>` with the shared libraries `ldd` lists, at their host
+/// paths: `lqtrace demo` runs `ip netns add`.
+pub const HOST_TOOLS: &[&str] = &["ip"];
+
+/// The files a dynamically linked host program needs: (guest path, host path).
+fn host_tool_files(name: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let program = util::find_program(name).with_context(|| format!("{name} not found on this machine"))?;
+    let out = command("ldd").arg(&program).output().context("running ldd")?;
+    let mut files = vec![(format!("bin/{name}"), program.clone())];
+    // "not a dynamic executable" (exit 1) is fine: nothing else to copy.
+    if out.status.success() {
+        for lib in parse_ldd(&String::from_utf8_lossy(&out.stdout)) {
+            files.push((lib.trim_start_matches('/').to_string(), PathBuf::from(&lib)));
+        }
+    }
+    Ok(files)
+}
+
+/// Library paths in `ldd` output (`libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`,
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`), without the vDSO.
+pub fn parse_ldd(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
+}
+
 /// The payload list for vm-guest (`/vmtest.conf`); `guest == false` for `--kernel host` (argv[0]
 /// becomes the host path).
 pub fn payload_config(payloads: &[Payload], binaries: &[(String, PathBuf)], guest: bool) -> anyhow::Result<String> {
@@ -267,7 +300,13 @@ fn build_guest() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir().join(MUSL).join("release"))
 }
 
-fn write_initramfs(path: &Path, init: &Path, binaries: &[(String, PathBuf)], config: &str) -> anyhow::Result<u64> {
+fn write_initramfs(
+    path: &Path,
+    init: &Path,
+    binaries: &[(String, PathBuf)],
+    extra: &[(String, PathBuf)],
+    config: &str,
+) -> anyhow::Result<u64> {
     let mut c = initramfs::Cpio::new();
     for d in ["dev", "proc", "sys", "tmp", "run", "bin", "sbin", "etc", "root"] {
         c.dir(d);
@@ -277,6 +316,12 @@ fn write_initramfs(path: &Path, init: &Path, binaries: &[(String, PathBuf)], con
     c.copy("init", init)?;
     for (name, host) in binaries {
         c.copy(&format!("bin/{name}"), host)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (guest, host) in extra {
+        if seen.insert(guest.clone()) {
+            c.copy(guest, host)?;
+        }
     }
     c.file("vmtest.conf", 0o644, config.as_bytes());
     c.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
@@ -449,7 +494,11 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     // Initramfs (one for all kernels).
     let config = payload_config(PAYLOADS, &binaries, true)?;
     let initrd = work.join("initrd.cpio");
-    let size = write_initramfs(&initrd, &init, &binaries, &config)?;
+    let mut extra = Vec::new();
+    for tool in HOST_TOOLS {
+        extra.extend(host_tool_files(tool)?);
+    }
+    let size = write_initramfs(&initrd, &init, &binaries, &extra, &config)?;
     fs::write(work.join("vmtest.conf"), &config)?;
     eprintln!("vm: initramfs {} ({:.1} MiB)", initrd.display(), size as f64 / 1048576.0);
 
@@ -545,6 +594,15 @@ mod tests {
         assert!(payload_config(&bad, &bins, true).is_err());
         let abs = [Payload { name: "x", timeout_s: 1, check: "exit0", argv: &["/bin/true"] }];
         assert!(payload_config(&abs, &bins, true).unwrap().contains("\nx 1 exit0 /bin/true\n"));
+    }
+
+    #[test]
+    fn ldd_output() {
+        let out = "\tlinux-vdso.so.1 (0x00007fd71452d000)\n\
+                   \tlibbpf.so.1 => /lib/x86_64-linux-gnu/libbpf.so.1 (0x00007fd7143cd000)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007fd71452f000)\n\
+                   \tlibfoo.so => not found\n";
+        assert_eq!(parse_ldd(out), ["/lib/x86_64-linux-gnu/libbpf.so.1", "/lib64/ld-linux-x86-64.so.2"]);
     }
 
     #[test]

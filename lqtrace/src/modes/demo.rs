@@ -46,7 +46,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
     let ns = TempNetns::new("lqtrace-demo").context("creating the demo network namespace")?;
     // The CLI's btf/verbose/hooks, but no filter: the demo shows its own namespace.
     let opts = SessionOptions { filter: Filter::default(), ..SessionOptions::from_cli(cli) };
-    let mut session = Session::start(&opts)?;
+    let mut session = Session::start(&opts).await?;
 
     let listener = ns.run(|| listen_v4(BACKLOG))?.context("starting the demo server")?;
     let addr = listener.local_addr()?;

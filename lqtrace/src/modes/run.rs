@@ -41,7 +41,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     let opts = SessionOptions { filter: filter.clone(), ..SessionOptions::from_cli(cli) };
     let (program, rest) = args.cmd.split_first().context("no command given after `--`")?;
 
-    let mut session = Session::start(&opts)?;
+    let mut session = Session::start(&opts).await?;
     let started_unix_ns = unix_now_ns();
     let mut timeline = Timeline::new(monotonic_ns());
     let mut printer = Printer::new(cli.json);

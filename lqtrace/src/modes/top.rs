@@ -10,7 +10,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::{self, IsTerminal as _, Stdout},
     net::IpAddr,
-    sync::Once,
+    sync::{
+        Once,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -45,7 +48,7 @@ use crate::{
 
 pub async fn run(cli: &Cli, args: &TopArgs) -> Result<i32> {
     let opts = SessionOptions { filter: Filter::from_cli(cli), ..SessionOptions::from_cli(cli) };
-    let session = Session::start(&opts)?;
+    let session = Session::start(&opts).await?;
     let state = TopState::new(args, Filter::from_cli(cli));
     // -j is for machines: JSON lines even on a terminal.
     if io::stdout().is_terminal() && !cli.json {
@@ -462,9 +465,14 @@ fn write_block(out: &mut impl io::Write, json: bool, h: &Header, rows: &[TopRow]
 /// message is printed, so the message lands on the main screen and stays readable.
 struct TerminalGuard;
 
+/// Whether the terminal is in the full-screen state (so the panic hook leaves it alone otherwise).
+static TUI_ACTIVE: AtomicBool = AtomicBool::new(false);
+
 fn restore_terminal() {
-    let _ = disable_raw_mode();
-    let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+    if TUI_ACTIVE.swap(false, Ordering::SeqCst) {
+        let _ = disable_raw_mode();
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+    }
 }
 
 static PANIC_HOOK: Once = Once::new();
@@ -479,6 +487,7 @@ impl TerminalGuard {
             }));
         });
         enable_raw_mode().context("switching the terminal to raw mode")?;
+        TUI_ACTIVE.store(true, Ordering::SeqCst);
         let guard = TerminalGuard;
         execute!(io::stdout(), EnterAlternateScreen, crossterm::cursor::Hide).context("entering the alternate screen")?;
         let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout())).context("setting up the terminal")?;

@@ -32,13 +32,6 @@ impl Value {
         }
     }
 
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Num(n) => n.parse().ok(),
-            _ => None,
-        }
-    }
-
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -216,7 +209,7 @@ mod tests {
         assert_eq!(r.get("netns").as_u64(), Some(4026531840));
         assert_eq!(r.get("match"), &Value::Bool(true));
         assert_eq!(r.get("l").as_str(), Some("a\"b"));
-        assert_eq!(v.get("f").as_f64(), Some(-1500.0));
+        assert_eq!(v.get("f"), &Value::Num("-1.5e3".into()));
         assert_eq!(v.get("missing"), &Value::Null);
     }
 

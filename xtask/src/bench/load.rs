@@ -144,20 +144,67 @@ pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -
     })
 }
 
+/// One established connection, 64-byte request/response round trips for `duration`: traffic
+/// that never reaches a listener (what most ingress packets of a host look like). Returns the
+/// number of round trips.
+pub fn ping_pong(ns: &Netns, port: u16, duration: Duration) -> Result<u64> {
+    ns.run(move || {
+        let l = listener(port, 16)?;
+        let c = connect(port)?;
+        // SAFETY: accept on our listener; the fd is owned below.
+        let s = unsafe { OwnedFd::from_raw_fd(check(libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC), "accept")?) };
+        set_int(c.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        set_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                // SAFETY: read/write on our connected socket with a local buffer.
+                let n = unsafe { libc::read(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 || unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), n as usize) } != n {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + duration;
+        let mut n = 0u64;
+        let mut buf = [7u8; 64];
+        while Instant::now() < deadline && !sys::interrupted() {
+            // SAFETY: as above.
+            unsafe {
+                if libc::write(c.as_raw_fd(), buf.as_ptr().cast(), 64) != 64 {
+                    bail!("ping-pong write: {}", std::io::Error::last_os_error());
+                }
+                let mut got = 0;
+                while got < 64 {
+                    let r = libc::read(c.as_raw_fd(), buf[got..].as_mut_ptr().cast(), 64 - got);
+                    if r <= 0 {
+                        bail!("ping-pong read: {}", std::io::Error::last_os_error());
+                    }
+                    got += r as usize;
+                }
+            }
+            n += 1;
+        }
+        drop(c);
+        let _ = echo.join();
+        sys::check_interrupted()?;
+        Ok(n)
+    })
+}
+
 /// A listener on 127.0.0.1:port with listen(0) and one established, never accepted connection:
 /// its accept queue is full, so every further SYN is dropped (ListenOverflows + ListenDrops)
 /// right at the start of tcp_conn_request(), the cheapest kind of listen drop.
 pub struct SaturatedListener {
     _listener: OwnedFd,
     _client: OwnedFd,
-    pub port: u16,
 }
 
 pub fn saturated_listener(ns: &Netns, port: u16) -> Result<SaturatedListener> {
     ns.run(move || {
         let l = listener(port, 0)?;
         let c = connect(port)?;
-        Ok(SaturatedListener { _listener: l, _client: c, port })
+        Ok(SaturatedListener { _listener: l, _client: c })
     })
 }
 

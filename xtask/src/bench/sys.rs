@@ -139,6 +139,23 @@ pub fn vm_hwm_kib(pid: i32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// User + system CPU seconds a process has used (/proc/PID/stat fields 14 and 15).
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "?".into())
+}
+
 /// A private network namespace `lqbench-PID-N`, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -169,11 +186,6 @@ impl Netns {
 
     pub fn path(&self) -> PathBuf {
         Path::new(NETNS_DIR).join(&self.name)
-    }
-
-    /// Move the calling thread into this namespace (call on a dedicated thread only).
-    pub fn enter(&self) -> Result<()> {
-        enter(&self.path())
     }
 
     /// Run `f` on a fresh thread inside the namespace (threads it spawns inherit the namespace).
@@ -267,5 +279,7 @@ mod tests {
         assert_eq!(m["TcpExt.ListenDrops"], 7);
         assert_eq!(m["IpExt.InOctets"], 10);
         assert_eq!(delta(&BTreeMap::new(), &m, "TcpExt.ListenOverflows"), 5);
+        let me = cpu_secs(std::process::id() as i32).unwrap();
+        assert!(me >= 0.0);
     }
 }

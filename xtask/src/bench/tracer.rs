@@ -28,7 +28,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct Stdout {
     pub lines: u64,
-    /// Lines containing the needle (e.g. `"netns":4026532384,`).
+    /// Lines containing every needle (e.g. `"kind":"drop"` and `"netns":4026532384,`).
     pub matching: u64,
     pub last_line: String,
 }
@@ -47,11 +47,13 @@ pub struct Finished {
     pub stdout: Stdout,
     /// VmHWM just before SIGINT, KiB.
     pub vm_hwm_kib: u64,
+    /// User + system CPU time of the tracer up to SIGINT.
+    pub cpu_secs: f64,
 }
 
 impl Tracer {
     /// Spawn `bin -j ARGS`; return once the banner is on stderr.
-    pub fn start(bin: &Path, args: &[&str], needle: Option<String>) -> Result<Tracer> {
+    pub fn start(bin: &Path, args: &[&str], needles: Vec<String>) -> Result<Tracer> {
         let started = Instant::now();
         let mut cmd = Command::new(bin);
         cmd.arg("-j").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -60,7 +62,7 @@ impl Tracer {
         let out = child.stdout.take().context("stdout")?;
         let err = child.stderr.take().context("stderr")?;
         let child = Guarded(Some(child));
-        let stdout = std::thread::spawn(move || count_lines(out, needle));
+        let stdout = std::thread::spawn(move || count_lines(out, needles));
         let (tx, rx) = mpsc::channel::<Instant>();
         let stderr = std::thread::spawn(move || {
             let mut text = String::new();
@@ -92,6 +94,7 @@ impl Tracer {
     /// SIGINT, wait for exit 0, parse the summary (the last stdout line).
     pub fn stop(mut self) -> Result<Finished> {
         let vm_hwm_kib = sys::vm_hwm_kib(self.pid()).unwrap_or(0);
+        let cpu_secs = sys::cpu_secs(self.pid()).unwrap_or(0.0);
         self.child.signal(libc::SIGINT);
         let status = self.child.wait(STOP_TIMEOUT, "lqtrace after SIGINT")?;
         let stdout = self.stdout.take().context("stdout reader")?.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
@@ -104,20 +107,18 @@ impl Tracer {
         if summary.get("kind").as_str() != Some("summary") {
             bail!("lqtrace's last stdout line is not the summary: {:.200}", stdout.last_line);
         }
-        Ok(Finished { summary, stdout, vm_hwm_kib })
+        Ok(Finished { summary, stdout, vm_hwm_kib, cpu_secs })
     }
 }
 
-fn count_lines(mut out: impl std::io::Read, needle: Option<String>) -> Stdout {
+fn count_lines(mut out: impl std::io::Read, needles: Vec<String>) -> Stdout {
     let mut s = Stdout::default();
     let mut buf = vec![0u8; 1 << 16];
     let mut partial: Vec<u8> = Vec::new();
-    let mut count = |line: &[u8], s: &mut Stdout| {
+    let count = |line: &[u8], s: &mut Stdout| {
         s.lines += 1;
-        if let Some(n) = &needle {
-            if std::str::from_utf8(line).is_ok_and(|l| l.contains(n.as_str())) {
-                s.matching += 1;
-            }
+        if !needles.is_empty() && std::str::from_utf8(line).is_ok_and(|l| needles.iter().all(|n| l.contains(n.as_str()))) {
+            s.matching += 1;
         }
     };
     loop {
@@ -247,7 +248,7 @@ mod tests {
             }
         }
         let r = Chunks(vec![b"{\"netns\":1,\"a\"", b":1}\n{\"netns\":2}\n{\"net", b"ns\":1}\n{\"kind\":\"summary\"}"]);
-        let s = count_lines(r, Some("\"netns\":1".into()));
+        let s = count_lines(r, vec!["\"netns\":1".into()]);
         assert_eq!(s.lines, 4);
         assert_eq!(s.matching, 2);
         assert_eq!(s.last_line, "{\"kind\":\"summary\"}");

@@ -1,7 +1,7 @@
 //! A minimal initramfs writer: uncompressed cpio "newc" (the format the kernel unpacks), built
 //! in memory. No `cpio` tool and no busybox needed: /init is the static vm-guest binary.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashSet, fs, io, path::Path};
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -11,6 +11,7 @@ const S_IFCHR: u32 = 0o020000;
 pub struct Cpio {
     buf: Vec<u8>,
     ino: u32,
+    dirs: HashSet<String>,
 }
 
 fn pad4(buf: &mut Vec<u8>) {
@@ -21,7 +22,7 @@ fn pad4(buf: &mut Vec<u8>) {
 
 impl Cpio {
     pub fn new() -> Cpio {
-        Cpio { buf: Vec::new(), ino: 1 }
+        Cpio { buf: Vec::new(), ino: 1, dirs: HashSet::new() }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
@@ -54,15 +55,32 @@ impl Cpio {
         pad4(&mut self.buf);
     }
 
+    /// A directory and its missing parents (each emitted once).
     pub fn dir(&mut self, name: &str) {
+        let name = name.trim_matches('/');
+        if name.is_empty() || self.dirs.contains(name) {
+            return;
+        }
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.insert(name.to_string());
         self.entry(name, S_IFDIR | 0o755, (0, 0), &[]);
     }
 
+    fn parent_dirs(&mut self, name: &str) {
+        if let Some((parent, _)) = name.trim_matches('/').rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
     pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.parent_dirs(name);
         self.entry(name, S_IFREG | perm, (0, 0), data);
     }
 
     pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
+        self.parent_dirs(name);
         self.entry(name, S_IFCHR | perm, (major, minor), &[]);
     }
 
@@ -91,6 +109,7 @@ mod tests {
         c.dir("/dev");
         c.char_dev("dev/console", 0o600, 5, 1);
         c.file("init", 0o755, b"hello");
+        c.dir("dev");
         let out = c.finish();
         assert_eq!(out.len() % 4, 0);
         assert!(out.starts_with(b"070701"));
@@ -107,7 +126,19 @@ mod tests {
         assert_eq!(&second[86..94], "00000001", "rdevminor");
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("init\0"));
+        assert_eq!(text.matches("dev\0").count(), 1, "dev emitted once");
         assert!(text.contains("hello"));
         assert!(text.contains("TRAILER!!!\0"));
+    }
+
+    #[test]
+    fn parents_first() {
+        let mut c = Cpio::new();
+        c.file("lib/x86_64-linux-gnu/libc.so.6", 0o755, b"x");
+        let text = String::from_utf8_lossy(&c.finish()).into_owned();
+        let lib = text.find("lib\0").unwrap();
+        let multi = text.find("lib/x86_64-linux-gnu\0").unwrap();
+        let file = text.find("lib/x86_64-linux-gnu/libc.so.6\0").unwrap();
+        assert!(lib < multi && multi < file);
     }
 }

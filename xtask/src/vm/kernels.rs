@@ -393,59 +393,37 @@ fn resolve_and_download(spec: &Spec, apt: &Apt, cache: &Path, kdir: &Path) -> an
     eprintln!("vm: kernel {}: {meta} {meta_version} ({suite}) -> {package} {version}", spec.label);
 
     let debs = cache.join("debs");
-    let deb = match find_deb(&debs, &package, &version)? {
-        Some(d) => d,
-        None => apt.download(&package, &version, &debs)?,
+    let get = |pkg: &str, ver: &str| -> anyhow::Result<PathBuf> {
+        match find_deb(&debs, pkg, ver)? {
+            Some(d) => Ok(d),
+            None => apt.download(pkg, ver, &debs),
+        }
     };
     let out = kdir.join(format!("{package}_{}", deb_version(&version)));
-    let (vmlinuz, config, kver) = extract(&deb, &out)?;
-    let kernel = Kernel { package, version, suite: suite.to_string(), kver, vmlinuz, config };
-    fs::write(kdir.join(format!("{}.resolved", spec.label)), kernel.to_text())?;
-    Ok(kernel)
-}
-
-/// Extracts `boot/vmlinuz-*` and `boot/config-*` of `deb` into `out/{vmlinuz,config}`; returns
-/// them and the release string.
-fn extract(deb: &Path, out: &Path) -> anyhow::Result<(PathBuf, Option<PathBuf>, String)> {
     let tmp = out.with_extension("tmp");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let mut dpkg = command("dpkg-deb");
-    dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
-    let mut dpkg_child = dpkg.spawn().with_context(|| format!("running {}", render(&dpkg)))?;
-    let mut tar = command("tar");
-    tar.arg("-x")
-        .arg("-C")
-        .arg(&tmp)
-        .args(["--wildcards", "./boot/vmlinuz-*", "./boot/config-*"])
-        .stdin(dpkg_child.stdout.take().expect("piped"));
-    let tar_status = tar.status().with_context(|| format!("running {}", render(&tar)))?;
-    let dpkg_status = dpkg_child.wait()?;
-    if !dpkg_status.success() || !tar_status.success() {
-        bail!(
-            "extracting boot/ from {} failed (dpkg-deb: {}, tar: {})",
-            deb.display(),
-            util::describe(dpkg_status),
-            util::describe(tar_status)
-        );
-    }
-    let boot = tmp.join("boot");
-    let mut vmlinuz = None;
-    let mut config = None;
-    for e in fs::read_dir(&boot)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(kver) = name.strip_prefix("vmlinuz-") {
-            vmlinuz = Some((e.path(), kver.to_string()));
-        } else if name.starts_with("config-") {
-            config = Some(e.path());
+    let deb = get(&package, &version)?;
+    let mut found = extract_boot_files(&deb, &tmp)?;
+    if found.vmlinuz.is_none() {
+        // Since 7.x (sid) the image package is empty: vmlinuz is in linux-binary-<abi>, the
+        // config in linux-base-<abi> (both under usr/lib/modules/<kver>/).
+        let deps = apt.depends(&package, &version)?;
+        for (dep, dep_version) in split_image_parts(&deps) {
+            let deb = get(&dep, dep_version.as_deref().unwrap_or(&version))?;
+            let more = extract_boot_files(&deb, &tmp)?;
+            found.vmlinuz = found.vmlinuz.or(more.vmlinuz);
+            found.config = found.config.or(more.config);
         }
     }
-    let (src, kver) = vmlinuz.with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
-    let _ = fs::remove_dir_all(out);
-    fs::create_dir_all(out)?;
-    let dst = out.join("vmlinuz");
-    fs::rename(&src, &dst)?;
-    let config = match config {
+    let (src, kver) = found
+        .vmlinuz
+        .with_context(|| format!("no vmlinuz in {package} {version} (nor in its linux-binary-* dependency)"))?;
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let vmlinuz = out.join("vmlinuz");
+    fs::rename(&src, &vmlinuz)?;
+    let config = match found.config {
         Some(c) => {
             let d = out.join("config");
             fs::rename(&c, &d)?;
@@ -454,7 +432,97 @@ fn extract(deb: &Path, out: &Path) -> anyhow::Result<(PathBuf, Option<PathBuf>, 
         None => None,
     };
     let _ = fs::remove_dir_all(&tmp);
-    Ok((dst, config, kver))
+    let kernel = Kernel { package, version, suite: suite.to_string(), kver, vmlinuz, config };
+    fs::write(kdir.join(format!("{}.resolved", spec.label)), kernel.to_text())?;
+    Ok(kernel)
+}
+
+/// The `linux-binary-<abi>`/`linux-base-<abi>` packages in an image package's `Depends:`.
+pub fn split_image_parts(depends: &str) -> Vec<(String, Option<String>)> {
+    depends
+        .split(',')
+        .filter_map(|d| {
+            let d = d.split('|').next()?.trim();
+            let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
+            let versioned = |p: &str| name.strip_prefix(p).is_some_and(|abi| abi.starts_with(|c: char| c.is_ascii_digit()));
+            if !versioned("linux-binary-") && !versioned("linux-base-") {
+                return None;
+            }
+            let version = rest.trim().strip_prefix("(=").and_then(|v| v.strip_suffix(')')).map(|v| v.trim().to_string());
+            Some((name.to_string(), version))
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct BootFiles {
+    /// (extracted path, kernel release)
+    vmlinuz: Option<(PathBuf, String)>,
+    config: Option<PathBuf>,
+}
+
+/// Which member of a kernel package is the image or the config: `./boot/vmlinuz-<kver>`,
+/// `./boot/config-<kver>` (up to 6.x), `./usr/lib/modules/<kver>/{vmlinuz,config}` (7.x).
+/// Returns (is_vmlinuz, kver).
+pub fn boot_member(path: &str) -> Option<(bool, String)> {
+    let p = path.trim_start_matches("./");
+    if let Some(kver) = p.strip_prefix("boot/vmlinuz-") {
+        return Some((true, kver.to_string()));
+    }
+    if let Some(kver) = p.strip_prefix("boot/config-") {
+        return Some((false, kver.to_string()));
+    }
+    let rest = p.strip_prefix("usr/lib/modules/").or_else(|| p.strip_prefix("lib/modules/"))?;
+    let (kver, file) = rest.split_once('/')?;
+    match file {
+        "vmlinuz" => Some((true, kver.to_string())),
+        "config" => Some((false, kver.to_string())),
+        _ => None,
+    }
+}
+
+/// Extracts the image and config members of `deb` (if any) under `tmp`.
+fn extract_boot_files(deb: &Path, tmp: &Path) -> anyhow::Result<BootFiles> {
+    let mut list = command("dpkg-deb");
+    list.arg("--fsys-tarfile").arg(deb);
+    let listing = command("tar")
+        .arg("-t")
+        .stdin(list.stdout(Stdio::piped()).spawn()?.stdout.take().expect("piped"))
+        .output()
+        .with_context(|| format!("listing {}", deb.display()))?;
+    let members: Vec<(String, bool, String)> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|m| boot_member(m).map(|(v, k)| (m.to_string(), v, k)))
+        .collect();
+    let mut found = BootFiles::default();
+    if members.is_empty() {
+        return Ok(found);
+    }
+    let mut dpkg = command("dpkg-deb");
+    dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
+    let mut dpkg_child = dpkg.spawn().with_context(|| format!("running {}", render(&dpkg)))?;
+    let mut tar = command("tar");
+    tar.arg("-x").arg("-C").arg(tmp).args(members.iter().map(|m| &m.0));
+    tar.stdin(dpkg_child.stdout.take().expect("piped"));
+    let tar_status = tar.status().with_context(|| format!("running {}", render(&tar)))?;
+    let dpkg_status = dpkg_child.wait()?;
+    if !dpkg_status.success() || !tar_status.success() {
+        bail!(
+            "extracting the kernel from {} failed (dpkg-deb: {}, tar: {})",
+            deb.display(),
+            util::describe(dpkg_status),
+            util::describe(tar_status)
+        );
+    }
+    for (member, is_vmlinuz, kver) in members {
+        let path = tmp.join(member.trim_start_matches("./"));
+        if is_vmlinuz {
+            found.vmlinuz = Some((path, kver));
+        } else {
+            found.config = Some(path);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -513,6 +581,38 @@ mod tests {
         };
         assert_eq!(Kernel::from_text(&k.to_text()), Some(k));
         assert_eq!(deb_version("1:2.3"), "1%3a2.3");
+    }
+
+    #[test]
+    fn boot_members() {
+        assert_eq!(boot_member("./boot/vmlinuz-6.1.0-56-cloud-amd64"), Some((true, "6.1.0-56-cloud-amd64".into())));
+        assert_eq!(boot_member("./boot/config-6.1.0-56-cloud-amd64"), Some((false, "6.1.0-56-cloud-amd64".into())));
+        assert_eq!(
+            boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/vmlinuz"),
+            Some((true, "7.2.13+deb14-cloud-amd64".into()))
+        );
+        assert_eq!(
+            boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/config"),
+            Some((false, "7.2.13+deb14-cloud-amd64".into()))
+        );
+        assert_eq!(boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/System.map"), None);
+        assert_eq!(boot_member("./boot/System.map-6.1"), None);
+        assert_eq!(boot_member("./usr/lib/modules/x/kernel/fs/a.ko"), None);
+    }
+
+    #[test]
+    fn split_packages_of_7x() {
+        let deps = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                    linux-base-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), linux-binary-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+                    linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)";
+        assert_eq!(
+            split_image_parts(deps),
+            [
+                ("linux-base-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
+                ("linux-binary-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
+            ]
+        );
+        assert!(split_image_parts("linux-base (>= 4.17~)").is_empty());
     }
 
     #[test]
