@@ -166,6 +166,15 @@ impl Filter {
         Filter { pids: cli.pids.clone(), ports: cli.ports.clone(), comm: cli.comm.clone() }
     }
 
+    /// Listener snapshots passing the port filter (snapshots carry no owners, so the pid and
+    /// comm filters apply to drops only).
+    pub fn listeners(&self, snap: Vec<crate::sockdiag::ListenerSnapshot>) -> Vec<crate::sockdiag::ListenerSnapshot> {
+        if self.ports.is_empty() {
+            return snap;
+        }
+        snap.into_iter().filter(|l| self.ports.contains(&l.lport)).collect()
+    }
+
     pub fn matches(&self, e: &DropEvent) -> bool {
         (self.ports.is_empty() || self.ports.contains(&e.lport))
             && (self.pids.is_empty() || e.owners.iter().any(|o| self.pids.contains(&o.pid)))

@@ -95,7 +95,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
                 let events = events?;
                 out.events(&events, &mut timeline);
             }
-            (ts, snap) = sampler.done() => timeline.add_snapshot(ts, &snap),
+            (ts, snap) = sampler.done() => timeline.add_snapshot(ts, &filter.listeners(snap)),
             _ = sample_tick.tick() => sampler.kick(),
             _ = progress.tick() => {
                 let line = status_line(&session);

@@ -223,6 +223,7 @@ impl TopState {
     }
 
     fn on_snapshot(&mut self, ts_ns: u64, snap: Vec<ListenerSnapshot>) {
+        let snap = self.filter.listeners(snap);
         self.timeline.add_snapshot(ts_ns, &snap);
         self.snapshot = snap.into_iter().map(|l| ((l.netns, l.sock_ino, l.lport), l)).collect();
     }
