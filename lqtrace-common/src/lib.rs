@@ -181,16 +181,20 @@ pub struct Config {
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
     pub skb_protocol: u32,
-    /// Argument positions (from BTF prototypes) of the listener `sk` and the `skb` in
-    /// tcp_conn_request, tcp_check_req and cookie_v4_check/cookie_v6_check.
-    pub syn_arg_sk: u32,
-    pub syn_arg_skb: u32,
-    pub ack_arg_sk: u32,
-    pub ack_arg_skb: u32,
-    pub cookie_arg_sk: u32,
-    pub cookie_arg_skb: u32,
     pub _pad: u32,
 }
+
+/// Positions of the listener `struct sock *` and the `struct sk_buff *` among the arguments of
+/// the functions the fentry/kprobe variants hook. They are compiled into the programs (the
+/// verifier of kernels before ~6.5 rejects a context read at a computed offset), and the loader
+/// checks them against the running kernel's BTF prototypes, skipping a variant whose function
+/// differs: (function, sk position, skb position).
+pub const PROBE_ARGS: [(&str, u32, u32); 4] = [
+    ("tcp_conn_request", 2, 3),
+    ("tcp_check_req", 0, 1),
+    ("cookie_v4_check", 0, 1),
+    ("cookie_v6_check", 0, 1),
+];
 
 /// Bits of the `CGROUP_STAGES` map: which packets the cgroup "before" hook brackets. The others
 /// are bracketed by function probes (fentry/fexit or kprobe/kretprobe).

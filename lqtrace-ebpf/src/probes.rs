@@ -9,7 +9,7 @@
 //!   tcp_abort_on_overflow=1; skipped when `sk` is not a listener (TCP Fast Open calls it with
 //!   the child).
 //! - Syncookie ACK: `cookie_v4_check()` / `cookie_v6_check()`.
-//! Argument positions come from the running kernel's BTF (the loader checks the prototypes).
+//! Argument positions are compiled in; the loader checks them against the running kernel's BTF.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
@@ -80,55 +80,27 @@ fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
     Some(buf)
 }
 
-/// BTF context argument `n` (a runtime value from the config): one constant offset per arm,
-/// as the verifier requires for ctx accesses.
-#[inline(always)]
-fn btf_arg(ctx: &FEntryContext, n: u32) -> u64 {
-    match n {
-        0 => ctx.arg(0),
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        _ => ctx.arg(5),
-    }
-}
-
-#[inline(always)]
-fn btf_arg_exit(ctx: &FExitContext, n: u32) -> u64 {
-    match n {
-        0 => ctx.arg(0),
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        _ => ctx.arg(5),
-    }
-}
-
-#[inline(always)]
-fn reg_arg(ctx: &ProbeContext, n: u32) -> u64 {
-    ctx.arg::<u64>(n as usize).unwrap_or(0)
-}
-
+/// Argument positions are literals (checked against `lqtrace_common::PROBE_ARGS` by a test and
+/// against the kernel's BTF by the loader): older verifiers reject context reads at computed
+/// offsets ("dereference of modified ctx ptr").
 macro_rules! probe_pair {
-    ($func:literal, $sk:ident, $skb:ident,
+    ($func:literal, $sk:literal, $skb:literal,
      $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident) => {
         #[fentry(function = $func)]
         pub fn $fentry(ctx: FEntryContext) -> i32 {
-            before(btf_arg(&ctx, config!($sk)), btf_arg(&ctx, config!($skb)));
+            before(ctx.arg::<u64>($sk), ctx.arg::<u64>($skb));
             0
         }
 
         #[fexit(function = $func)]
         pub fn $fexit(ctx: FExitContext) -> i32 {
-            close_matching(OPENER_PROBE, btf_arg_exit(&ctx, config!($skb)));
+            close_matching(OPENER_PROBE, ctx.arg::<u64>($skb));
             0
         }
 
         #[kprobe(function = $func)]
         pub fn $kprobe(ctx: ProbeContext) -> u32 {
-            before(reg_arg(&ctx, config!($sk)), reg_arg(&ctx, config!($skb)));
+            before(ctx.arg::<u64>($sk).unwrap_or(0), ctx.arg::<u64>($skb).unwrap_or(0));
             0
         }
 
@@ -142,7 +114,8 @@ macro_rules! probe_pair {
     };
 }
 
-probe_pair!("tcp_conn_request", syn_arg_sk, syn_arg_skb, syn_fentry, syn_fexit, syn_kprobe, syn_kretprobe);
-probe_pair!("tcp_check_req", ack_arg_sk, ack_arg_skb, ack_fentry, ack_fexit, ack_kprobe, ack_kretprobe);
-probe_pair!("cookie_v4_check", cookie_arg_sk, cookie_arg_skb, cookie4_fentry, cookie4_fexit, cookie4_kprobe, cookie4_kretprobe);
-probe_pair!("cookie_v6_check", cookie_arg_sk, cookie_arg_skb, cookie6_fentry, cookie6_fexit, cookie6_kprobe, cookie6_kretprobe);
+// Keep in step with lqtrace_common::PROBE_ARGS.
+probe_pair!("tcp_conn_request", 2, 3, syn_fentry, syn_fexit, syn_kprobe, syn_kretprobe);
+probe_pair!("tcp_check_req", 0, 1, ack_fentry, ack_fexit, ack_kprobe, ack_kretprobe);
+probe_pair!("cookie_v4_check", 0, 1, cookie4_fentry, cookie4_fexit, cookie4_kprobe, cookie4_kretprobe);
+probe_pair!("cookie_v6_check", 0, 1, cookie6_fentry, cookie6_fexit, cookie6_kprobe, cookie6_kretprobe);

@@ -5,7 +5,7 @@
 //! program and attach point, and carries the verifier log on `-v`.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     path::{Path, PathBuf},
 };
@@ -34,8 +34,9 @@ pub struct LoadOptions {
     pub forced: Forced,
     /// Functions present in /proc/kallsyms (for the kprobe pre-check).
     pub kallsyms: HashSet<String>,
-    /// Whether the BTF has each function (for the fentry pre-check).
-    pub btf_funcs: HashSet<String>,
+    /// For each hooked function: None if its BTF prototype matches the programs, else why not
+    /// (fentry and kprobe pre-check).
+    pub probe_funcs: HashMap<String, Option<String>>,
 }
 
 /// What was tried for each group and why.
@@ -158,14 +159,17 @@ impl AttachCtx<'_> {
 
     /// Cheap checks that explain a skip better than a failed load would.
     fn precheck(&self, v: &Variant) -> Result<(), String> {
-        match v.method {
-            Method::Fentry => {
-                for f in v.functions {
-                    if !self.opts.btf_funcs.contains(*f) {
-                        return Err(format!("{f}() is not in the kernel BTF"));
-                    }
+        if v.method != Method::Cgroup {
+            for f in v.functions {
+                match self.opts.probe_funcs.get(*f) {
+                    Some(None) => {}
+                    Some(Some(why)) => return Err(why.clone()),
+                    None => return Err(format!("{f}(): prototype not checked")),
                 }
             }
+        }
+        match v.method {
+            Method::Fentry => {}
             Method::Kprobe => {
                 if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
                     return Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)".into());

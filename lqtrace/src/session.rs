@@ -72,7 +72,7 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
         verbose: opts.verbose,
         forced: opts.forced.clone(),
         kallsyms: loader::read_kallsyms(),
-        btf_funcs: layout::probe_functions(&btf),
+        probe_funcs: layout::probe_functions(&btf),
     };
     drop(btf);
     loader::load(&config, &load_opts, require_all)

@@ -62,14 +62,6 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     c.skb_network_header = field(btf, "sk_buff", "network_header", 2)?;
     c.skb_transport_header = field(btf, "sk_buff", "transport_header", 2)?;
     c.skb_protocol = field(btf, "sk_buff", "protocol", 2)?;
-    // Argument positions; a function missing here only disables the variants that hook it
-    // (loader pre-check), so absence is not an error.
-    (c.syn_arg_sk, c.syn_arg_skb) = sk_skb_args(btf, "tcp_conn_request").unwrap_or((0, 0));
-    (c.ack_arg_sk, c.ack_arg_skb) = sk_skb_args(btf, "tcp_check_req").unwrap_or((0, 0));
-    (c.cookie_arg_sk, c.cookie_arg_skb) = sk_skb_args(btf, "cookie_v4_check").unwrap_or((0, 0));
-    if sk_skb_args(btf, "cookie_v6_check").is_some_and(|a| a != (c.cookie_arg_sk, c.cookie_arg_skb)) {
-        bail!("kernel BTF: cookie_v4_check and cookie_v6_check take sk/skb in different positions");
-    }
     check_raw_tracepoint(btf, "consume_skb")?;
     check_raw_tracepoint(btf, "kfree_skb")?;
 
@@ -109,12 +101,50 @@ pub fn sk_skb_args(btf: &Btf, func: &str) -> Option<(u32, u32)> {
     (sk < 6 && skb < 6).then_some((sk, skb))
 }
 
-/// Which of the functions the probe variants hook exist in BTF with the expected arguments.
-pub fn probe_functions(btf: &Btf) -> std::collections::HashSet<String> {
-    crate::hooks::VARIANTS
+/// For each function the probe variants hook: None when it exists in BTF with `sk` and `skb` at
+/// the positions compiled into the programs (`lqtrace_common::PROBE_ARGS`), else why not.
+pub fn probe_functions(btf: &Btf) -> std::collections::HashMap<String, Option<String>> {
+    lqtrace_common::PROBE_ARGS
         .iter()
-        .flat_map(|v| v.functions.iter())
-        .filter(|f| btf.has_func(f) && sk_skb_args(btf, f).is_some())
-        .map(|f| f.to_string())
+        .map(|&(f, sk, skb)| {
+            let why = if !btf.has_func(f) {
+                Some(format!("{f}() is not in the kernel BTF"))
+            } else {
+                match sk_skb_args(btf, f) {
+                    Some(found) if found == (sk, skb) => None,
+                    found => Some(format!(
+                        "{f}(): sk/skb arguments at {found:?} in this kernel, lqtrace's programs expect ({sk}, {skb})"
+                    )),
+                }
+            };
+            (f.to_string(), why)
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooked_functions_are_the_ones_with_compiled_argument_positions() {
+        for v in crate::hooks::VARIANTS {
+            for f in v.functions {
+                assert!(lqtrace_common::PROBE_ARGS.iter().any(|(name, _, _)| name == f), "{f} missing from PROBE_ARGS");
+            }
+        }
+    }
+
+    /// On the running kernel (when its BTF is readable), the compiled positions match.
+    #[test]
+    fn compiled_argument_positions_match_the_running_kernel() {
+        let path = std::path::Path::new(crate::kernel::preflight::DEFAULT_BTF);
+        let Ok(btf) = Btf::from_file(path) else {
+            eprintln!("skipped: no readable {}", path.display());
+            return;
+        };
+        for (f, why) in probe_functions(&btf) {
+            assert!(why.is_none(), "{f}: {why:?}");
+        }
+    }
 }
