@@ -145,8 +145,9 @@ pub struct ListenRecord {
 pub struct Config {
     /// Set to 1 by the loader; the programs do nothing while it is 0.
     pub ready: u32,
-    /// `TCP_LISTEN` from BTF `enum` (tcp_states).
+    /// `TCP_LISTEN` and `TCP_CLOSE` from BTF (enum tcp_states).
     pub tcp_listen: u32,
+    pub tcp_close: u32,
     // struct sock
     /// `__sk_common.skc_state` (one byte).
     pub sk_state: u32,
@@ -181,7 +182,6 @@ pub struct Config {
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
     pub skb_protocol: u32,
-    pub _pad: u32,
 }
 
 /// Positions of the listener `struct sock *` and the `struct sk_buff *` among the arguments of

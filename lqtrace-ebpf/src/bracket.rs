@@ -57,6 +57,10 @@ pub fn fresh_slot() -> Option<*mut Bracket> {
 
 /// Open a bracket for a packet about to be processed by the listener at `sk`. The packet fields
 /// of `(*slot).record` (addresses, ports, flags, stage) are already filled by the caller.
+///
+/// This runs for every packet a listener receives, so it only does what must happen before the
+/// kernel processes the packet: find this CPU's counters and read them. Everything else about the
+/// listener is read in `close()`, and only when a counter moved.
 #[inline(always)]
 pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> Option<()> {
     let b: &mut Bracket = unsafe { &mut *slot };
@@ -64,11 +68,25 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> 
     let net = read_u64(sk + config!(sk_net) as u64)?;
     let mib_percpu = read_u64(net + config!(net_mib_stats) as u64)?;
     let mib = mib_percpu + cpu_offset;
+    read_mib(mib, &mut b.before)?;
+    b.record.cookie = cookie;
+    b.sk = sk;
+    b.net = net;
+    b.mib = mib;
+    b.opener = opener;
+    b.skb = skb;
+    stat_add(STAT_BRACKETS, 1);
+    Some(())
+}
 
+/// The listener's state, read when a counter moved. The packet was just processed and dropped
+/// (or answered with a cookie), so the queues are as the kernel saw them when it decided.
+#[inline(always)]
+fn describe_listener(b: &mut Bracket) {
+    let (sk, net) = (b.sk, b.net);
     let r = &mut b.record;
     r.cpu = unsafe { bpf_get_smp_processor_id() };
     r.ts_ns = unsafe { bpf_ktime_get_ns() };
-    r.cookie = cookie;
     r.netns = read_u32(net + config!(net_inum) as u64).unwrap_or(0);
     r.somaxconn = read_u32(net + config!(net_somaxconn) as u64).unwrap_or(0);
     r.accept_queue = read_u32(sk + config!(sk_ack_backlog) as u64).unwrap_or(0);
@@ -78,14 +96,6 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> 
     if socket != 0 {
         r.sock_ino = read_u64(socket + config!(socket_ino) as u64).unwrap_or(0);
     }
-
-    // Read the counters last: nothing above can move them.
-    read_mib(mib, &mut b.before)?;
-    b.mib = mib;
-    b.opener = opener;
-    b.skb = skb;
-    stat_add(STAT_BRACKETS, 1);
-    Some(())
 }
 
 /// Close this CPU's bracket if it is the one `opener` opened for `skb` (0: any skb).
@@ -175,6 +185,7 @@ pub fn close(slot: *mut Bracket, flags: u8) {
         return; // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop
     };
     b.record.flags |= flags;
+    describe_listener(b);
     if EVENTS.output::<BracketRecord>(&b.record, 0).is_err() {
         if drops > 0 {
             stat_add(STAT_LOST_DROP_RECORDS, 1);

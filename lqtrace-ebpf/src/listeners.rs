@@ -71,7 +71,9 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     let oldstate = unsafe { ctx.read_at::<i32>(config!(tp_state_oldstate) as usize) }.ok()?;
     let kind = if newstate == listen {
         KIND_LISTEN
-    } else if oldstate == listen {
+    } else if oldstate == listen && newstate == config!(tcp_close) as i32 {
+        // Only LISTEN -> CLOSE: a new connection's child socket also leaves TCP_LISTEN (it is
+        // cloned from the listener and moved to SYN_RECV), once per accepted connection.
         KIND_LISTEN_CLOSE
     } else {
         return None;

@@ -49,6 +49,9 @@ pub struct Bracket {
     pub skb: u64,
     /// `bracket::OPENER_*`: which hook variant opened it.
     pub opener: u64,
+    /// The listener (`struct sock *`) and its network namespace (`struct net *`).
+    pub sk: u64,
+    pub net: u64,
     /// Address of this CPU's `struct linux_mib` of the listener's network namespace.
     pub mib: u64,
     /// Counter values before processing, in `MIB_*` order.

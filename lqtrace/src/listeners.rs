@@ -28,9 +28,9 @@ impl Listeners {
                 if r.has_backlog != 0 {
                     info.requested_backlog = Some(r.backlog);
                 }
-                // Cheap: teach the owner index about the new socket now, while its creator
-                // certainly still holds it.
-                owners.scan_pid(r.pid);
+                // Cheap: teach the owner index about the new socket now (its creator may
+                // still hold it).
+                owners.note_listener(r.sock_ino, r.pid);
             }
             KIND_RELISTEN => {
                 if let Some(ino) = socket_inode_of_fd(r.pid, r.fd) {

@@ -53,9 +53,26 @@ pub async fn run(cli: Cli) -> Result<()> {
     let (last, summary) = session.finish();
     if !output_closed {
         for e in &last {
-            printer.event(e).context("writing to stdout")?;
+            if printer.event(e).is_err() {
+                break;
+            }
         }
-        printer.summary(&summary).context("writing the summary")?;
+        let _ = printer.summary(&summary);
+    }
+    if !printer.finish() {
+        // stdout is closed or not being read: the summary still belongs somewhere.
+        eprintln!("lqtrace: summary (stdout did not take it):");
+        summary_to_stderr(&summary, cli.json);
     }
     Ok(())
+}
+
+fn summary_to_stderr(summary: &crate::output::summary::Summary, json: bool) {
+    if json {
+        eprintln!("{}", crate::output::json::summary(summary));
+    } else {
+        for line in crate::output::text::summary(summary) {
+            eprintln!("{line}");
+        }
+    }
 }

@@ -18,20 +18,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lqtrace::netns::TempNetns;
 use serde_json::Value;
 use support::*;
 
-/// Peak RSS allowed to the tracer under a sustained flood. Measured (debug build, this 2-CPU
-/// VM): ~40 MiB idle and under a flood (the 4 MiB ring is fixed size; user space keeps one
-/// entry per listener). 64 MiB leaves margin for allocator noise, not for a leak: a leak of
-/// even 100 bytes per drop record would pass 64 MiB within seconds of a flood.
+/// Peak RSS allowed to the tracer under a sustained flood. Measured (debug build, 2-CPU VM):
+/// ~46 MiB idle, 50.9 MiB peak over a 60 s flood at 95k drops/s (5.7M drops, 0.68M printed, the
+/// rest counted as lost), flat after the first seconds: the 4 MiB ring is fixed-size and user
+/// space keeps one entry per listener. 64 MiB leaves margin for allocator noise, not for a leak:
+/// 100 bytes per drop would exceed it within a second of this flood.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Prints the test's run time when it ends (also when it fails).
+struct Took(&'static str, Instant);
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        eprintln!("[{}] took {:?}", self.0, self.1.elapsed());
+    }
 }
 
 fn full() -> bool {
@@ -323,7 +332,7 @@ fn syn_flood(dport: u16, rate: Option<u64>, duration: Duration, stop: &AtomicBoo
 struct BpfObjects {
     progs: BTreeSet<u64>,
     links: BTreeSet<u64>,
-    maps: BTreeMap<u64, ()>,
+    maps: BTreeSet<u64>,
 }
 
 fn bpf_objects_of(pid: i32) -> BpfObjects {
@@ -337,7 +346,7 @@ fn bpf_objects_of(pid: i32) -> BpfObjects {
         } else if let Some(prog) = field("prog_id:") {
             o.progs.insert(prog);
         } else if let Some(map) = field("map_id:") {
-            o.maps.insert(map, ());
+            o.maps.insert(map);
         }
     }
     o
@@ -375,6 +384,7 @@ fn syn_flood_keeps_rss_bounded_and_accounts_every_drop() {
     require_root!();
     let _g = serial();
     let label = "syn_flood";
+    let _took = Took(label, Instant::now());
     let secs = pick(10, 60);
     let ns = new_ns("lqt-flood");
     let port = 6001;
@@ -456,6 +466,7 @@ fn listener_churn_leaves_maps_bounded_and_attribution_working() {
     require_root!();
     let _g = serial();
     let label = "churn";
+    let _took = Took(label, Instant::now());
     let cycles: usize = pick(3000, 30_000);
     let ns = new_ns("lqt-churn");
     let t = Tracer::start(&[]);
@@ -475,7 +486,7 @@ fn listener_churn_leaves_maps_bounded_and_attribution_working() {
     // The tracer's LISTEN_CALLS map: entries now (should be ~0) and its capacity.
     let maps = bpf_objects_of(pid).maps;
     let mut listen_calls = None;
-    for id in maps.keys() {
+    for id in &maps {
         let m = bpftool_json(&["map", "show", "id", &id.to_string()]);
         if m["name"].as_str() == Some("LISTEN_CALLS") {
             let entries = bpftool_json(&["map", "dump", "id", &id.to_string()]).as_array().map_or(0, |a| a.len());
@@ -517,6 +528,7 @@ fn deleted_namespaces_still_reconcile() {
     require_root!();
     let _g = serial();
     let label = "netns_deleted";
+    let _took = Took(label, Instant::now());
     let early = new_ns("lqt-del-a");
     let tracer = Tracer::start(&[]);
     let late = new_ns("lqt-del-b");
@@ -580,6 +592,7 @@ fn owner_killed_mid_burst_is_never_misattributed() {
     require_root!();
     let _g = serial();
     let label = "owner_exit";
+    let _took = Took(label, Instant::now());
     let ns = new_ns("lqt-owner");
     let port = 6301u16;
     let tracer = Tracer::start(&[]);
@@ -649,6 +662,7 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     require_root!();
     let _g = serial();
     let label = "blocked_stdout";
+    let _took = Took(label, Instant::now());
     let ns = new_ns("lqt-pipe");
     let port = 6401;
     let _sat = ns.run(move || saturated_listener(port)).unwrap();
@@ -666,35 +680,47 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     let state = stack_state.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string();
     let sigint_at = Instant::now();
     t.signal(libc::SIGINT);
-    let grace = Duration::from_secs(5);
+    let grace = Duration::from_secs(8);
     let exited_by_itself = t.wait_for(grace);
     let waited = sigint_at.elapsed();
-    // Whatever happened, drain the pipe now so the tracer can finish and we can read the summary.
+    // Whatever happened, drain the pipe now (what the tracer managed to write before it ended).
     t.drain(stdout.unwrap(), None);
     let st = match exited_by_itself {
         Some(st) => st,
         None => t.wait_for(tracer::STOP_TIMEOUT).unwrap_or_else(|| panic!("[{label}] lqtrace did not exit even after its stdout was drained")),
     };
-    let after_drain = sigint_at.elapsed();
-    let (counted, sum) = t.finish(st);
+    t.child = None;
+    let stderr = t.stderr.lock().unwrap().clone();
+    assert!(st.success(), "[{label}] lqtrace exited with {st}; stderr:\n{stderr}");
+    let counted = t.stdout.take().expect("stdout reader").join().unwrap();
+    // stdout did not take the summary: lqtrace says so and puts it on stderr.
+    assert!(
+        stderr.contains("stdout is not being read") || stderr.contains("lines not written"),
+        "[{label}] no word on stderr about the output stdout did not take:\n{stderr}"
+    );
+    let sum: Value = stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["kind"] == "summary"))
+        .unwrap_or_else(|| panic!("[{label}] no JSON summary on stderr:\n{stderr}"));
     let (recorded, kernel) = reconciliation(&sum, inum);
     let (lost_records, lost_drops) = lost(&sum);
     let printed = counted.drops_by_netns.get(&u64::from(inum)).copied().unwrap_or(0);
     eprintln!(
         "[{label}] {sent} SYNs, kernel ListenDrops {kd}; before SIGINT the tracer was in state {state} wchan {wchan:?}; \
-         exited {} ({:?} after SIGINT; {after_drain:?} incl. drain); printed {printed}, recorded {recorded}, kernel {kernel:?}, lost_records {lost_records}, lost_drops {lost_drops}",
-        if exited_by_itself.is_some() { "while its stdout was still unread" } else { "only after its stdout was drained" },
-        waited,
+         exited {waited:?} after SIGINT; printed {printed}, recorded {recorded}, kernel {kernel:?}, lost_records {lost_records}, lost_drops {lost_drops}"
     );
-    assert!(lost_records > 0, "[{label}] a stalled stdout should have filled the ring: lost_records 0");
-    assert!(recorded + lost_drops >= kd && recorded <= kd, "[{label}] recorded {recorded} + lost_drops {lost_drops} vs kernel {kd}");
-    assert_eq!(printed, recorded, "[{label}] printed vs recorded");
     assert!(
         exited_by_itself.is_some(),
-        "[{label}] BUG: lqtrace did not exit within {grace:?} of SIGINT while its stdout pipe was full \
-         (state {state}, wchan {wchan:?}: blocked in write(2) to stdout inside the async loop, so the SIGINT \
-         branch of the select! never runs); it exited {after_drain:?} after SIGINT, only once the pipe was drained"
+        "[{label}] lqtrace did not exit within {grace:?} of SIGINT while its stdout pipe was full (state {state}, wchan {wchan:?})"
     );
+    // Nothing is lost silently: every drop is recorded or counted as lost, and the lines that
+    // could not be written are a subset of the records.
+    assert!(recorded + lost_drops >= kd && recorded <= kd, "[{label}] recorded {recorded} + lost_drops {lost_drops} vs kernel {kd}");
+    if lost_records == 0 {
+        assert_eq!(Some(recorded), kernel, "[{label}] nothing lost, so the reconciliation must be exact");
+    }
+    assert!(printed <= recorded, "[{label}] printed {printed} > recorded {recorded}");
 }
 
 /// The tracer ended by SIGINT, SIGTERM or SIGKILL leaves no program or link attached.
@@ -702,6 +728,7 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
 fn signals_leave_nothing_attached() {
     require_root!();
     let _g = serial();
+    let _took = Took("signals", Instant::now());
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
         let (progs_before, links_before) = bpftool_lqtrace_objects();
         let t = Tracer::start(&[]);
@@ -741,9 +768,5 @@ fn signals_leave_nothing_attached() {
             mine.progs, mine.links, progs_before.len(), progs_during.len(), progs_after.len(), links_before.len(), links_after.len()
         );
         assert!(left_progs.is_empty() && left_links.is_empty(), "[{name}] still attached after 5 s: programs {left_progs:?}, links {left_links:?}");
-        // Nothing new with lqtrace's names appeared either (other tracers may have ended meanwhile).
-        let (progs_now, _) = bpftool_lqtrace_objects();
-        let mine_or_new: Vec<_> = progs_now.difference(&progs_before).filter(|id| mine.progs.contains(id)).collect();
-        assert!(mine_or_new.is_empty(), "[{name}] {mine_or_new:?}");
     }
 }

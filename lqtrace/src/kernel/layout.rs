@@ -36,6 +36,7 @@ fn tp_field(fmt: &tracefs::Format, name: &str, size: u32) -> Result<u32> {
 pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     let mut c = Config { ready: 1, ..Config::default() };
     c.tcp_listen = enum_u32(btf, "TCP_LISTEN")?;
+    c.tcp_close = enum_u32(btf, "TCP_CLOSE")?;
     c.sk_state = field(btf, "sock", "__sk_common.skc_state", 1)?;
     c.sk_net = field(btf, "sock", "__sk_common.skc_net", 8)?;
     c.sk_ack_backlog = field(btf, "sock", "sk_ack_backlog", 4)?;

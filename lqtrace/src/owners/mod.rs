@@ -36,6 +36,18 @@ const DEFAULT_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(200);
 /// age.
 const VERIFY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Minimum interval between rescans for unconfirmed entries (see `Freshness::Unconfirmed`).
+const UNCONFIRMED_RESCAN_INTERVAL: Duration = Duration::ZERO;
+
+/// What `verify` found about a cached entry.
+enum Freshness {
+    Fresh,
+    /// Not confirmed by a full scan within the max age.
+    Stale,
+    /// Built from the listen() caller alone, or a cached holder no longer has the socket.
+    Unconfirmed,
+}
+
 /// Which pids hold a socket, and when that was last established.
 #[derive(Debug, Clone)]
 struct Holders {
@@ -123,7 +135,15 @@ impl OwnerIndex {
     /// used as is. A miss after a scan is remembered like a hit, so an orphaned socket costs at
     /// most one rescan per max age, not one per minimum interval.
     pub fn owners_of(&mut self, ino: u64) -> Vec<Owner> {
-        if !self.verify(ino) && self.may_rescan() {
+        let due = match self.verify(ino) {
+            Freshness::Fresh => false,
+            Freshness::Stale => self.may_rescan(self.min_rescan_interval),
+            // Only the listen() caller was looked at, or a holder closed its fd (pre-fork
+            // parent): who holds it now is worth a scan soon, and this cannot repeat faster
+            // than listeners are created or change hands.
+            Freshness::Unconfirmed => self.may_rescan(UNCONFIRMED_RESCAN_INTERVAL),
+        };
+        if due {
             let took = self.rescan();
             log::debug!("owners: rescan for socket {ino} took {took:?}");
             if !self.by_inode.contains_key(&ino) {
@@ -133,6 +153,17 @@ impl OwnerIndex {
         }
         let pids = self.by_inode.get(&ino).map(|h| h.pids.clone()).unwrap_or_default();
         pids.into_iter().filter_map(|pid| self.identity(pid)).collect()
+    }
+
+    /// A socket started listening, in `pid` (the caller of listen()): look at that process now,
+    /// and mark the socket as known-new, so that its first lookup scans right away even if the
+    /// caller has already passed it on (pre-fork) and a rescan happened a moment ago.
+    pub fn note_listener(&mut self, ino: u64, pid: u32) {
+        self.scan_pid(pid);
+        let now = Instant::now();
+        self.by_inode
+            .entry(ino)
+            .or_insert_with(|| Holders { pids: Vec::new(), fds: Vec::new(), seen: now, verified: now, partial: true });
     }
 
     /// Cheap path after a `listen()` is seen: scan only /proc/PID/fd of one process and add
@@ -145,19 +176,18 @@ impl OwnerIndex {
         }
     }
 
-    /// Whether the cached entry for `ino` can be used as is. Checks, at most every
-    /// VERIFY_INTERVAL, that each cached holder still has the socket at the fd it was seen at;
-    /// holders that lost it are dropped from the entry at once (never report a process that no
-    /// longer holds the socket), and the entry then asks for a rescan (someone else may hold it
-    /// now: the child of a pre-fork server).
-    fn verify(&mut self, ino: u64) -> bool {
+    /// Whether the cached entry for `ino` can be used as is (else a rescan is wanted). Checks,
+    /// at most every VERIFY_INTERVAL, and always for entries a full scan has not confirmed yet,
+    /// that each cached holder still has the socket at the fd it was seen at; holders that lost
+    /// it are dropped from the entry at once (never report a process that no longer holds the
+    /// socket, even while a rescan is rate-limited), and the entry then asks for a rescan
+    /// (someone else may hold it now: the child of a pre-fork server).
+    fn verify(&mut self, ino: u64) -> Freshness {
         let max_age = self.max_age;
-        let Some(h) = self.by_inode.get_mut(&ino) else { return false };
-        if h.partial || h.seen.elapsed() > max_age {
-            return false;
-        }
-        if h.verified.elapsed() < VERIFY_INTERVAL || h.pids.is_empty() {
-            return true;
+        let Some(h) = self.by_inode.get_mut(&ino) else { return Freshness::Stale };
+        let stale = h.partial || h.seen.elapsed() > max_age;
+        if !stale && (h.verified.elapsed() < VERIFY_INTERVAL || h.pids.is_empty()) {
+            return Freshness::Fresh;
         }
         h.verified = Instant::now();
         let before = h.pids.len();
@@ -171,11 +201,17 @@ impl OwnerIndex {
         let intact = pids.len() == before;
         h.pids = pids;
         h.fds = fds;
-        intact
+        if !intact || h.partial {
+            Freshness::Unconfirmed
+        } else if stale {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh
+        }
     }
 
-    fn may_rescan(&self) -> bool {
-        self.last_full_scan.is_none_or(|t| t.elapsed() >= self.min_rescan_interval)
+    fn may_rescan(&self, interval: Duration) -> bool {
+        self.last_full_scan.is_none_or(|t| t.elapsed() >= interval)
     }
 
     /// comm/cmdline/cgroup of `pid`, from cache while its start time is unchanged; `None` if the

@@ -1,0 +1,463 @@
+//! Bad input: the ring-buffer record decoder and the BTF reader never panic (or take long), on
+//! random bytes, on mutations of valid input, and on a corpus of regression inputs kept in
+//! tests/corpus/ (`valid-*` must parse, `bad-*` must be rejected). And, as root, the binary
+//! given a bad `--btf` file exits 2 with one clear line on stderr.
+//!
+//! Regenerate the generated corpus files with `LQTRACE_REGEN_CORPUS=1 cargo test -p lqtrace
+//! --test fuzz corpus`. Files added by hand (e.g. a fuzzer find) are replayed too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lqtrace::kernel::btf::Btf;
+use lqtrace::records::{self, Record};
+use lqtrace_common::{BracketRecord, KIND_DROP, KIND_LISTEN, ListenRecord};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// The in-memory image of a #[repr(C)] record, as a kernel program hands it to the ring.
+fn raw<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a plain #[repr(C)] struct of integers and byte arrays with explicit padding.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+fn drop_record() -> BracketRecord {
+    BracketRecord {
+        kind: KIND_DROP,
+        stage: 1,
+        ip_version: 4,
+        tcp_flags: 2,
+        cpu: 1,
+        netns: 4026531840,
+        ts_ns: 1_000_000_007,
+        cookie: 4242,
+        sock_ino: 123_456,
+        laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        raddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        lport: 8080,
+        rport: 40000,
+        accept_queue: 2,
+        accept_queue_max: 1,
+        somaxconn: 4096,
+        deltas: [1, 1, 0, 0, 0, 0],
+        ..Default::default()
+    }
+}
+
+fn listen_record() -> ListenRecord {
+    let mut comm = [0u8; 16];
+    comm[..7].copy_from_slice(b"python3");
+    ListenRecord { kind: KIND_LISTEN, family: 2, has_backlog: 1, pid: 77, tid: 77, netns: 4026531840, sock_ino: 123_456, ts_ns: 5, backlog: 1, fd: 3, sport: 8080, comm, ..Default::default() }
+}
+
+/// Builds small little-endian BTF blobs. Methods return the new type id.
+struct Builder {
+    strings: Vec<u8>,
+    types: Vec<u8>,
+    count: u32,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder { strings: vec![0], types: Vec::new(), count: 0 }
+    }
+    fn s(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        let off = self.strings.len() as u32;
+        self.strings.extend_from_slice(name.as_bytes());
+        self.strings.push(0);
+        off
+    }
+    fn u32(&mut self, v: u32) {
+        self.types.extend_from_slice(&v.to_le_bytes());
+    }
+    fn ty(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, third: u32) -> u32 {
+        let n = self.s(name);
+        self.u32(n);
+        self.u32((kind << 24) | (u32::from(kind_flag) << 31) | vlen);
+        self.u32(third);
+        self.count += 1;
+        self.count
+    }
+    fn int(&mut self, name: &str, size: u32) -> u32 {
+        let id = self.ty(name, 1, false, 0, size);
+        self.u32((1 << 24) | (size * 8));
+        id
+    }
+    fn composite(&mut self, union: bool, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+        let id = self.ty(name, if union { 5 } else { 4 }, false, members.len() as u32, size);
+        for &(m, t, bit_off) in members {
+            let mn = self.s(m);
+            self.u32(mn);
+            self.u32(t);
+            self.u32(bit_off);
+        }
+        id
+    }
+    fn build(&self) -> Vec<u8> {
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        for v in [24, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.types);
+        out.extend_from_slice(&self.strings);
+        out
+    }
+}
+
+/// A tiny valid BTF: nested anonymous members, typedef/const chains, an array, enums (32 and
+/// 64 bit), a function and a raw-tracepoint-style typedef of a function pointer.
+///   struct sock_common { int skc_family; union { long skc_net; struct { int x; int y; }; }; }
+///   struct sock { struct sock_common __sk_common; const sk_t in; char name[16]; }
+fn small_btf() -> Vec<u8> {
+    let mut b = Builder::new();
+    let int = b.int("int", 4); // 1
+    let long = b.int("long", 8); // 2
+    let chr = b.int("char", 1); // 3
+    let anon = b.composite(false, "", 8, &[("x", int, 0), ("y", int, 32)]); // 4
+    let un = b.composite(true, "", 8, &[("skc_net", long, 0), ("", anon, 0)]); // 5
+    let common = b.composite(false, "sock_common", 16, &[("skc_family", int, 0), ("", un, 64)]); // 6
+    let td = b.ty("sk_t", 8, false, 0, int); // 7 typedef
+    let cst = b.ty("", 10, false, 0, td); // 8 const
+    let arr = b.ty("", 3, false, 0, 0); // 9 array
+    b.u32(chr);
+    b.u32(int);
+    b.u32(16);
+    b.composite(false, "sock", 40, &[("__sk_common", common, 0), ("in", cst, 128), ("name", arr, 160)]); // 10
+    let e = b.ty("tcp_states", 6, false, 2, 4); // 11 enum
+    let (a, l) = (b.s("TCP_ESTABLISHED"), b.s("TCP_LISTEN"));
+    b.u32(a);
+    b.u32(1);
+    b.u32(l);
+    b.u32(10);
+    let _ = e;
+    b.ty("skb_drop_reason", 19, false, 1, 8); // 12 enum64
+    let r = b.s("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW");
+    b.u32(r);
+    b.u32(40);
+    b.u32(0);
+    let sock_ptr = b.ty("", 2, false, 0, 10); // 13 ptr
+    let proto = b.ty("", 13, false, 2, int); // 14 func_proto
+    let (p1, p2) = (b.s("sk"), b.s("backlog"));
+    b.u32(p1);
+    b.u32(sock_ptr);
+    b.u32(p2);
+    b.u32(int);
+    b.ty("inet_csk_listen_start", 12, false, 0, proto); // 15 func
+    let fp = b.ty("", 2, false, 0, proto); // 16 ptr to proto
+    b.ty("btf_trace_inet_sock_set_state", 8, false, 0, fp); // 17 typedef
+    b.build()
+}
+
+/// Two typedefs naming each other.
+fn cyclic_btf() -> Vec<u8> {
+    let mut b = Builder::new();
+    b.ty("a_t", 8, false, 0, 2);
+    b.ty("b_t", 8, false, 0, 1);
+    b.build()
+}
+
+fn set_u32(v: &mut [u8], at: usize, x: u32) {
+    v[at..at + 4].copy_from_slice(&x.to_le_bytes());
+}
+
+/// (file name, bytes) of every generated corpus file.
+fn generated_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let btf = small_btf();
+    let drop = raw(&drop_record());
+    let mut padded = drop.clone();
+    padded.resize(drop.len().next_multiple_of(8), 0);
+    let mut long = drop.clone();
+    long.extend_from_slice(&[0; 16]);
+    let mut corrupt_len = btf.clone();
+    set_u32(&mut corrupt_len, 12, 0xffff_fff0); // type_len
+    let mut bad_str = btf.clone();
+    set_u32(&mut bad_str, 24, 0x00ff_0000); // name_off of type 1
+    let mut bad_ref = btf.clone();
+    set_u32(&mut bad_ref, 24 + 4 + 4, 0); // int size 0 (still parses or not: must not panic)
+    let mut swapped = btf.clone();
+    swapped[0] = 0xeb;
+    swapped[1] = 0x9f;
+    let mut bad_kind = btf.clone();
+    set_u32(&mut bad_kind, 24 + 4, 31 << 24); // kind 31
+    vec![
+        ("btf/valid-small.btf", btf.clone()),
+        ("btf/bad-empty.btf", Vec::new()),
+        ("btf/bad-truncated-header.btf", btf[..10].to_vec()),
+        ("btf/bad-truncated-types.btf", btf[..60].to_vec()),
+        ("btf/bad-truncated-strings.btf", btf[..btf.len() - 5].to_vec()),
+        ("btf/bad-corrupt-type-len.btf", corrupt_len),
+        ("btf/bad-string-offset.btf", bad_str),
+        ("btf/bad-big-endian-magic.btf", swapped),
+        ("btf/bad-unknown-kind.btf", bad_kind),
+        ("btf/bad-typedef-cycle.btf", cyclic_btf()),
+        ("btf/any-int-size-zero.btf", bad_ref),
+        ("records/valid-drop.bin", drop.clone()),
+        ("records/valid-drop-ring-padded.bin", padded),
+        ("records/valid-listen.bin", raw(&listen_record())),
+        ("records/bad-empty.bin", Vec::new()),
+        ("records/bad-truncated-drop.bin", drop[..drop.len() - 1].to_vec()),
+        ("records/bad-truncated-listen.bin", raw(&listen_record())[..20].to_vec()),
+        ("records/bad-drop-too-long.bin", long),
+        ("records/bad-unknown-kind.bin", vec![0xee; 128]),
+    ]
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must hold for any input
+
+const NAMES: &[&str] = &["sock", "sock_common", "sk_t", "int", "tcp_states", "btf_trace_inet_sock_set_state", "inet_csk_listen_start", "", "nope", "a_t"];
+const PATHS: &[&str] = &["__sk_common.skc_net", "__sk_common.x", "__sk_common.y", "in", "name", "skc_family", "a..b", "", ".", "__sk_common.skc_net.x", "zz"];
+
+/// Parse, then run every lookup; return whether it parsed. Panics are the failure mode.
+fn exercise_btf(bytes: &[u8]) -> bool {
+    let t = Instant::now();
+    let Ok(btf) = Btf::parse(bytes) else { return false };
+    for n in NAMES {
+        let _ = btf.struct_size(n);
+        let _ = btf.has_func(n);
+        let _ = btf.func_params(n);
+        for p in PATHS {
+            let _ = btf.member(n, p);
+        }
+    }
+    for e in ["TCP_LISTEN", "TCP_ESTABLISHED", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW", "", "X"] {
+        let _ = btf.enum_value(e);
+        let _ = btf.enum_value_in("tcp_states", e);
+        let _ = btf.enum_value_in("skb_drop_reason", e);
+    }
+    for id in 0..(btf.type_count() as u32 + 3) {
+        let _ = btf.type_description(id);
+    }
+    let _ = btf.type_description(u32::MAX);
+    assert!(t.elapsed() < Duration::from_secs(2), "BTF of {} bytes took {:?}", bytes.len(), t.elapsed());
+    true
+}
+
+fn exercise_record(bytes: &[u8]) -> bool {
+    records::decode(bytes).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic checks
+
+#[test]
+fn small_btf_lookups_are_right() {
+    let btf = Btf::parse(&small_btf()).expect("the small BTF parses");
+    let m = |t: &str, p: &str| btf.member(t, p).map(|m| (m.offset, m.size)).map_err(|e| e.to_string());
+    assert_eq!(m("sock", "__sk_common.skc_net"), Ok((8, 8)));
+    assert_eq!(m("sock", "__sk_common.y"), Ok((12, 4)));
+    assert_eq!(m("sock", "in"), Ok((16, 4)));
+    assert_eq!(m("sock", "name"), Ok((20, 16)));
+    assert!(m("sock", "nope").unwrap_err().contains("nope"));
+    assert_eq!(btf.enum_value("TCP_LISTEN").unwrap(), 10);
+    assert_eq!(btf.enum_value_in("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW").unwrap(), 40);
+    assert!(btf.has_func("inet_csk_listen_start"));
+    let params = btf.func_params("btf_trace_inet_sock_set_state").unwrap();
+    assert_eq!(params, vec![("sk".to_string(), "struct sock *".to_string()), ("backlog".to_string(), "int".to_string())]);
+    assert_eq!(btf.struct_size("sock").unwrap(), 40);
+}
+
+#[test]
+fn every_truncation_and_single_byte_flip_of_small_btf() {
+    let btf = small_btf();
+    let t = Instant::now();
+    let mut parsed = 0;
+    for len in 0..btf.len() {
+        parsed += exercise_btf(&btf[..len]) as u32;
+    }
+    for i in 0..btf.len() {
+        for v in [0x00u8, 0x01, 0x7f, 0x80, 0xff, btf[i] ^ 0x10] {
+            let mut b = btf.clone();
+            b[i] = v;
+            parsed += exercise_btf(&b) as u32;
+        }
+    }
+    eprintln!("[fuzz] BTF: {} truncations + {} single-byte mutations in {:?} ({parsed} parsed)", btf.len(), btf.len() * 6, t.elapsed());
+}
+
+#[test]
+fn every_truncation_of_records() {
+    for r in [raw(&drop_record()), raw(&listen_record())] {
+        for len in 0..r.len() {
+            assert!(!exercise_record(&r[..len]), "a {len}-byte prefix of a {}-byte record decoded", r.len());
+        }
+        assert!(exercise_record(&r));
+    }
+    // The encoder the kernel side mirrors round-trips.
+    let d = drop_record();
+    assert_eq!(records::decode(&records::bracket_bytes(&d)), Ok(Record::Bracket(d)));
+}
+
+/// Corpus replay: `valid-*` must be accepted, `bad-*` rejected, `any-*` only must not panic.
+/// With LQTRACE_REGEN_CORPUS=1 the generated files are (re)written first.
+#[test]
+fn corpus_replays() {
+    let dir = corpus_dir();
+    if std::env::var_os("LQTRACE_REGEN_CORPUS").is_some_and(|v| v == "1") {
+        for (name, bytes) in generated_corpus() {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    for (name, bytes) in generated_corpus() {
+        let on_disk = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("corpus file {name}: {e} (regenerate: LQTRACE_REGEN_CORPUS=1)"));
+        assert_eq!(on_disk, bytes, "corpus file {name} differs from its generator (regenerate: LQTRACE_REGEN_CORPUS=1)");
+    }
+    let mut n = 0;
+    for sub in ["btf", "records"] {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        for p in files {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&p).unwrap();
+            let ok = if sub == "btf" { exercise_btf(&bytes) } else { exercise_record(&bytes) };
+            let err = if sub == "btf" { Btf::parse(&bytes).err().map(|e| e.to_string()) } else { records::decode(&bytes).err().map(|e| e.to_string()) };
+            eprintln!("[corpus] {sub}/{name}: {}", err.as_deref().unwrap_or("ok"));
+            if name.starts_with("valid-") {
+                assert!(ok, "{sub}/{name} should be accepted: {err:?}");
+            } else if name.starts_with("bad-") {
+                assert!(!ok, "{sub}/{name} should be rejected");
+                let msg = err.unwrap();
+                assert!(!msg.contains('\n'), "{sub}/{name}: error message is not one line: {msg:?}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 19, "corpus has only {n} files");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests
+
+fn interesting_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), Just(1), Just(8), Just(12), Just(24), Just(0x7fff_ffff), Just(0x8000_0000), Just(u32::MAX), Just(u32::MAX - 3), any::<u32>(), (0u32..400)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = records::decode(&bytes);
+    }
+
+    #[test]
+    fn decode_of_a_valid_kind_with_any_length(kind in 0u8..8, len in 0usize..300, fill in any::<u8>()) {
+        let mut v = vec![fill; len];
+        if let Some(b) = v.first_mut() { *b = kind; }
+        let r = records::decode(&v);
+        if r.is_ok() {
+            // Only the exact sizes (or their 8-byte ring padding) may decode.
+            let ok_len = [size_of::<BracketRecord>(), size_of::<ListenRecord>()].iter().any(|&n| len >= n && len <= n.next_multiple_of(8));
+            prop_assert!(ok_len, "kind {kind} with {len} bytes decoded");
+        }
+    }
+
+    #[test]
+    fn btf_random_bytes_with_a_valid_header(body in proptest::collection::vec(any::<u8>(), 0..512), type_len in 0u32..600, str_len in 0u32..600) {
+        let mut v = vec![0x9f, 0xeb, 1, 0];
+        for x in [24, 0, type_len, type_len, str_len] { v.extend_from_slice(&x.to_le_bytes()); }
+        v.extend_from_slice(&body);
+        exercise_btf(&v);
+    }
+
+    #[test]
+    fn btf_mutated_small_blob(
+        words in proptest::collection::vec((0usize..200, interesting_u32()), 1..6),
+        bytes in proptest::collection::vec((0usize..800, any::<u8>()), 0..6),
+        cut in proptest::option::of(0usize..800),
+    ) {
+        let mut v = small_btf();
+        for (i, x) in words {
+            let at = (i * 4) % v.len().saturating_sub(4).max(1);
+            if at + 4 <= v.len() { set_u32(&mut v, at, x); }
+        }
+        for (i, b) in bytes {
+            let n = v.len();
+            v[i % n] = b;
+        }
+        if let Some(c) = cut { v.truncate(c); }
+        exercise_btf(&v);
+    }
+
+    #[test]
+    fn btf_lookup_names_are_arbitrary(t in ".{0,40}", p in "[a-z_.]{0,40}", e in ".{0,40}") {
+        let btf = Btf::parse(&small_btf()).unwrap();
+        let _ = btf.member(&t, &p);
+        let _ = btf.enum_value(&e);
+        let _ = btf.enum_value_in(&t, &e);
+        let _ = btf.func_params(&t);
+        let _ = btf.struct_size(&t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary with a bad --btf (root: the privilege check comes first)
+
+fn run_lqtrace_btf(path: &Path) -> (Option<i32>, String, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lqtrace"))
+        .args(["-j", "-d", "1s", "--btf"])
+        .arg(path)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run lqtrace");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), t.elapsed())
+}
+
+#[test]
+fn bad_btf_file_exits_2_with_one_line() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED bad_btf_file_exits_2_with_one_line: needs root (the privilege check comes first)");
+        return;
+    }
+    let dir = corpus_dir().join("btf");
+    let mut cases: Vec<PathBuf> = ["bad-corrupt-type-len.btf", "bad-truncated-types.btf", "bad-truncated-header.btf", "bad-empty.btf", "bad-typedef-cycle.btf", "bad-big-endian-magic.btf", "valid-small.btf"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    // A real vmlinux BTF, truncated and corrupted.
+    let tmp = std::env::temp_dir().join(format!("lqtrace-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    if let Ok(vmlinux) = std::fs::read("/sys/kernel/btf/vmlinux") {
+        let p = tmp.join("vmlinux-truncated.btf");
+        std::fs::write(&p, &vmlinux[..vmlinux.len() / 2]).unwrap();
+        cases.push(p);
+        let mut c = vmlinux.clone();
+        for i in (4096..c.len()).step_by(997) {
+            c[i] ^= 0x5a;
+        }
+        let p = tmp.join("vmlinux-corrupted.btf");
+        std::fs::write(&p, &c).unwrap();
+        cases.push(p);
+    }
+    cases.push(PathBuf::from("/nonexistent/vmlinux"));
+    cases.push(tmp.clone()); // a directory
+    for p in &cases[..7] {
+        assert!(p.is_file(), "corpus file {} missing", p.display());
+    }
+    for p in &cases {
+        let (code, stderr, took) = run_lqtrace_btf(p);
+        eprintln!("[--btf {}] exit {code:?} after {took:?}: {}", p.display(), stderr.trim_end());
+        assert_eq!(code, Some(2), "--btf {}: exit {code:?}, stderr:\n{stderr}", p.display());
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "--btf {}: want one line on stderr, got:\n{stderr}", p.display());
+        assert!(lines[0].starts_with("lqtrace: "), "--btf {}: {stderr}", p.display());
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "--btf {}: {stderr}", p.display());
+        let shown = p.display().to_string();
+        assert!(lines[0].contains(&shown) || lines[0].contains("BTF"), "--btf {}: the message names neither the file nor BTF: {stderr}", p.display());
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
