@@ -513,14 +513,9 @@ fn check_iproute2() -> Status {
     }
 }
 
+/// The stress tests and the benchmark read program ids and run-time statistics with bpftool.
 fn check_bpftool() -> Status {
-    match find_program("bpftool") {
-        Some(path) => Status::Ok(format!("bpftool at {} (optional)", path.display())),
-        None => Status::Note(
-            "bpftool not found (optional, for inspecting programs: apt-get install -y bpftool)"
-                .to_owned(),
-        ),
-    }
+    check_program("bpftool", "bpftool")
 }
 
 fn check_btf() -> Status {
