@@ -67,7 +67,7 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> 
     let cpu_offset = this_cpu_offset()?;
     let net = read_u64(sk + config!(sk_net) as u64)?;
     let mib_percpu = read_u64(net + config!(net_mib_stats) as u64)?;
-    let mib = mib_percpu + cpu_offset;
+    let mib = mib_percpu.wrapping_add(cpu_offset);
     read_mib(mib, &mut b.before)?;
     b.record.cookie = cookie;
     b.sk = sk;

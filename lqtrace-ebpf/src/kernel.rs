@@ -44,12 +44,15 @@ pub fn this_cpu_offset() -> Option<u64> {
         let element = as_number(scratch, slot);
         let map = as_number(scratch, &raw const CPU_BASE);
         let pptr0 = read_u64(map + config!(bpf_array_pptrs) as u64)?;
-        if pptr0 == 0 || pptr0 > element {
+        if pptr0 == 0 {
             return None;
         }
-        (*slot).offset = element - pptr0;
+        // Modular: where per-CPU pointers are not zero-based offsets (x86-64 since ~6.15), a
+        // CPU's area can lie below the per-CPU section and its offset "negative".
+        let offset = element.wrapping_sub(pptr0);
+        (*slot).offset = offset;
         (*slot).valid = 1;
-        Some(element - pptr0)
+        Some(offset)
     }
 }
 
