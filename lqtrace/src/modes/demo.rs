@@ -67,10 +67,9 @@ below as it happens (this namespace only), then the reconciliation with the name
     if cli.json {
         eprintln!("{intro}");
     } else {
-        let mut out = io::stdout().lock();
-        writeln!(out, "{intro}")?;
-        writeln!(out, "{}", text::header())?;
-        out.flush()?;
+        printer.raw(&intro);
+        printer.raw(text::header());
+        printer.flush()?;
     }
 
     // The client sockets must be created inside the namespace: a thread that entered it, whose
@@ -142,7 +141,7 @@ below as it happens (this namespace only), then the reconciliation with the name
     };
     if !output_closed {
         let facts = AdviceFacts { peak, recorded, accepted, clients: client_count };
-        write_advice(cli.json, &addr, snapshot.as_ref().ok().and_then(|s| s.as_ref()), advice_line.as_deref(), &facts)?;
+        write_advice(&mut printer, cli.json, &addr, snapshot.as_ref().ok().and_then(|s| s.as_ref()), advice_line.as_deref(), &facts)?;
     }
 
     drop(ns);
@@ -186,8 +185,8 @@ struct AdviceFacts {
     clients: usize,
 }
 
-fn write_advice(json: bool, addr: &SocketAddr, s: Option<&ListenerSnapshot>, advice: Option<&str>, f: &AdviceFacts) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+fn write_advice(printer: &mut Printer, json: bool, addr: &SocketAddr, s: Option<&ListenerSnapshot>, advice: Option<&str>, f: &AdviceFacts) -> io::Result<()> {
+    let mut out: Vec<u8> = Vec::new();
     if json {
         let v = json!({
             "kind": "advice",
@@ -223,7 +222,8 @@ fn write_advice(json: bool, addr: &SocketAddr, s: Option<&ListenerSnapshot>, adv
             _ => writeln!(out, "Advice: unavailable (the demo listener could not be read)")?,
         }
     }
-    out.flush()
+    printer.raw(&String::from_utf8_lossy(&out));
+    printer.flush()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -93,6 +93,16 @@ impl Printer {
         self.flush()
     }
 
+    /// Other text for stdout (e.g. a mode's explanation), kept in order with the records. All
+    /// stdout output goes through the printer while it exists.
+    pub fn raw(&mut self, text: &str) {
+        self.batch.extend_from_slice(text.as_bytes());
+        if !text.ends_with('\n') {
+            self.batch.push(b'\n');
+        }
+        self.batch_lines += text.lines().count().max(1) as u64;
+    }
+
     /// Hand the formatted lines to the writer thread, or count them as dropped when stdout has
     /// fallen too far behind. Never blocks. Err when stdout is closed.
     pub fn flush(&mut self) -> io::Result<()> {
@@ -178,8 +188,9 @@ impl Drop for Printer {
 }
 
 fn write_loop(rx: mpsc::Receiver<Vec<u8>>, pending: Arc<AtomicUsize>, broken: Arc<AtomicBool>) {
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    // Not `stdout().lock()` held for the thread's life: that would deadlock any other writer
+    // of stdout in the process (each flush takes the lock briefly instead).
+    let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout());
     while let Ok(batch) = rx.recv() {
         let len = batch.len();
         let mut ok = out.write_all(&batch).is_ok();
