@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Fields are separated by whitespace; arguments cannot contain whitespace (no quoting).
-//! `env KEY=VALUE` lines set a variable for every payload. `#` starts a comment line.
+//! `env KEY=VALUE` lines set a variable for every payload. `module /lib/modules/x/NAME` lines
+//! name kernel modules /init loads first (`NAME.ko`, `.ko.xz`, `.ko.zst` or `.ko.gz`; ignored
+//! outside the VM). `#` starts a comment line.
 //! Checks: `exit0` (PASS iff the command exits 0 in time), `demo` (`lqtrace demo -j`: exit 0 and
 //! every reconciliation entry of the summary matches; SKIP while demo is not implemented),
 //! `overflow` (the built-in listen-overflow scenario; argv is the lqtrace command to trace with).
@@ -45,6 +47,7 @@ pub struct Payload {
 pub struct Config {
     pub payloads: Vec<Payload>,
     pub env: Vec<(String, String)>,
+    pub modules: Vec<String>,
 }
 
 pub fn parse(text: &str) -> Result<Config, String> {
@@ -56,6 +59,11 @@ pub fn parse(text: &str) -> Result<Config, String> {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[0] == "module" {
+            let m = fields.get(1).ok_or_else(|| format!("line {n}: `module` needs a path"))?;
+            cfg.modules.push(m.to_string());
+            continue;
+        }
         if fields[0] == "env" {
             let kv = fields.get(1).ok_or_else(|| format!("line {n}: `env` needs KEY=VALUE"))?;
             let (k, v) = kv
@@ -98,11 +106,12 @@ mod tests {
     #[test]
     fn parses_payloads_and_env() {
         let cfg = parse(
-            "# comment\n\nversion 30 exit0 /bin/lqtrace --version\n  env RUST_BACKTRACE=1\n\
+            "# comment\n\nversion 30 exit0 /bin/lqtrace --version\n  env RUST_BACKTRACE=1\nmodule /m/tcp_diag\n\
              overflow 180 overflow /bin/lqtrace -j -d 6s\n",
         )
         .unwrap();
         assert_eq!(cfg.env, [("RUST_BACKTRACE".to_string(), "1".to_string())]);
+        assert_eq!(cfg.modules, ["/m/tcp_diag"]);
         assert_eq!(cfg.payloads.len(), 2);
         assert_eq!(cfg.payloads[0].name, "version");
         assert_eq!(cfg.payloads[0].timeout, Duration::from_secs(30));

@@ -239,7 +239,6 @@ fn init() -> ! {
     if let Err(e) = sys::loopback_up() {
         failures.push(format!("lo up: {e}"));
     }
-    out::line(&info_line(&failures));
     let cfg = match load_config(CONFIG_PATH) {
         Ok(c) => c,
         Err(e) => {
@@ -247,6 +246,21 @@ fn init() -> ! {
             sys::vm_exit(2);
         }
     };
+    let mut modules = Vec::new();
+    for m in &cfg.modules {
+        let name = m.rsplit('/').next().unwrap_or(m);
+        let state = match sys::load_module(m) {
+            Ok(true) => "ok".to_string(),
+            Ok(false) => "already".to_string(),
+            Err(e) => format!("error({})", e.raw_os_error().map_or_else(|| e.to_string(), |n| format!("errno {n}"))),
+        };
+        modules.push(format!("{name}:{state}"));
+    }
+    let mut info = info_line(&failures);
+    if !modules.is_empty() {
+        info.push_str(&format!(" modules={}", out::one_line(&modules.join(",")).replace(' ', "_")));
+    }
+    out::line(&info);
     let (_, fail, _) = run_all(&cfg);
     sys::vm_exit(u32::from(fail > 0));
 }

@@ -50,6 +50,29 @@ pub fn mount_all() -> Result<Vec<String>, String> {
     Ok(failed)
 }
 
+/// Loads the module at `base` + `.ko` / `.ko.xz` / `.ko.zst` / `.ko.gz` (compressed ones are
+/// decompressed by the kernel: MODULE_INIT_COMPRESSED_FILE, CONFIG_MODULE_DECOMPRESS).
+/// Ok(false) when it was already loaded (built in or loaded before).
+pub fn load_module(base: &str) -> io::Result<bool> {
+    const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
+    let found = ["", ".xz", ".zst", ".gz"]
+        .iter()
+        .map(|ext| format!("{base}.ko{ext}"))
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{base}.ko* not found")))?;
+    let file = fs::File::open(&found)?;
+    let flags = if found.ends_with(".ko") { 0 } else { MODULE_INIT_COMPRESSED_FILE };
+    // SAFETY: finit_module on an open fd with an empty parameter string.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), c"".as_ptr(), flags)
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) { Ok(false) } else { Err(err) }
+}
+
 /// Makes sure fds 0-2 are open (on /dev/console), for when the kernel found no console node.
 pub fn ensure_console() {
     // SAFETY: fcntl/open/dup2 on small integer fds.
@@ -174,6 +197,11 @@ pub fn vm_exit(code: u32) -> ! {
     // SAFETY: ioperm grants this process access to 4 ports; `out` writes one dword. Harmless
     // without the device (the write goes nowhere) and we power off right after.
     unsafe {
+        // The console (ttyS0) transmits asynchronously: without draining, QEMU exits with the
+        // last lines (the VMTEST verdicts) still in the UART buffer.
+        libc::tcdrain(1);
+        libc::tcdrain(2);
+        std::thread::sleep(std::time::Duration::from_millis(50));
         libc::sync();
         if libc::syscall(libc::SYS_ioperm, 0xf4 as libc::c_ulong, 4 as libc::c_ulong, 1 as libc::c_int) == 0 {
             std::arch::asm!("out dx, eax", in("dx") 0xf4u16, in("eax") code, options(nomem, nostack));

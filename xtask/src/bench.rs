@@ -238,6 +238,8 @@ pub struct HookCost {
     pub conn_rate: f64,
     pub drops: u64,
     pub drop_rate: f64,
+    /// Hook variant per group of drop kinds, from the summary ("syn=cgroup ack=cgroup").
+    pub variant: String,
 }
 
 fn stat_delta(a: &BTreeMap<u32, tracer::ProgStat>, b: &BTreeMap<u32, tracer::ProgStat>, id: u32) -> tracer::ProgStat {
@@ -270,7 +272,11 @@ fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
     sys::sleep(Duration::from_millis(200))?;
     let drops = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
     let s2 = prog_stats(t.pid())?;
-    t.stop()?;
+    let f = t.stop()?;
+    let variant = match f.summary.get("hooks") {
+        json::Value::Obj(fields) => fields.iter().map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(" "),
+        _ => "?".into(),
+    };
     let progs = s0
         .keys()
         .map(|&id| {
@@ -278,7 +284,7 @@ fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
             ProgCost { name, kind, stream: stat_delta(&s0, &sm, id), hot: stat_delta(&sm, &s1, id), drop: stat_delta(&s1, &s2, id) }
         })
         .collect();
-    Ok(HookCost { progs, round_trips, stream_secs, connections: hot.connections, conn_rate: hot.rate(), drops, drop_rate: drops as f64 / flood.secs })
+    Ok(HookCost { progs, round_trips, stream_secs, connections: hot.connections, conn_rate: hot.rate(), drops, drop_rate: drops as f64 / flood.secs, variant })
 }
 
 // ---------------------------------------------------------------------------------------------

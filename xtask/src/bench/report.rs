@@ -36,7 +36,7 @@ impl Machine {
             .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
             .unwrap_or_else(|| "?".into());
         let mut revision = sh("git", &["rev-parse", "--short", "HEAD"]);
-        if sh("git", &["status", "--porcelain", "--untracked-files=no"]) != "" {
+        if !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
             revision.push_str(" + uncommitted changes");
         }
         Machine { kernel: sh("uname", &["-r"]), cpu, cpus, revision, date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]), load: format!("{load_before} → {}", super::sys::loadavg()) }
@@ -72,8 +72,8 @@ fn kilo(x: f64) -> String {
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let m = &r.machine;
-    let _ = writeln!(s, "Measured {} on Linux {} ({} × {}), lqtrace {} (release build, cgroup hook variant). Reproduce: `{}` (as root; {} of measurements; 1-min load average {} — other work on the machine skews every figure).\n",
-        m.date, m.kernel, m.cpus, m.cpu, m.revision, r.command, crate::util::secs(r.measured_in), m.load);
+    let _ = writeln!(s, "Measured {} on Linux {} ({} × {}), lqtrace {} (release build; hooks {}). Reproduce: `{}` (as root; {} of measurements; 1-min load average {} — other work on the machine skews every figure).\n",
+        m.date, m.kernel, m.cpus, m.cpu, m.revision, r.hooks.variant, r.command, crate::util::secs(r.measured_in), m.load);
 
     // Headline table.
     let ratio = Spread::of(&r.conn.ratios);
@@ -88,10 +88,12 @@ pub fn markdown(r: &Results) -> String {
     let flood_hwm = r.drops.steps.iter().map(|s| s.vm_hwm_kib).max().unwrap_or(0) as f64 / 1024.0;
 
     let progs_line = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| {
-        r.hooks.progs.iter().filter(|p| sel(p).run_cnt > 0).map(|p| format!("{} {}", p.name, ns_per_run(sel(p)))).collect::<Vec<_>>().join(", ")
+        // Programs that ran fewer than 100 times (listen(), a stray state change) are in the
+        // per-program table only: one cold run says nothing about the path.
+        r.hooks.progs.iter().filter(|p| sel(p).run_cnt >= 100).map(|p| format!("{} {}", p.name, ns_per_run(sel(p)))).collect::<Vec<_>>().join(", ")
     };
     let worst = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| {
-        r.hooks.progs.iter().filter(|p| sel(p).run_cnt > 100).map(|p| sel(p).run_time_ns as f64 / sel(p).run_cnt as f64).fold(0.0, f64::max)
+        r.hooks.progs.iter().filter(|p| sel(p).run_cnt >= 100).map(|p| sel(p).run_time_ns as f64 / sel(p).run_cnt as f64).fold(0.0, f64::max)
     };
     let sum = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| r.hooks.progs.iter().map(|p| sel(p).run_time_ns).sum::<u64>() as f64;
     let h = &r.hooks;

@@ -87,19 +87,28 @@ pub struct Kernel {
     pub kver: String,
     pub vmlinuz: PathBuf,
     pub config: Option<PathBuf>,
+    /// Extracted modules (`<name>.ko`, `.ko.xz`, ...), in the order asked for.
+    pub modules: Vec<PathBuf>,
 }
 
 impl Kernel {
     fn to_text(&self) -> String {
+        let modules: Vec<String> = self.modules.iter().map(|p| p.display().to_string()).collect();
         format!(
-            "package={}\nversion={}\nsuite={}\nkver={}\nvmlinuz={}\nconfig={}\n",
+            "package={}\nversion={}\nsuite={}\nkver={}\nvmlinuz={}\nconfig={}\nmodules={}\n",
             self.package,
             self.version,
             self.suite,
             self.kver,
             self.vmlinuz.display(),
-            self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            modules.join(",")
         )
+    }
+
+    /// Has every module of `names` (file stem before `.ko`).
+    fn has_modules(&self, names: &[&str]) -> bool {
+        names.iter().all(|n| self.modules.iter().any(|m| module_name(m).as_deref() == Some(*n) && m.exists()))
     }
 
     fn from_text(text: &str) -> Option<Kernel> {
@@ -109,6 +118,12 @@ impl Kernel {
                 .map(str::to_string)
         };
         let config = get("config").filter(|c| !c.is_empty()).map(PathBuf::from);
+        let modules = get("modules")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(PathBuf::from)
+            .collect();
         Some(Kernel {
             package: get("package")?,
             version: get("version")?,
@@ -116,6 +131,7 @@ impl Kernel {
             kver: get("kver")?,
             vmlinuz: PathBuf::from(get("vmlinuz")?),
             config,
+            modules,
         })
     }
 
@@ -315,21 +331,34 @@ pub struct Fetched {
     pub took: Duration,
 }
 
-fn cached(spec: &Spec, kdir: &Path) -> Option<Kernel> {
+fn cached(spec: &Spec, kdir: &Path, modules: &[&str]) -> Option<Kernel> {
     let text = fs::read_to_string(kdir.join(format!("{}.resolved", spec.label))).ok()?;
-    Kernel::from_text(&text).filter(|k| k.vmlinuz.exists())
+    Kernel::from_text(&text).filter(|k| k.vmlinuz.exists() && k.has_modules(modules))
 }
 
-/// Resolves, downloads and extracts the kernel of each spec, reusing the cached choice unless
-/// `refresh`. apt runs (one `apt-get update` for all suites needed) only for what is not cached.
-pub fn fetch_all(specs: &[&'static Spec], cache: &Path, refresh: bool) -> Vec<anyhow::Result<Fetched>> {
+/// The module name of a `.ko`/`.ko.xz`/`.ko.zst`/`.ko.gz` path.
+pub fn module_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let (name, _) = file.split_once(".ko")?;
+    Some(name.to_string())
+}
+
+/// Resolves, downloads and extracts the kernel of each spec, with `modules` (loaded by the
+/// guest's /init in this order), reusing the cached choice unless `refresh`. apt runs (one
+/// `apt-get update` for all suites needed) only for what is not cached.
+pub fn fetch_all(
+    specs: &[&'static Spec],
+    cache: &Path,
+    refresh: bool,
+    modules: &[&str],
+) -> Vec<anyhow::Result<Fetched>> {
     let kdir = cache.join("kernels");
     let mut results: Vec<Option<anyhow::Result<Fetched>>> = specs
         .iter()
         .map(|s| {
             let t = Instant::now();
             (!refresh)
-                .then(|| cached(s, &kdir))
+                .then(|| cached(s, &kdir, modules))
                 .flatten()
                 .map(|kernel| Ok(Fetched { kernel, cached: true, took: t.elapsed() }))
         })
@@ -357,7 +386,7 @@ pub fn fetch_all(specs: &[&'static Spec], cache: &Path, refresh: bool) -> Vec<an
             Err(e) => Err(anyhow::anyhow!("{e:#}")),
             Ok(()) => {
                 let t = Instant::now();
-                resolve_and_download(specs[i], &apt, cache, &kdir).map(|kernel| Fetched {
+                resolve_and_download(specs[i], &apt, cache, &kdir, modules).map(|kernel| Fetched {
                     kernel,
                     cached: false,
                     // The shared apt-get update is charged to every kernel that needed it.
@@ -369,7 +398,13 @@ pub fn fetch_all(specs: &[&'static Spec], cache: &Path, refresh: bool) -> Vec<an
     results.into_iter().map(Option::unwrap).collect()
 }
 
-fn resolve_and_download(spec: &Spec, apt: &Apt, cache: &Path, kdir: &Path) -> anyhow::Result<Kernel> {
+fn resolve_and_download(
+    spec: &Spec,
+    apt: &Apt,
+    cache: &Path,
+    kdir: &Path,
+    modules: &[&str],
+) -> anyhow::Result<Kernel> {
     // The highest version of the meta-package among the candidates.
     let mut best: Option<(&str, &str, String)> = None;
     for &(suite, meta) in spec.candidates {
@@ -404,23 +439,34 @@ fn resolve_and_download(spec: &Spec, apt: &Apt, cache: &Path, kdir: &Path) -> an
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     let deb = get(&package, &version)?;
-    let mut found = extract_boot_files(&deb, &tmp)?;
-    if found.vmlinuz.is_none() {
+    let mut found = extract_boot_files(&deb, &tmp, modules)?;
+    if found.vmlinuz.is_none() || !found.has_modules(modules) {
         // Since 7.x (sid) the image package is empty: vmlinuz is in linux-binary-<abi>, the
-        // config in linux-base-<abi> (both under usr/lib/modules/<kver>/).
+        // config in linux-base-<abi> (both under usr/lib/modules/<kver>/), the modules in
+        // linux-modules-<abi>.
         let deps = apt.depends(&package, &version)?;
         for (dep, dep_version) in split_image_parts(&deps) {
+            if dep.starts_with("linux-modules-") && found.has_modules(modules) {
+                continue;
+            }
             let deb = get(&dep, dep_version.as_deref().unwrap_or(&version))?;
-            let more = extract_boot_files(&deb, &tmp)?;
+            let more = extract_boot_files(&deb, &tmp, modules)?;
             found.vmlinuz = found.vmlinuz.or(more.vmlinuz);
             found.config = found.config.or(more.config);
+            found.modules.extend(more.modules);
         }
     }
     let (src, kver) = found
         .vmlinuz
+        .take()
         .with_context(|| format!("no vmlinuz in {package} {version} (nor in its linux-binary-* dependency)"))?;
+    let missing: Vec<&str> =
+        modules.iter().copied().filter(|m| !found.has_modules(std::slice::from_ref(m))).collect();
+    if !missing.is_empty() {
+        bail!("{package} {version}: module(s) {} not found (built in? then drop them from GUEST_MODULES)", missing.join(", "));
+    }
     let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
+    fs::create_dir_all(out.join("modules"))?;
     let vmlinuz = out.join("vmlinuz");
     fs::rename(&src, &vmlinuz)?;
     let config = match found.config {
@@ -431,13 +477,25 @@ fn resolve_and_download(spec: &Spec, apt: &Apt, cache: &Path, kdir: &Path) -> an
         }
         None => None,
     };
+    let mut kept = Vec::new();
+    for name in modules {
+        let src = found
+            .modules
+            .iter()
+            .find(|m| module_name(m).as_deref() == Some(*name))
+            .expect("checked above");
+        let dst = out.join("modules").join(src.file_name().expect("file"));
+        fs::rename(src, &dst)?;
+        kept.push(dst);
+    }
     let _ = fs::remove_dir_all(&tmp);
-    let kernel = Kernel { package, version, suite: suite.to_string(), kver, vmlinuz, config };
+    let kernel = Kernel { package, version, suite: suite.to_string(), kver, vmlinuz, config, modules: kept };
     fs::write(kdir.join(format!("{}.resolved", spec.label)), kernel.to_text())?;
     Ok(kernel)
 }
 
-/// The `linux-binary-<abi>`/`linux-base-<abi>` packages in an image package's `Depends:`.
+/// The `linux-binary-<abi>`/`linux-base-<abi>`/`linux-modules-<abi>` packages in an image
+/// package's `Depends:`.
 pub fn split_image_parts(depends: &str) -> Vec<(String, Option<String>)> {
     depends
         .split(',')
@@ -445,7 +503,7 @@ pub fn split_image_parts(depends: &str) -> Vec<(String, Option<String>)> {
             let d = d.split('|').next()?.trim();
             let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
             let versioned = |p: &str| name.strip_prefix(p).is_some_and(|abi| abi.starts_with(|c: char| c.is_ascii_digit()));
-            if !versioned("linux-binary-") && !versioned("linux-base-") {
+            if !["linux-binary-", "linux-base-", "linux-modules-"].iter().any(|p| versioned(p)) {
                 return None;
             }
             let version = rest.trim().strip_prefix("(=").and_then(|v| v.strip_suffix(')')).map(|v| v.trim().to_string());
@@ -459,6 +517,23 @@ struct BootFiles {
     /// (extracted path, kernel release)
     vmlinuz: Option<(PathBuf, String)>,
     config: Option<PathBuf>,
+    modules: Vec<PathBuf>,
+}
+
+impl BootFiles {
+    fn has_modules(&self, names: &[&str]) -> bool {
+        names.iter().all(|n| self.modules.iter().any(|m| module_name(m).as_deref() == Some(*n)))
+    }
+}
+
+/// Is `path` (a package member) the module `<name>.ko[.xz|.zst|.gz]` of one of `names`?
+pub fn is_wanted_module(path: &str, names: &[&str]) -> bool {
+    path.contains("/kernel/")
+        && Path::new(path)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.split_once(".ko"))
+            .is_some_and(|(n, ext)| names.contains(&n) && ["", ".xz", ".zst", ".gz"].contains(&ext))
 }
 
 /// Which member of a kernel package is the image or the config: `./boot/vmlinuz-<kver>`,
@@ -481,28 +556,35 @@ pub fn boot_member(path: &str) -> Option<(bool, String)> {
     }
 }
 
-/// Extracts the image and config members of `deb` (if any) under `tmp`.
-fn extract_boot_files(deb: &Path, tmp: &Path) -> anyhow::Result<BootFiles> {
+/// Extracts the image, config and wanted module members of `deb` (if any) under `tmp`.
+fn extract_boot_files(deb: &Path, tmp: &Path, modules: &[&str]) -> anyhow::Result<BootFiles> {
     let mut list = command("dpkg-deb");
-    list.arg("--fsys-tarfile").arg(deb);
+    list.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
+    let mut list_child = list.spawn().with_context(|| format!("running {}", render(&list)))?;
     let listing = command("tar")
         .arg("-t")
-        .stdin(list.stdout(Stdio::piped()).spawn()?.stdout.take().expect("piped"))
+        .stdin(list_child.stdout.take().expect("piped"))
         .output()
         .with_context(|| format!("listing {}", deb.display()))?;
-    let members: Vec<(String, bool, String)> = String::from_utf8_lossy(&listing.stdout)
+    let list_status = list_child.wait()?;
+    if !list_status.success() || !listing.status.success() {
+        bail!("listing {} failed ({})", deb.display(), util::describe(list_status));
+    }
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let members: Vec<(String, bool, String)> = text
         .lines()
         .filter_map(|m| boot_member(m).map(|(v, k)| (m.to_string(), v, k)))
         .collect();
+    let module_members: Vec<&str> = text.lines().filter(|m| is_wanted_module(m, modules)).collect();
     let mut found = BootFiles::default();
-    if members.is_empty() {
+    if members.is_empty() && module_members.is_empty() {
         return Ok(found);
     }
     let mut dpkg = command("dpkg-deb");
     dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
     let mut dpkg_child = dpkg.spawn().with_context(|| format!("running {}", render(&dpkg)))?;
     let mut tar = command("tar");
-    tar.arg("-x").arg("-C").arg(tmp).args(members.iter().map(|m| &m.0));
+    tar.arg("-x").arg("-C").arg(tmp).args(members.iter().map(|m| m.0.as_str())).args(&module_members);
     tar.stdin(dpkg_child.stdout.take().expect("piped"));
     let tar_status = tar.status().with_context(|| format!("running {}", render(&tar)))?;
     let dpkg_status = dpkg_child.wait()?;
@@ -513,6 +595,9 @@ fn extract_boot_files(deb: &Path, tmp: &Path) -> anyhow::Result<BootFiles> {
             util::describe(dpkg_status),
             util::describe(tar_status)
         );
+    }
+    for m in module_members {
+        found.modules.push(tmp.join(m.trim_start_matches("./")));
     }
     for (member, is_vmlinuz, kver) in members {
         let path = tmp.join(member.trim_start_matches("./"));
@@ -578,6 +663,7 @@ mod tests {
             kver: "6.1.0-41-cloud-amd64".into(),
             vmlinuz: "/x/vmlinuz".into(),
             config: None,
+            modules: vec!["/x/modules/inet_diag.ko.xz".into(), "/x/modules/tcp_diag.ko".into()],
         };
         assert_eq!(Kernel::from_text(&k.to_text()), Some(k));
         assert_eq!(deb_version("1:2.3"), "1%3a2.3");
@@ -610,9 +696,22 @@ mod tests {
             [
                 ("linux-base-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
                 ("linux-binary-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
+                ("linux-modules-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
             ]
         );
         assert!(split_image_parts("linux-base (>= 4.17~)").is_empty());
+    }
+
+    #[test]
+    fn modules() {
+        let names = ["inet_diag", "tcp_diag"];
+        assert!(is_wanted_module("./lib/modules/6.1.0-56-cloud-amd64/kernel/net/ipv4/inet_diag.ko", &names));
+        assert!(is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.ko.xz", &names));
+        assert!(!is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/udp_diag.ko.xz", &names));
+        assert!(!is_wanted_module("./usr/share/doc/tcp_diag.ko.txt", &names));
+        assert!(!is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.kox", &names));
+        assert_eq!(module_name(Path::new("/a/tcp_diag.ko.xz")).as_deref(), Some("tcp_diag"));
+        assert_eq!(module_name(Path::new("/a/inet_diag.ko")).as_deref(), Some("inet_diag"));
     }
 
     #[test]

@@ -76,9 +76,11 @@ impl GuestReport {
         self.results.iter().find(|r| r.name == payload).map(|r| r.status.as_str())
     }
 
-    /// All payloads reported, none failed, the guest said DONE.
+    /// All payloads reported, none failed, the guest said DONE, and the kernel printed no
+    /// panic/BUG/Oops/WARNING (a splat while lqtrace runs is a failure even if the payload
+    /// passed).
     pub fn all_passed(&self) -> bool {
-        self.done && !self.results.is_empty() && self.results.iter().all(|r| r.status != "FAIL")
+        self.done && self.errors.is_empty() && !self.results.is_empty() && self.results.iter().all(|r| r.status != "FAIL")
     }
 }
 
@@ -156,6 +158,8 @@ mod tests {
         r.feed("VMTEST demo SKIP 0.10s not implemented");
         r.feed("VMTEST-DONE pass=1 fail=0 skip=1");
         assert!(r.all_passed());
+        r.feed("[   12.5] WARNING: CPU: 1 PID: 93 at kernel/bpf/trampoline.c:123");
+        assert!(!r.all_passed(), "a kernel warning fails the kernel");
     }
 
     #[test]
