@@ -115,6 +115,26 @@ pub fn enumerate() -> Vec<NetnsRef> {
     out
 }
 
+/// A namespace that only a non-leader thread is in (a thread that called setns/unshare):
+/// `enumerate` looks at thread-group leaders only, this looks at every task. Slower; for a
+/// namespace a record named that `enumerate` did not find.
+pub fn find_in_tasks(inum: u32) -> Option<NetnsRef> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for e in dir.filter_map(|e| e.ok()) {
+        if !e.file_name().as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(e.path().join("task")) else { continue };
+        for t in tasks.filter_map(|t| t.ok()) {
+            let path = t.path().join("ns/net");
+            if inum_of_path(&path).ok() == Some(inum) {
+                return Some(NetnsRef { inum, path });
+            }
+        }
+    }
+    None
+}
+
 /// A human label for a netns inum: the /run/netns name if one matches, else the inum as text.
 pub fn label(inum: u32) -> String {
     named_netns_paths()

@@ -119,8 +119,19 @@ impl Namespaces {
     /// A record named a namespace we don't hold: look again, at most every 200 ms.
     fn saw(&mut self, inum: u32) {
         let recent = self.last_discovery.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
-        if !self.held.contains_key(&inum) && !recent {
-            self.discover();
+        if self.held.contains_key(&inum) || recent {
+            return;
+        }
+        self.discover();
+        if !self.held.contains_key(&inum) && self.held.len() < MAX_HELD_NAMESPACES {
+            // Only a thread (not a process leader) may be in it.
+            if let Some(ns) = netns::find_in_tasks(inum) {
+                if let Ok(f) = File::open(&ns.path) {
+                    if netns::inum_of_path(&fd_path(&f)).ok() == Some(inum) {
+                        self.held.insert(inum, f);
+                    }
+                }
+            }
         }
     }
 
