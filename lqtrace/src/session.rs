@@ -90,7 +90,8 @@ struct Reading {
 #[derive(Default)]
 struct Namespaces {
     held: HashMap<u32, File>,
-    last_discovery: Option<Instant>,
+    /// When a namespace not held was last looked for.
+    tried: HashMap<u32, Instant>,
 }
 
 const MAX_HELD_NAMESPACES: usize = 4096;
@@ -98,7 +99,6 @@ const MAX_HELD_NAMESPACES: usize = 4096;
 impl Namespaces {
     /// Open every namespace reachable now that is not held yet.
     fn discover(&mut self) {
-        self.last_discovery = Some(Instant::now());
         for ns in netns::enumerate() {
             if self.held.len() >= MAX_HELD_NAMESPACES {
                 break;
@@ -116,12 +116,20 @@ impl Namespaces {
         }
     }
 
-    /// A record named a namespace we don't hold: look again, at most every 200 ms.
+    /// A record named a namespace we don't hold: look for it at once the first time (it may be
+    /// short-lived), then at most every 200 ms.
     fn saw(&mut self, inum: u32) {
-        let recent = self.last_discovery.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
-        if self.held.contains_key(&inum) || recent {
+        if self.held.contains_key(&inum) {
             return;
         }
+        let now = Instant::now();
+        if self.tried.get(&inum).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(200)) {
+            return;
+        }
+        if self.tried.len() > MAX_HELD_NAMESPACES {
+            self.tried.clear();
+        }
+        self.tried.insert(inum, now);
         self.discover();
         if !self.held.contains_key(&inum) && self.held.len() < MAX_HELD_NAMESPACES {
             // Only a thread (not a process leader) may be in it.

@@ -21,7 +21,10 @@ use std::time::Duration;
 pub enum Check {
     Exit0,
     Demo,
-    Overflow,
+    /// The overflow scenario; with a method ("overflow:kprobe"), the payload forces that hook
+    /// variant and the check asserts the summary says it served both drop groups (SKIP when the
+    /// kernel has no such variant: lqtrace says "no usable hook").
+    Overflow(Option<&'static str>),
 }
 
 impl Check {
@@ -29,7 +32,10 @@ impl Check {
         match s {
             "exit0" => Some(Check::Exit0),
             "demo" => Some(Check::Demo),
-            "overflow" => Some(Check::Overflow),
+            "overflow" => Some(Check::Overflow(None)),
+            "overflow:fentry" => Some(Check::Overflow(Some("fentry"))),
+            "overflow:kprobe" => Some(Check::Overflow(Some("kprobe"))),
+            "overflow:cgroup" => Some(Check::Overflow(Some("cgroup"))),
             _ => None,
         }
     }
@@ -117,7 +123,7 @@ mod tests {
         assert_eq!(cfg.payloads[0].timeout, Duration::from_secs(30));
         assert_eq!(cfg.payloads[0].check, Check::Exit0);
         assert_eq!(cfg.payloads[0].argv, ["/bin/lqtrace", "--version"]);
-        assert_eq!(cfg.payloads[1].check, Check::Overflow);
+        assert_eq!(cfg.payloads[1].check, Check::Overflow(None));
         assert_eq!(cfg.payloads[1].argv, ["/bin/lqtrace", "-j", "-d", "6s"]);
     }
 

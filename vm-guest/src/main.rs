@@ -196,7 +196,7 @@ fn run_all(cfg: &Config) -> (usize, usize, usize) {
         let v = match p.check {
             Check::Exit0 => run_exit0(p, &env),
             Check::Demo => run_demo(p, &env),
-            Check::Overflow => overflow::run(&p.name, &p.argv, &env, p.timeout),
+            Check::Overflow(method) => overflow::run(&p.name, &p.argv, &env, p.timeout, method),
         };
         match v.status {
             Status::Pass => pass += 1,
@@ -292,7 +292,7 @@ fn main() -> ExitCode {
             }
         },
         Some("overflow") if args.len() >= 2 => {
-            let v = overflow::run("overflow", &args[1..], &[], Duration::from_secs(120));
+            let v = overflow::run("overflow", &args[1..], &[], Duration::from_secs(120), None);
             out::line(&format!("VMTEST overflow {} {}", v.status.as_str(), out::one_line(&v.details)));
             ExitCode::from(u8::from(v.status == Status::Fail))
         }

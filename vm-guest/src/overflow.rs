@@ -137,7 +137,7 @@ enum ToNs {
 }
 
 /// Runs the scenario with `argv` = lqtrace and its arguments (defaults added if none).
-pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Duration) -> Verdict {
+pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Duration, method: Option<&str>) -> Verdict {
     let deadline = Instant::now() + timeout;
     let mut argv = argv.to_vec();
     if argv.len() == 1 {
@@ -233,12 +233,20 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
         details.push_str(&format!(" non_json_lines={bad}"));
     }
     let summary = ndjson::summary(&objs);
+    let mut hook_mismatch = None;
     if let Some(s) = summary {
         if let Some(r) = ndjson::reconciliation(s).into_iter().find(|r| r.0 == netns) {
             let k = r.2.map_or("null".into(), |k| k.to_string());
             details.push_str(&format!(" lqtrace_reconciliation=recorded:{}/kernel:{k}/match:{}", r.1, r.3));
         } else {
             details.push_str(" lqtrace_reconciliation=none_for_netns");
+        }
+        let hooks = (s.get("hooks").and_then(|h| h.get("syn")).and_then(|v| v.as_str()), s.get("hooks").and_then(|h| h.get("ack")).and_then(|v| v.as_str()));
+        details.push_str(&format!(" hooks=syn:{}/ack:{}", hooks.0.unwrap_or("?"), hooks.1.unwrap_or("?")));
+        if let Some(m) = method {
+            if hooks != (Some(m), Some(m)) {
+                hook_mismatch = Some(format!("forced --hooks {m} but the summary says syn:{:?} ack:{:?}", hooks.0, hooks.1));
+            }
         }
         let losses = ndjson::losses(s);
         if !losses.is_empty() {
@@ -247,7 +255,15 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     } else {
         details.push_str(" no_summary");
     }
+    if let (Some(m), Some(st)) = (method, status) {
+        if !st.success() && lq.stderr.iter().any(|l| l.contains("no usable hook")) {
+            return Verdict::skip(format!("this kernel has no usable {m} variant: {}", proc::last_line(&lq.stderr, 200)));
+        }
+    }
     let mut why = Vec::new();
+    if let Some(m) = hook_mismatch {
+        why.push(m);
+    }
     match status {
         None => why.push("lqtrace timed out".to_string()),
         Some(st) if !st.success() => why.push(format!(

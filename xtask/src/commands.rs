@@ -225,6 +225,12 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
             cmd: cargo_test(&["-p", "lqtrace", "--test", "*", "--no-fail-fast"], &args),
             precheck: Some(integration_tests_present),
         });
+        // The kernels people run (5.10 ... 7.x) in VMs: the same scenarios, each hook variant.
+        if std::env::var_os("LQTRACE_SKIP_VM").is_none() {
+            let mut cmd = Command::new(std::env::current_exe().context("locating xtask")?);
+            cmd.arg("vm-test");
+            steps.push(Step { name: "VM kernel matrix (cargo xtask vm-test)", cmd, precheck: None });
+        }
         None
     };
 

@@ -59,7 +59,7 @@ pub struct VmTestArgs {
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Overall limit per kernel, seconds (boot + every payload)
-    #[arg(long, value_name = "SECONDS", default_value_t = 240)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 420)]
     pub timeout: u64,
     /// Virtual CPUs per VM
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -78,8 +78,8 @@ pub struct Payload {
 }
 
 /// Typical times under TCG (2 VMs at a time): version 0.2 s, smoke 3-5 s, demo 5-7 s, overflow
-/// 8-10 s; the timeouts (sum 200 s) stay under the default per-kernel limit of 240 s so that one
-/// hung payload does not hide the others' results.
+/// 8-10 s, check 3-5 s; the timeouts (sum 375 s) stay under the default per-kernel limit of
+/// 420 s so that one hung payload does not hide the others' results.
 pub const PAYLOADS: &[Payload] = &[
     Payload { name: "version", timeout_s: 20, check: "exit0", argv: &["lqtrace", "--version"] },
     // Loads and attaches every program on this kernel; stderr shows which one failed.
@@ -89,6 +89,13 @@ pub const PAYLOADS: &[Payload] = &[
     // vm-guest's own scenario: private netns, listen(1) + 50 connects, lqtrace in the initial
     // netns; PASS iff lqtrace's drop records in that netns == the ListenDrops delta > 0.
     Payload { name: "overflow", timeout_s: 60, check: "overflow", argv: &["lqtrace", "-j", "-d", "6s"] },
+    // Every drop kind covered by some hook variant on this kernel (exit 1 otherwise).
+    Payload { name: "check", timeout_s: 40, check: "exit0", argv: &["lqtrace", "check"] },
+    // Each hook variant forced in turn: the same scenario reconciles exactly with each, and the
+    // summary names the forced variant (SKIP where the kernel lacks it).
+    Payload { name: "fentry", timeout_s: 45, check: "overflow:fentry", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "fentry"] },
+    Payload { name: "kprobe", timeout_s: 45, check: "overflow:kprobe", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "kprobe"] },
+    Payload { name: "cgroup", timeout_s: 45, check: "overflow:cgroup", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "cgroup"] },
 ];
 
 /// Environment of every payload.
