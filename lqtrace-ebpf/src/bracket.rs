@@ -40,6 +40,10 @@ const TCP_ACK: u8 = 0x10;
 /// A counter delta larger than this cannot come from one packet: the bracket read freed memory.
 const MAX_PLAUSIBLE_DELTA: u64 = 1 << 16;
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const WAKEUP_EVERY_NS: u64 = 5_000_000;
+
 /// Who opened the bracket, so that only the matching "after" hook closes it.
 pub const OPENER_CGROUP: u64 = 1;
 pub const OPENER_PROBE: u64 = 2;
@@ -186,7 +190,17 @@ pub fn close(slot: *mut Bracket, flags: u8) {
     };
     b.record.flags |= flags;
     describe_listener(b);
-    if EVENTS.output::<BracketRecord>(&b.record, 0).is_err() {
+    // Waking the reader costs more than the record itself under a flood: wake it at most every
+    // WAKEUP_EVERY_NS per CPU; userspace also polls the ring (session.rs), so a record written
+    // without a wakeup is read within that poll period.
+    let now = b.record.ts_ns;
+    let wake = if now.wrapping_sub(b.last_wakeup) >= WAKEUP_EVERY_NS {
+        b.last_wakeup = now;
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<BracketRecord>(&b.record, wake).is_err() {
         if drops > 0 {
             stat_add(STAT_LOST_DROP_RECORDS, 1);
             stat_add(STAT_LOST_DROPS, drops as u64);

@@ -52,6 +52,8 @@ pub struct Bracket {
     /// The listener (`struct sock *`) and its network namespace (`struct net *`).
     pub sk: u64,
     pub net: u64,
+    /// When this CPU last woke the reader (see `bracket::close`).
+    pub last_wakeup: u64,
     /// Address of this CPU's `struct linux_mib` of the listener's network namespace.
     pub mib: u64,
     /// Counter values before processing, in `MIB_*` order.

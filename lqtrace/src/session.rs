@@ -186,6 +186,8 @@ pub struct Session {
     /// Prometheus exporter (`--metrics`), fed from here so that every mode has it.
     metrics: Option<Metrics>,
     stats_published: Instant,
+    /// Ring-buffer poll period (see `next_events`).
+    poll: tokio::time::Interval,
 }
 
 impl Session {
@@ -237,6 +239,11 @@ impl Session {
             pending: Vec::new(),
             metrics,
             stats_published: Instant::now(),
+            poll: {
+                let mut i = tokio::time::interval(Duration::from_millis(20));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                i
+            },
         };
         if let Some(m) = &session.metrics {
             m.set_info(&crate::metrics::kernel_release(), &session.hooks());
@@ -260,13 +267,26 @@ impl Session {
     /// counts in the totals and the reconciliation either way). Cancel-safe.
     pub async fn next_events(&mut self) -> Result<Vec<DropEvent>> {
         loop {
-            let mut guard = self.ring.readable_mut().await.context("waiting for records")?;
-            let ring = guard.get_inner_mut();
             let mut items = Vec::new();
-            while let Some(item) = ring.next() {
-                items.push(item.to_vec());
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for records")?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        items.push(item.to_vec());
+                    }
+                    guard.clear_ready();
+                }
+                // The programs wake the reader at most every 5 ms per CPU (a wakeup per record
+                // would cost more than the record under a flood); records written in between
+                // are picked up by this poll.
+                _ = self.poll.tick() => {
+                    let ring = self.ring.get_mut();
+                    while let Some(item) = ring.next() {
+                        items.push(item.to_vec());
+                    }
+                }
             }
-            guard.clear_ready();
             for item in items {
                 self.handle(&item);
             }

@@ -55,7 +55,7 @@ impl Printer {
             .ok();
         Printer {
             json,
-            batch: Vec::with_capacity(64 * 1024),
+            batch: Vec::new(),
             batch_lines: 0,
             tx: writer.as_ref().map(|_| tx),
             writer,
@@ -110,9 +110,11 @@ impl Printer {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(64 * 1024));
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.shrink_to_fit();
         let lines = std::mem::take(&mut self.batch_lines);
-        let len = batch.len();
+        // Account what the batch really occupies.
+        let len = batch.capacity().max(1);
         if self.pending.load(Ordering::Acquire) + len > MAX_PENDING_BYTES {
             self.dropped_lines += lines;
             return Ok(());
@@ -192,7 +194,7 @@ fn write_loop(rx: mpsc::Receiver<Vec<u8>>, pending: Arc<AtomicUsize>, broken: Ar
     // of stdout in the process (each flush takes the lock briefly instead).
     let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout());
     while let Ok(batch) = rx.recv() {
-        let len = batch.len();
+        let len = batch.capacity().max(1);
         let mut ok = out.write_all(&batch).is_ok();
         pending.fetch_sub(len, Ordering::AcqRel);
         // Live output: flush whenever the queue is momentarily empty.
