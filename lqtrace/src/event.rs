@@ -179,6 +179,16 @@ impl Clock {
     }
 }
 
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()` and `DropEvent::ts_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// Wall clock now, in ns since the Unix epoch.
+pub fn unix_now_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid clock id and out pointer.

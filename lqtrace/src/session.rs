@@ -21,7 +21,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     cli::Filter,
     counters::{self, NetStat},
-    event::{self, Clock, DropEvent},
+    event::{self, Clock, DropEvent, monotonic_ns},
     hooks,
     kernel::{btf::Btf, layout, preflight, tracefs},
     listeners::Listeners,
@@ -420,9 +420,3 @@ impl Session {
     }
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid clock id and out pointer. CLOCK_MONOTONIC is bpf_ktime_get_ns()'s clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}

@@ -437,13 +437,7 @@ impl Timeline {
     }
 }
 
-/// CLOCK_MONOTONIC now, in ns (the clock of bpf_ktime_get_ns and `DropEvent::ts_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::event::monotonic_ns;
 
 #[cfg(test)]
 mod tests {

@@ -264,12 +264,7 @@ pub fn describe_filter(f: &Filter) -> String {
     parts.join("; ")
 }
 
-fn unix_now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
+use crate::event::unix_now_ns;
 
 /// Summary figures used by callers that gate on drops.
 pub fn shown_drops(summary: &Summary) -> u64 {

@@ -345,12 +345,7 @@ fn deadline_sleep(d: Option<Duration>) -> impl std::future::Future<Output = ()> 
     }
 }
 
-fn unix_now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
+use crate::event::unix_now_ns;
 
 // ---------------------------------------------------------------------------------------------
 // Plain lines / JSON lines
