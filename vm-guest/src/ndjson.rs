@@ -31,6 +31,15 @@ pub fn drops_in(objs: &[Value], netns: u64) -> (u64, usize) {
     (sum, records)
 }
 
+/// Drops (sum of `count`) in `netns` whose reason is one of `reasons`.
+pub fn reason_count(objs: &[Value], netns: u64, reasons: &[&str]) -> u64 {
+    objs.iter()
+        .filter(|v| kind(v) == "drop" && v.get("netns").and_then(Value::as_u64) == Some(netns))
+        .filter(|v| v.get("reason").and_then(Value::as_str).is_some_and(|r| reasons.contains(&r)))
+        .map(|v| v.get("count").and_then(Value::as_u64).unwrap_or(1))
+        .sum()
+}
+
 pub fn count_kind(objs: &[Value], k: &str) -> usize {
     objs.iter().filter(|v| kind(v) == k).count()
 }

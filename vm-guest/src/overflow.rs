@@ -31,6 +31,9 @@ pub const DEFAULT_ARGS: &[&str] = &["-j", "-d", "6s"];
 struct Load {
     before: u64,
     after: u64,
+    /// TcpExt ListenOverflows before and after: the reasons in the records must match it.
+    overflows_before: u64,
+    overflows_after: u64,
     port: u16,
     refused_or_failed: usize,
     took: Duration,
@@ -108,6 +111,7 @@ fn connect_nonblocking(port: u16) -> Result<i32, String> {
 fn load() -> Result<Load, String> {
     let t = Instant::now();
     let before = sys::listen_drops().map_err(|e| format!("reading netstat: {e}"))?;
+    let overflows_before = sys::listen_overflows().map_err(|e| format!("reading netstat: {e}"))?;
     let (lfd, port) = listener()?;
     let mut clients = Vec::with_capacity(CLIENTS);
     let mut failed = 0;
@@ -128,7 +132,8 @@ fn load() -> Result<Load, String> {
     }
     thread::sleep(Duration::from_millis(300));
     let after = sys::listen_drops().map_err(|e| format!("reading netstat: {e}"))?;
-    Ok(Load { before, after, port, refused_or_failed: failed, took: t.elapsed() })
+    let overflows_after = sys::listen_overflows().map_err(|e| format!("reading netstat: {e}"))?;
+    Ok(Load { before, after, overflows_before, overflows_after, port, refused_or_failed: failed, took: t.elapsed() })
 }
 
 enum ToNs {
@@ -189,6 +194,11 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     if let Err(why) = lq.wait_for_stderr(deadline, |l| l.contains(BANNER)) {
         lq.wait(Instant::now() + Duration::from_secs(5));
         finish(&to_ns, ns_thread);
+        if let Some(m) = method {
+            if lq.stderr.iter().any(|l| l.contains("no usable hook")) {
+                return Verdict::skip(format!("this kernel has no usable {m} variant: {}", proc::last_line(&lq.stderr, 200)));
+            }
+        }
         return Verdict::fail(format!(
             "no banner from lqtrace: {why}; last stderr: {}",
             proc::last_line(&lq.stderr, 300)
@@ -219,8 +229,16 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     let (objs, bad) = ndjson::objects(&lq.stdout);
     let (recorded, records) = ndjson::drops_in(&objs, netns);
     let syncookies = ndjson::count_kind(&objs, "syncookie");
+    // Reasons match the counters that moved: every accept-queue-full reason is a ListenOverflows.
+    let overflow_delta = load.overflows_after.saturating_sub(load.overflows_before);
+    let overflow_reasons = ndjson::reason_count(
+        &objs,
+        netns,
+        &["syn_accept_queue_full", "ack_accept_queue_full", "ack_syncookie_accept_queue_full"],
+    );
     let mut details = format!(
         "netns={netns} kernel_listen_drops={delta} recorded={recorded} records={records} \
+         kernel_listen_overflows={overflow_delta} overflow_reasons={overflow_reasons} \
          syncookie_records={syncookies} port={} ready_after={:.2}s load={:.2}s",
         load.port,
         ready_after.as_secs_f64(),
@@ -247,6 +265,9 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
             if hooks != (Some(m), Some(m)) {
                 hook_mismatch = Some(format!("forced --hooks {m} but the summary says syn:{:?} ack:{:?}", hooks.0, hooks.1));
             }
+        } else if sys::exists("/sys/bus/event_source/devices/kprobe/type") && (hooks.0 == Some("cgroup") || hooks.1 == Some("cgroup")) {
+            // The kernel can hook functions: the default choice must be a function-probe variant.
+            hook_mismatch = Some(format!("kernel has kprobes, yet the default choice was syn:{:?} ack:{:?}", hooks.0, hooks.1));
         }
         let losses = ndjson::losses(s);
         if !losses.is_empty() {
@@ -281,6 +302,9 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     }
     if recorded != delta {
         why.push(format!("recorded {recorded} != kernel {delta}"));
+    }
+    if overflow_reasons != overflow_delta {
+        why.push(format!("accept-queue-full reasons {overflow_reasons} != kernel ListenOverflows {overflow_delta}"));
     }
     if why.is_empty() {
         Verdict::pass(details)

@@ -161,6 +161,13 @@ pub fn listen_drops() -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenDrops in netstat"))
 }
 
+/// TcpExt ListenOverflows of the calling thread's network namespace.
+pub fn listen_overflows() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
+    tcpext(&text, "ListenOverflows")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenOverflows in netstat"))
+}
+
 pub fn uname_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
