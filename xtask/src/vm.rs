@@ -59,7 +59,7 @@ pub struct VmTestArgs {
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Overall limit per kernel, seconds (boot + every payload)
-    #[arg(long, value_name = "SECONDS", default_value_t = 420)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 720)]
     pub timeout: u64,
     /// Virtual CPUs per VM
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -78,8 +78,9 @@ pub struct Payload {
 }
 
 /// Typical times under TCG (2 VMs at a time): version 0.2 s, smoke 3-5 s, demo 5-7 s, overflow
-/// 8-10 s, check 3-5 s; the timeouts (sum 375 s) stay under the default per-kernel limit of
-/// 420 s so that one hung payload does not hide the others' results.
+/// 8-10 s, check 3-5 s, loopback-tests and tun-tests ~20-60 s each; the timeouts (sum 675 s) stay
+/// under the default per-kernel limit of 720 s so that one hung payload does not hide the
+/// others' results.
 pub const PAYLOADS: &[Payload] = &[
     Payload { name: "version", timeout_s: 20, check: "exit0", argv: &["lqtrace", "--version"] },
     // Loads and attaches every program on this kernel; stderr shows which one failed.
@@ -91,6 +92,12 @@ pub const PAYLOADS: &[Payload] = &[
     Payload { name: "overflow", timeout_s: 60, check: "overflow", argv: &["lqtrace", "-j", "-d", "6s"] },
     // Every drop kind covered by some hook variant on this kernel (exit 1 otherwise).
     Payload { name: "check", timeout_s: 40, check: "exit0", argv: &["lqtrace", "check"] },
+    // The host's loopback integration tests, unchanged, in the guest (bursts on 2 CPUs, IPv6,
+    // v4-mapped, two namespaces, a listener created before the tracer; exact reconciliation).
+    Payload { name: "loopback-tests", timeout_s: 150, check: "exit0", argv: &["loopback-tests", "--test-threads=1"] },
+    // The TUN fake-peer tests: SYN-queue full, final-ACK overflow with and without
+    // tcp_abort_on_overflow, syncookie ACKs, v4-mapped; per-event truth (client ports).
+    Payload { name: "tun-tests", timeout_s: 150, check: "exit0", argv: &["tun-tests", "--test-threads=1"] },
     // Each hook variant forced in turn: the same scenario reconciles exactly with each, and the
     // summary names the forced variant (SKIP where the kernel lacks it).
     Payload { name: "fentry", timeout_s: 45, check: "overflow:fentry", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "fentry"] },
@@ -99,20 +106,27 @@ pub const PAYLOADS: &[Payload] = &[
 ];
 
 /// Environment of every payload.
-pub const GUEST_ENV: &[(&str, &str)] = &[("RUST_BACKTRACE", "1")];
+/// `LQTRACE_BIN`: the integration tests run the guest's /bin/lqtrace (tests/support/tracer.rs).
+pub const GUEST_ENV: &[(&str, &str)] = &[("RUST_BACKTRACE", "1"), ("LQTRACE_BIN", "/bin/lqtrace")];
 
 /// Kernel modules /init loads (in this order) before the payloads. The cloud kernels build
 /// sock_diag for TCP as modules, and the guest has no modprobe to load them on demand:
 /// lqtrace's listener snapshots (`demo`, `listeners`) need them.
-pub const GUEST_MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+pub const GUEST_MODULES: &[&str] = &["inet_diag", "tcp_diag", "tun"];
 
 /// Where the guest finds the modules (one directory, whatever the kernel).
 pub const GUEST_MODULE_DIR: &str = "lib/modules/vmtest";
 
 /// The binaries shipped as `/bin/<name>` in the guest: (name, host path).
-fn guest_binaries(musl_dir: &Path) -> Vec<(String, PathBuf)> {
-    vec![("lqtrace".into(), musl_dir.join("lqtrace"))]
+fn guest_binaries(musl_dir: &Path, tests: &[(String, PathBuf)]) -> Vec<(String, PathBuf)> {
+    let mut v = vec![("lqtrace".to_string(), musl_dir.join("lqtrace"))];
+    v.extend(tests.iter().cloned());
+    v
 }
+
+/// Integration test files of `lqtrace/tests` run unchanged inside the guests, shipped as
+/// `/bin/<file>-tests`.
+pub const GUEST_TESTS: &[&str] = &["loopback", "tun"];
 
 /// Host programs shipped as `/bin/<name>` with the shared libraries `ldd` lists, at their host
 /// paths: `lqtrace demo` runs `ip netns add`.
@@ -326,6 +340,43 @@ fn build_guest() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir().join(MUSL).join("release"))
 }
 
+/// The host's integration tests named in [`GUEST_TESTS`], built static like the tracer: the
+/// same scenarios, run inside each guest. Returns (guest binary name, executable).
+fn build_guest_tests() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = util::cargo();
+    cmd.current_dir(util::workspace_root())
+        .args(["test", "--release", "--target", MUSL, "-p", "lqtrace", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit());
+    for t in GUEST_TESTS {
+        cmd.args(["--test", t]);
+    }
+    eprintln!("vm: {}", render(&cmd));
+    let out = cmd.output().context("building the integration tests for the guests")?;
+    if !out.status.success() {
+        bail!("building the integration tests for the guests failed ({})", out.status);
+    }
+    let messages = String::from_utf8_lossy(&out.stdout);
+    GUEST_TESTS
+        .iter()
+        .map(|t| {
+            let exe = executable_of(&messages, t).with_context(|| format!("no executable for tests/{t}.rs in cargo's output"))?;
+            Ok((format!("{t}-tests"), exe))
+        })
+        .collect()
+}
+
+/// The `"executable"` of the test target `name` in cargo's JSON messages.
+pub fn executable_of(messages: &str, name: &str) -> Option<PathBuf> {
+    let target = format!("\"name\":\"{name}\"");
+    messages
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains(&target))
+        .find_map(|l| {
+            let rest = &l[l.find("\"executable\":\"")? + "\"executable\":\"".len()..];
+            Some(PathBuf::from(&rest[..rest.find('"')?]))
+        })
+}
+
 fn write_initramfs(
     path: &Path,
     init: &Path,
@@ -485,8 +536,9 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     toolchain::ensure(false)?;
     let musl_dir = build_guest()?;
+    let tests = build_guest_tests()?;
     let build_took = t.elapsed();
-    let binaries = guest_binaries(&musl_dir);
+    let binaries = guest_binaries(&musl_dir, &tests);
     let init = musl_dir.join("vm-guest");
     for (_, p) in binaries.iter().chain(std::iter::once(&(String::new(), init.clone()))) {
         if !p.exists() {
@@ -637,11 +689,24 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn executable_from_cargo_messages() {
+        let msgs = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"loopback"},"executable":"/t/deps/loopback-abc"}
+{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"lqtrace"},"executable":null}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(super::executable_of(msgs, "loopback"), Some(std::path::PathBuf::from("/t/deps/loopback-abc")));
+        assert_eq!(super::executable_of(msgs, "tun"), None);
+    }
+
     use super::*;
 
     #[test]
     fn payload_list_for_guest_and_host() {
-        let bins = vec![("lqtrace".to_string(), PathBuf::from("/w/target/musl/lqtrace"))];
+        let bins = vec![
+            ("lqtrace".to_string(), PathBuf::from("/w/target/musl/lqtrace")),
+            ("loopback-tests".to_string(), PathBuf::from("/w/target/musl/deps/loopback-abc")),
+            ("tun-tests".to_string(), PathBuf::from("/w/target/musl/deps/tun-abc")),
+        ];
         let guest = payload_config(PAYLOADS, &bins, true).unwrap();
         assert!(guest.contains("\nversion 20 exit0 /bin/lqtrace --version\n"), "{guest}");
         assert!(guest.contains("\noverflow 60 overflow /bin/lqtrace -j -d 6s\n"), "{guest}");

@@ -15,8 +15,13 @@ pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_lqtrace")
+/// The binary under test: cargo's, or `LQTRACE_BIN` when it names an existing file (the VM
+/// kernel matrix runs these tests inside guests, where the binary is /bin/lqtrace).
+pub fn bin() -> String {
+    match std::env::var("LQTRACE_BIN") {
+        Ok(p) if std::path::Path::new(&p).is_file() => p,
+        _ => env!("CARGO_BIN_EXE_lqtrace").to_string(),
+    }
 }
 
 /// A running tracer. Killed on Drop, so a failing test does not leak one.
