@@ -79,16 +79,8 @@ impl Counters {
     }
 }
 
-pub const COUNTER_KEYS: &[&str] = &[
-    "TcpExt.ListenDrops",
-    "TcpExt.ListenOverflows",
-    "TcpExt.TCPReqQFullDrop",
-    "TcpExt.TCPReqQFullDoCookies",
-    "TcpExt.SyncookiesSent",
-    "TcpExt.SyncookiesRecv",
-    "TcpExt.SyncookiesFailed",
-    "TcpExt.EmbryonicRsts",
-];
+/// The listen counters the tests compare with: the same list lqtrace reconciles with.
+pub use lqtrace::counters::LISTEN_KEYS as COUNTER_KEYS;
 
 pub fn show_delta(d: &NetStat) -> String {
     COUNTER_KEYS
