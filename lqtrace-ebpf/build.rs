@@ -5,6 +5,8 @@ use which::which;
 fn main() {
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(_) => println!("cargo:warning=bpf-linker not found in PATH: run `cargo xtask` to install it"),
+        Err(_) => {
+            println!("cargo:warning=bpf-linker not found in PATH: run `cargo xtask` to install it")
+        }
     }
 }

@@ -6,7 +6,9 @@ use aya_build::Toolchain;
 fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 (quick unit-test builds) makes aya-build skip the eBPF object; leave an
     // empty one so `include_bytes_aligned!` compiles and the loader says what is missing.
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    if std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
         let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
         let obj = out.join("lqtrace");
         if !obj.exists() {
@@ -21,7 +23,11 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "lqtrace-ebpf")
         .ok_or_else(|| anyhow!("lqtrace-ebpf package not found"))?;
-    let cargo_metadata::Package { name, manifest_path, .. } = ebpf_package;
+    let cargo_metadata::Package {
+        name,
+        manifest_path,
+        ..
+    } = ebpf_package;
     let ebpf_package = aya_build::Package {
         name: name.as_str(),
         root_dir: manifest_path

@@ -211,12 +211,17 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::size_of;
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<BracketRecord>(), 4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 5 + 4 * MIB_COUNT);
-        assert_eq!(size_of::<ListenRecord>(), 4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16);
+        assert_eq!(
+            size_of::<BracketRecord>(),
+            4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 5 + 4 * MIB_COUNT
+        );
+        assert_eq!(
+            size_of::<ListenRecord>(),
+            4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16
+        );
         assert_eq!(size_of::<Config>() % 4, 0);
     }
 }

@@ -105,7 +105,9 @@ fn describe_listener(b: &mut Bracket) {
 /// Close this CPU's bracket if it is the one `opener` opened for `skb` (0: any skb).
 #[inline(always)]
 pub fn close_matching(opener: u64, skb: u64) {
-    let Some(slot) = BRACKETS.get_ptr_mut(0) else { return };
+    let Some(slot) = BRACKETS.get_ptr_mut(0) else {
+        return;
+    };
     let (open_skb, open_by) = unsafe { ((*slot).skb, (*slot).opener) };
     if open_skb == 0 || open_by != opener || (skb != 0 && open_skb != skb) {
         return;

@@ -89,7 +89,11 @@ fn rx(ctx: &SkBuffContext, skb: *mut __sk_buff, sk: *mut bpf_sock) -> Option<()>
     } else {
         return None;
     }
-    let wanted = if r.stage == STAGE_SYN { CGROUP_SYN } else { CGROUP_ACK };
+    let wanted = if r.stage == STAGE_SYN {
+        CGROUP_SYN
+    } else {
+        CGROUP_ACK
+    };
     if cgroup_stages() & wanted == 0 {
         return Some(()); // this kind of packet is bracketed by a function probe instead
     }
@@ -106,7 +110,12 @@ fn rx(ctx: &SkBuffContext, skb: *mut __sk_buff, sk: *mut bpf_sock) -> Option<()>
 fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
     let ret = unsafe {
-        bpf_skb_load_bytes(ctx.as_ptr(), offset as u32, buf.as_mut_ptr().cast(), N as u32)
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            offset as u32,
+            buf.as_mut_ptr().cast(),
+            N as u32,
+        )
     };
     (ret == 0).then_some(buf)
 }

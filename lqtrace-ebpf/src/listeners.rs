@@ -31,7 +31,12 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
     // Syscall arguments are stored as 8-byte fields; listen() takes two ints.
     let fd = unsafe { ctx.read_at::<u64>(config!(tp_listen_fd) as usize) }.unwrap_or(u64::MAX);
     let backlog = unsafe { ctx.read_at::<u64>(config!(tp_listen_backlog) as usize) }.unwrap_or(0);
-    let call = ListenCall { fd: fd as i32, backlog: backlog as i32, seen: 0, _pad: 0 };
+    let call = ListenCall {
+        fd: fd as i32,
+        backlog: backlog as i32,
+        seen: 0,
+        _pad: 0,
+    };
     let _ = LISTEN_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
     0
 }
@@ -39,7 +44,9 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn listen_exit(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { LISTEN_CALLS.get(&key) }).copied() else { return 0 };
+    let Some(call) = (unsafe { LISTEN_CALLS.get(&key) }).copied() else {
+        return 0;
+    };
     let _ = LISTEN_CALLS.remove(&key);
     let ret = unsafe { ctx.read_at::<u64>(config!(tp_exit_ret) as usize) }.unwrap_or(u64::MAX);
     if call.seen == 0 && ret == 0 {

@@ -12,13 +12,12 @@ use lqtrace_common::{BracketRecord, Config, MIB_COUNT, STAT_COUNT};
 pub static CONFIG: Config = unsafe { core::mem::zeroed() };
 
 macro_rules! config {
-    ($field:ident) => {
-        {
-            #[allow(unused_unsafe)]
-            let v = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$field)) };
-            v
-        }
-    };
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        let v =
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$field)) };
+        v
+    }};
 }
 pub(crate) use config;
 

@@ -18,7 +18,10 @@ use aya_ebpf::{
 use lqtrace_common::STAT_UNBRACKETED;
 
 use crate::{
-    bracket::{ETH_P_IP, ETH_P_IPV6, OPENER_PROBE, apply_ipv4, apply_ipv6, apply_tcp, close_matching, fresh_slot, open},
+    bracket::{
+        ETH_P_IP, ETH_P_IPV6, OPENER_PROBE, apply_ipv4, apply_ipv6, apply_tcp, close_matching,
+        fresh_slot, open,
+    },
     kernel::read_u64,
     maps::{config, stat_add},
 };
@@ -41,7 +44,10 @@ fn before(sk: u64, skb: u64) {
 fn is_listener(sk: u64) -> bool {
     let mut state = [0u8; 1];
     let ok = unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel_buf((sk + config!(sk_state) as u64) as *const u8, &mut state)
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            (sk + config!(sk_state) as u64) as *const u8,
+            &mut state,
+        )
     }
     .is_ok();
     ok && state[0] as u32 == config!(tcp_listen)
@@ -100,7 +106,10 @@ macro_rules! probe_pair {
 
         #[kprobe(function = $func)]
         pub fn $kprobe(ctx: ProbeContext) -> u32 {
-            before(ctx.arg::<u64>($sk).unwrap_or(0), ctx.arg::<u64>($skb).unwrap_or(0));
+            before(
+                ctx.arg::<u64>($sk).unwrap_or(0),
+                ctx.arg::<u64>($skb).unwrap_or(0),
+            );
             0
         }
 
@@ -115,7 +124,39 @@ macro_rules! probe_pair {
 }
 
 // Keep in step with lqtrace_common::PROBE_ARGS.
-probe_pair!("tcp_conn_request", 2, 3, syn_fentry, syn_fexit, syn_kprobe, syn_kretprobe);
-probe_pair!("tcp_check_req", 0, 1, ack_fentry, ack_fexit, ack_kprobe, ack_kretprobe);
-probe_pair!("cookie_v4_check", 0, 1, cookie4_fentry, cookie4_fexit, cookie4_kprobe, cookie4_kretprobe);
-probe_pair!("cookie_v6_check", 0, 1, cookie6_fentry, cookie6_fexit, cookie6_kprobe, cookie6_kretprobe);
+probe_pair!(
+    "tcp_conn_request",
+    2,
+    3,
+    syn_fentry,
+    syn_fexit,
+    syn_kprobe,
+    syn_kretprobe
+);
+probe_pair!(
+    "tcp_check_req",
+    0,
+    1,
+    ack_fentry,
+    ack_fexit,
+    ack_kprobe,
+    ack_kretprobe
+);
+probe_pair!(
+    "cookie_v4_check",
+    0,
+    1,
+    cookie4_fentry,
+    cookie4_fexit,
+    cookie4_kprobe,
+    cookie4_kretprobe
+);
+probe_pair!(
+    "cookie_v6_check",
+    0,
+    1,
+    cookie6_fentry,
+    cookie6_fexit,
+    cookie6_kprobe,
+    cookie6_kretprobe
+);

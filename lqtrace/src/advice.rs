@@ -75,10 +75,16 @@ pub fn advise(f: &Facts) -> String {
     let (q, n) = (f.accept_queue, f.accept_queue_max);
     let not_accepting = "the application is not calling accept() fast enough (CPU-starved, blocked workers, too few acceptor threads)";
     if q > n {
-        return format!("queue full now ({q} > limit {n}): {not_accepting}; {}", limit_origin(f));
+        return format!(
+            "queue full now ({q} > limit {n}): {not_accepting}; {}",
+            limit_origin(f)
+        );
     }
     if q == n && q > 0 {
-        return format!("queue at its limit now ({q}/{n}, one more connection fills it): {not_accepting}; {}", limit_origin(f));
+        return format!(
+            "queue at its limit now ({q}/{n}, one more connection fills it): {not_accepting}; {}",
+            limit_origin(f)
+        );
     }
     if let Some(p) = f.peak_accept_queue.filter(|&p| p > n) {
         return format!(
@@ -87,7 +93,11 @@ pub fn advise(f: &Facts) -> String {
         );
     }
     if f.drops > 0 {
-        return format!("queue overflowed earlier ({} drops), {q}/{n} now: {}", f.drops, limit_origin(f));
+        return format!(
+            "queue overflowed earlier ({} drops), {q}/{n} now: {}",
+            f.drops,
+            limit_origin(f)
+        );
     }
     if q == 0 {
         return "ok".into();
@@ -100,20 +110,42 @@ mod tests {
     use super::*;
 
     fn facts(q: u32, n: u32, m: u32, req: Option<i32>, drops: u64) -> Facts {
-        Facts { accept_queue: q, accept_queue_max: n, somaxconn: m, requested_backlog: req, drops, peak_accept_queue: None }
+        Facts {
+            accept_queue: q,
+            accept_queue_max: n,
+            somaxconn: m,
+            requested_backlog: req,
+            drops,
+            peak_accept_queue: None,
+        }
     }
 
     #[test]
     fn full_at_the_drops_but_not_now() {
-        let f = Facts { peak_accept_queue: Some(5), ..facts(0, 4, 4096, Some(4), 300) };
+        let f = Facts {
+            peak_accept_queue: Some(5),
+            ..facts(0, 4, 4096, Some(4), 300)
+        };
         let a = advise(&f);
-        assert!(a.starts_with("queue was full at the drops (5 > limit 4; 0/4 now)"), "{a}");
+        assert!(
+            a.starts_with("queue was full at the drops (5 > limit 4; 0/4 now)"),
+            "{a}"
+        );
         assert!(a.contains("not calling accept() fast enough"), "{a}");
         assert!(a.contains("limit 4 = backlog 4 passed to listen()"), "{a}");
         // Full now wins over the peak.
-        assert!(advise(&Facts { accept_queue: 5, ..f }).starts_with("queue full now"));
+        assert!(
+            advise(&Facts {
+                accept_queue: 5,
+                ..f
+            })
+            .starts_with("queue full now")
+        );
         // A peak within the limit says nothing more than the drops.
-        let a = advise(&Facts { peak_accept_queue: Some(2), ..f });
+        let a = advise(&Facts {
+            peak_accept_queue: Some(2),
+            ..f
+        });
         assert!(a.starts_with("queue overflowed earlier (300 drops)"), "{a}");
     }
 
@@ -121,17 +153,29 @@ mod tests {
     fn empty_queue_no_drops_is_ok() {
         assert_eq!(advise(&facts(0, 128, 4096, None, 0)), "ok");
         assert_eq!(advise(&facts(0, 4096, 4096, Some(4096), 0)), "ok");
-        assert_eq!(advise(&facts(3, 128, 4096, None, 0)), "ok (3/128 waiting to be accepted)");
+        assert_eq!(
+            advise(&facts(3, 128, 4096, None, 0)),
+            "ok (3/128 waiting to be accepted)"
+        );
     }
 
     #[test]
     fn known_backlog_below_somaxconn_points_at_the_application() {
         let a = advise(&facts(0, 50, 4096, Some(50), 12));
-        assert!(a.contains("limit 50 = backlog 50 passed to listen() (somaxconn 4096)"), "{a}");
+        assert!(
+            a.contains("limit 50 = backlog 50 passed to listen() (somaxconn 4096)"),
+            "{a}"
+        );
         assert!(a.contains("raise the application's backlog"), "{a}");
-        assert!(a.contains("Tomcat acceptCount") && a.contains("nginx"), "{a}");
+        assert!(
+            a.contains("Tomcat acceptCount") && a.contains("nginx"),
+            "{a}"
+        );
         assert!(a.contains("12 drops"), "{a}");
-        assert!(!a.contains("accept() fast enough"), "queue not full now: {a}");
+        assert!(
+            !a.contains("accept() fast enough"),
+            "queue not full now: {a}"
+        );
     }
 
     #[test]
@@ -141,7 +185,9 @@ mod tests {
         assert!(a.contains("listen() asked for 65535"), "{a}");
         assert!(a.contains("sysctl -w net.core.somaxconn="), "{a}");
         // A negative backlog means "the maximum": same advice.
-        assert!(advise(&facts(0, 128, 128, Some(-1), 1)).contains("capped by net.core.somaxconn 128"));
+        assert!(
+            advise(&facts(0, 128, 128, Some(-1), 1)).contains("capped by net.core.somaxconn 128")
+        );
         // Unknown backlog, limit == somaxconn: capped (the app asked for at least that).
         let a = advise(&facts(0, 4096, 4096, None, 1));
         assert!(a.contains("capped by net.core.somaxconn 4096"), "{a}");
@@ -151,8 +197,14 @@ mod tests {
     #[test]
     fn unknown_backlog_below_somaxconn_is_derived() {
         let a = advise(&facts(0, 3, 4096, None, 5));
-        assert!(a.contains("application passed backlog 3 to listen()"), "{a}");
-        assert!(a.contains("min(backlog, somaxconn at listen() time)"), "{a}");
+        assert!(
+            a.contains("application passed backlog 3 to listen()"),
+            "{a}"
+        );
+        assert!(
+            a.contains("min(backlog, somaxconn at listen() time)"),
+            "{a}"
+        );
         assert!(a.contains("raise the application's backlog"), "{a}");
     }
 
@@ -163,7 +215,10 @@ mod tests {
         assert!(a.starts_with("queue full now (4 > limit 3)"), "{a}");
         assert!(a.contains("not calling accept() fast enough"), "{a}");
         assert!(a.contains("CPU-starved"), "{a}");
-        assert!(a.contains("raise the application's backlog"), "and the limit's origin: {a}");
+        assert!(
+            a.contains("raise the application's backlog"),
+            "and the limit's origin: {a}"
+        );
         let a = advise(&facts(3, 3, 4096, None, 0));
         assert!(a.starts_with("queue at its limit now (3/3"), "{a}");
         assert!(a.contains("not calling accept() fast enough"), "{a}");
@@ -197,6 +252,8 @@ mod tests {
             assert!(!advise(&f).contains('\n'));
         }
         // requested == somaxconn == limit: capped by somaxconn (raising the backlog alone won't help).
-        assert!(advise(&facts(0, 4096, 4096, Some(4096), 1)).contains("capped by net.core.somaxconn"));
+        assert!(
+            advise(&facts(0, 4096, 4096, Some(4096), 1)).contains("capped by net.core.somaxconn")
+        );
     }
 }

@@ -1,8 +1,6 @@
 //! Command line, after the BCC tool conventions (-p PID, -P PORTS, -j, EXAMPLES in --help).
 
-use std::{path::PathBuf, time::Duration};
-
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -37,11 +35,23 @@ pub struct Cli {
     pub json: bool,
 
     /// Only drops at listeners held by these PIDs (comma list).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', global = true)]
+    #[arg(
+        short = 'p',
+        long = "pid",
+        value_name = "PID",
+        value_delimiter = ',',
+        global = true
+    )]
     pub pids: Vec<u32>,
 
     /// Only drops at these local ports (comma list).
-    #[arg(short = 'P', long = "port", value_name = "PORT", value_delimiter = ',', global = true)]
+    #[arg(
+        short = 'P',
+        long = "port",
+        value_name = "PORT",
+        value_delimiter = ',',
+        global = true
+    )]
     pub ports: Vec<u16>,
 
     /// Only drops at listeners held by a process with this name (as in /proc/PID/comm).
@@ -62,8 +72,8 @@ pub struct Cli {
 
     /// Force a hook variant: fentry, kprobe or cgroup, for all drop kinds or per group
     /// (syn=kprobe,ack=cgroup). Default: the best one the kernel accepts (see `lqtrace check`).
-    #[arg(long, value_name = "SPEC", value_parser = crate::hooks::parse_forced, global = true)]
-    pub hooks: Option<crate::hooks::Forced>,
+    #[arg(long, value_name = "SPEC", value_parser = crate::bpf::hooks::parse_forced, global = true)]
+    pub hooks: Option<crate::bpf::hooks::Forced>,
 
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while tracing.
     #[arg(long, value_name = "ADDR", global = true)]
@@ -137,15 +147,23 @@ pub struct DemoArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`: expected e.g. 30s, 5m, 500ms"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: expected e.g. 30s, 5m, 500ms"))?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration unit `{unit}` in `{s}`: use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit `{unit}` in `{s}`: use ms, s, m or h"
+            ));
+        }
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
         return Err(format!("duration `{s}` out of range"));
@@ -163,29 +181,41 @@ pub struct Filter {
 
 impl Filter {
     pub fn from_cli(cli: &Cli) -> Filter {
-        Filter { pids: cli.pids.clone(), ports: cli.ports.clone(), comm: cli.comm.clone() }
+        Filter {
+            pids: cli.pids.clone(),
+            ports: cli.ports.clone(),
+            comm: cli.comm.clone(),
+        }
     }
 
     /// Listener snapshots passing the port filter (snapshots carry no owners, so the pid and
     /// comm filters apply to drops only).
-    pub fn listeners(&self, snap: Vec<crate::sockdiag::ListenerSnapshot>) -> Vec<crate::sockdiag::ListenerSnapshot> {
+    pub fn listeners(
+        &self,
+        snap: Vec<crate::kernel::sockdiag::ListenerSnapshot>,
+    ) -> Vec<crate::kernel::sockdiag::ListenerSnapshot> {
         if self.ports.is_empty() {
             return snap;
         }
-        snap.into_iter().filter(|l| self.ports.contains(&l.lport)).collect()
+        snap.into_iter()
+            .filter(|l| self.ports.contains(&l.lport))
+            .collect()
     }
 
     pub fn matches(&self, e: &DropEvent) -> bool {
         (self.ports.is_empty() || self.ports.contains(&e.lport))
             && (self.pids.is_empty() || e.owners.iter().any(|o| self.pids.contains(&o.pid)))
-            && self.comm.as_ref().is_none_or(|c| e.owners.iter().any(|o| &o.comm == c))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| e.owners.iter().any(|o| &o.comm == c))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owners::Owner;
+    use crate::attribution::owners::Owner;
 
     #[test]
     fn durations() {
@@ -202,7 +232,10 @@ mod tests {
 
     #[test]
     fn flag_lists_parse() {
-        let cli = Cli::try_parse_from(["lqtrace", "-j", "-P", "80,443", "-p", "1,2", "--comm", "nginx", "-d", "5s"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "lqtrace", "-j", "-P", "80,443", "-p", "1,2", "--comm", "nginx", "-d", "5s",
+        ])
+        .unwrap();
         assert!(cli.command.is_none());
         assert!(cli.json);
         assert_eq!(cli.ports, vec![80, 443]);
@@ -217,7 +250,17 @@ mod tests {
 
     #[test]
     fn subcommands_parse() {
-        let cli = Cli::try_parse_from(["lqtrace", "run", "--fail-on-drop", "-j", "--", "wrk", "-c", "10"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "lqtrace",
+            "run",
+            "--fail-on-drop",
+            "-j",
+            "--",
+            "wrk",
+            "-c",
+            "10",
+        ])
+        .unwrap();
         match cli.command {
             Some(Command::Run(r)) => {
                 assert!(r.fail_on_drop);
@@ -226,10 +269,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(cli.json, "global flags after the subcommand");
-        assert!(Cli::try_parse_from(["lqtrace", "run"]).is_err(), "run needs a command");
-        assert!(matches!(Cli::try_parse_from(["lqtrace", "listeners", "-j"]).unwrap().command, Some(Command::Listeners(_))));
+        assert!(
+            Cli::try_parse_from(["lqtrace", "run"]).is_err(),
+            "run needs a command"
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["lqtrace", "listeners", "-j"])
+                .unwrap()
+                .command,
+            Some(Command::Listeners(_))
+        ));
         let top = Cli::try_parse_from(["lqtrace", "top", "--sort", "total"]).unwrap();
-        assert!(matches!(top.command, Some(Command::Top(TopArgs { sort: TopSort::Total, .. }))));
+        assert!(matches!(
+            top.command,
+            Some(Command::Top(TopArgs {
+                sort: TopSort::Total,
+                ..
+            }))
+        ));
         let m = Cli::try_parse_from(["lqtrace", "--metrics", "127.0.0.1:9464"]).unwrap();
         assert_eq!(m.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(Cli::try_parse_from(["lqtrace", "--metrics", "nowhere"]).is_err());
@@ -237,16 +294,63 @@ mod tests {
 
     #[test]
     fn filters() {
-        let mut e = crate::output::text::tests::sample();
+        let mut e = crate::sink::text::tests::sample();
         let all = Filter::default();
         assert!(all.matches(&e));
-        assert!(Filter { ports: vec![8080], ..Default::default() }.matches(&e));
-        assert!(!Filter { ports: vec![80], ..Default::default() }.matches(&e));
-        assert!(Filter { pids: vec![42], ..Default::default() }.matches(&e));
-        assert!(!Filter { pids: vec![43], ..Default::default() }.matches(&e));
-        assert!(Filter { comm: Some("java".into()), ..Default::default() }.matches(&e));
-        assert!(!Filter { comm: Some("jav".into()), ..Default::default() }.matches(&e));
-        e.owners.push(Owner { pid: 7, comm: "nginx".into(), cmdline: String::new(), cgroup: String::new() });
-        assert!(Filter { pids: vec![7], ..Default::default() }.matches(&e));
+        assert!(
+            Filter {
+                ports: vec![8080],
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Filter {
+                ports: vec![80],
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            Filter {
+                pids: vec![42],
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Filter {
+                pids: vec![43],
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            Filter {
+                comm: Some("java".into()),
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Filter {
+                comm: Some("jav".into()),
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        e.owners.push(Owner {
+            pid: 7,
+            comm: "nginx".into(),
+            cmdline: String::new(),
+            cgroup: String::new(),
+        });
+        assert!(
+            Filter {
+                pids: vec![7],
+                ..Default::default()
+            }
+            .matches(&e)
+        );
     }
 }

@@ -2,24 +2,19 @@
 //!
 //! The binary (`src/main.rs`) is a thin front; everything lives here so the integration tests
 //! can use the same pieces (network namespaces, kernel counters) the tracer uses.
+//!
+//! Data flows one way:
+//! `bpf` (hook table, loader, ring records) → `session` (ring reader thread, enricher) →
+//! `event` (complete events) → `stats` (the one aggregate) → `sink` (text, JSON, metrics,
+//! report). `modes` compose these; `kernel` and `attribution` are what the stages read.
 
 pub mod advice;
+pub mod attribution;
+pub mod bpf;
 pub mod cli;
-pub mod container;
-pub mod counters;
 pub mod event;
-pub mod hooks;
 pub mod kernel;
-pub mod listeners;
-pub mod loader;
-pub mod metrics;
 pub mod modes;
-pub mod netns;
-pub mod output;
-pub mod owners;
-pub mod records;
-pub mod report;
 pub mod session;
-pub mod sockdiag;
-pub mod timeline;
-pub mod trace;
+pub mod sink;
+pub mod stats;

@@ -3,7 +3,10 @@ use lqtrace::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lqtrace: cannot start the async runtime: {e}");
@@ -12,7 +15,7 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command.clone() {
-            None => lqtrace::trace::run(cli).await.map(|()| 0),
+            None => lqtrace::modes::trace::run(cli).await.map(|()| 0),
             Some(Command::Listeners(args)) => lqtrace::modes::listeners::run(&cli, &args).await,
             Some(Command::Top(args)) => lqtrace::modes::top::run(&cli, &args).await,
             Some(Command::Run(args)) => lqtrace::modes::run::run(&cli, &args).await,

@@ -3,11 +3,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use lqtrace::netns::TempNetns;
+use lqtrace::kernel::netns::TempNetns;
 use support::*;
 
 /// A listener (backlog 1, never accepted) on 127.0.0.1:port in `ns`, overflowed by sequential
@@ -16,7 +18,7 @@ fn overflow(
     ns: &TempNetns,
     port: u16,
     n: usize,
-) -> (std::net::TcpListener, lqtrace::counters::NetStat) {
+) -> (std::net::TcpListener, lqtrace::kernel::netstat::NetStat) {
     let a = SocketAddr::from(([127, 0, 0, 1], port));
     let l = ns
         .run(move || listen_tcp(a, 1, ListenOpts::default()))

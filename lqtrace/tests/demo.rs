@@ -4,9 +4,11 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    io::Read,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use support::tracer::bin;
@@ -47,9 +49,16 @@ fn assert_namespace_gone(pid: u32) {
     let prefix = format!("lqtrace-demo-{pid}-");
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(!list.contains(&prefix), "demo namespace left behind:\n{list}");
+    assert!(
+        !list.contains(&prefix),
+        "demo namespace left behind:\n{list}"
+    );
     let dir: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(!dir.iter().any(|n| n.starts_with(&prefix)), "{dir:?}");
 }
@@ -61,22 +70,48 @@ fn demo_text() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let lines: Vec<&str> = stdout.lines().collect();
-    eprintln!("demo took {took:?}, {} lines; first and last ones:", lines.len());
-    for l in lines.iter().take(4).chain(lines.iter().rev().take(10).rev()) {
+    eprintln!(
+        "demo took {took:?}, {} lines; first and last ones:",
+        lines.len()
+    );
+    for l in lines
+        .iter()
+        .take(4)
+        .chain(lines.iter().rev().take(10).rev())
+    {
         eprintln!("  {l}");
     }
     assert_eq!(out.status.code(), Some(0), "exit status; stderr:\n{stderr}");
-    assert!(lines[0].starts_with("Demo: "), "explanation first: {}", lines[0]);
-    assert!(lines.iter().any(|l| l.starts_with("TIME ")), "drop-line header");
-    let drops = lines.iter().filter(|l| l.contains("_accept_queue_full")).count();
+    assert!(
+        lines[0].starts_with("Demo: "),
+        "explanation first: {}",
+        lines[0]
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("TIME ")),
+        "drop-line header"
+    );
+    let drops = lines
+        .iter()
+        .filter(|l| l.contains("_accept_queue_full"))
+        .count();
     assert!(drops > 0, "no drop lines:\n{stdout}");
-    assert!(lines.iter().any(|l| l.starts_with("Summary after")), "summary");
+    assert!(
+        lines.iter().any(|l| l.starts_with("Summary after")),
+        "summary"
+    );
     let rec = lines
         .iter()
-        .find(|l| l.trim_start().starts_with(&format!("netns lqtrace-demo-{pid}-")))
+        .find(|l| {
+            l.trim_start()
+                .starts_with(&format!("netns lqtrace-demo-{pid}-"))
+        })
         .unwrap_or_else(|| panic!("no reconciliation line for the demo namespace:\n{stdout}"));
     assert!(rec.contains("match (100%)"), "{rec}");
-    let advice = lines.iter().find(|l| l.starts_with("Advice: ")).unwrap_or_else(|| panic!("no advice:\n{stdout}"));
+    let advice = lines
+        .iter()
+        .find(|l| l.starts_with("Advice: "))
+        .unwrap_or_else(|| panic!("no advice:\n{stdout}"));
     assert!(advice.contains("backlog 4 passed to listen()"), "{advice}");
     assert!(advice.contains("accept() fast enough"), "{advice}");
     assert_namespace_gone(pid);
@@ -89,24 +124,52 @@ fn demo_json() {
     let (out, pid, took) = lqtrace(&["demo", "-j"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "exit status; stderr:\n{stderr}");
-    assert!(stderr.starts_with("Demo: "), "the explanation goes to stderr in JSON mode: {stderr}");
+    assert!(
+        stderr.starts_with("Demo: "),
+        "the explanation goes to stderr in JSON mode: {stderr}"
+    );
     let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line not JSON ({e}): {l}"))
+        })
         .collect();
-    let kinds = |k: &str| records.iter().filter(|r| r["kind"] == k).collect::<Vec<_>>();
+    let kinds = |k: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == k)
+            .collect::<Vec<_>>()
+    };
     let summaries = kinds("summary");
     assert_eq!(summaries.len(), 1);
     let advice = kinds("advice");
     assert_eq!(advice.len(), 1);
-    assert_eq!(records.last().unwrap()["kind"], "advice", "advice comes last, after the summary");
-    let netns = advice[0]["netns"].as_u64().expect("advice names the demo namespace");
-    eprintln!("demo -j took {took:?}: {} records; advice {}", records.len(), advice[0]);
+    assert_eq!(
+        records.last().unwrap()["kind"],
+        "advice",
+        "advice comes last, after the summary"
+    );
+    let netns = advice[0]["netns"]
+        .as_u64()
+        .expect("advice names the demo namespace");
+    eprintln!(
+        "demo -j took {took:?}: {} records; advice {}",
+        records.len(),
+        advice[0]
+    );
 
     let all_drops = kinds("drop");
-    let drops: Vec<&Value> = all_drops.iter().copied().filter(|r| r["netns"].as_u64() == Some(netns)).collect();
+    let drops: Vec<&Value> = all_drops
+        .iter()
+        .copied()
+        .filter(|r| r["netns"].as_u64() == Some(netns))
+        .collect();
     assert!(!drops.is_empty(), "no drop records in the demo namespace");
-    assert_eq!(drops.len(), all_drops.len(), "only the demo namespace is shown");
+    assert_eq!(
+        drops.len(),
+        all_drops.len(),
+        "only the demo namespace is shown"
+    );
     for r in &drops {
         support::check_drop_record_shape(r);
         assert_eq!(r["requested_backlog"], 4, "listen() was traced: {r}");
@@ -115,11 +178,24 @@ fn demo_json() {
     let drop_sum: u64 = drops.iter().map(|r| support::count(r)).sum();
     let rec = support::reconciliation_for(summaries[0], netns as u32);
     assert_eq!(rec["match"], true, "{rec}");
-    assert!(rec["label"].as_str().unwrap().starts_with(&format!("lqtrace-demo-{pid}-")), "{rec}");
-    assert_eq!(rec["recorded"].as_u64(), Some(drop_sum), "recorded = sum of the drop records: {rec}");
+    assert!(
+        rec["label"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("lqtrace-demo-{pid}-")),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["recorded"].as_u64(),
+        Some(drop_sum),
+        "recorded = sum of the drop records: {rec}"
+    );
     assert!(drop_sum > 0);
     let a = advice[0]["advice"].as_str().unwrap();
-    assert!(a.contains("backlog 4 passed to listen()") && a.contains("accept() fast enough"), "{a}");
+    assert!(
+        a.contains("backlog 4 passed to listen()") && a.contains("accept() fast enough"),
+        "{a}"
+    );
     assert_eq!(advice[0]["requested_backlog"], 4);
     assert_eq!(advice[0]["accept_queue_max"], 4);
     assert_namespace_gone(pid);

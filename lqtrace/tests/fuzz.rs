@@ -6,12 +6,16 @@
 //! Regenerate the generated corpus files with `LQTRACE_REGEN_CORPUS=1 cargo test -p lqtrace
 //! --test fuzz corpus`. Files added by hand (e.g. a fuzzer find) are replayed too.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use lqtrace::kernel::btf::Btf;
-use lqtrace::records::{self, Record};
+use lqtrace::{
+    bpf::records::{self, Record},
+    kernel::btf::Btf,
+};
 use lqtrace_common::{BracketRecord, KIND_DROP, KIND_LISTEN, ListenRecord};
 use proptest::prelude::*;
 
@@ -50,7 +54,21 @@ fn drop_record() -> BracketRecord {
 fn listen_record() -> ListenRecord {
     let mut comm = [0u8; 16];
     comm[..7].copy_from_slice(b"python3");
-    ListenRecord { kind: KIND_LISTEN, family: 2, has_backlog: 1, pid: 77, tid: 77, netns: 4026531840, sock_ino: 123_456, ts_ns: 5, backlog: 1, fd: 3, sport: 8080, comm, ..Default::default() }
+    ListenRecord {
+        kind: KIND_LISTEN,
+        family: 2,
+        has_backlog: 1,
+        pid: 77,
+        tid: 77,
+        netns: 4026531840,
+        sock_ino: 123_456,
+        ts_ns: 5,
+        backlog: 1,
+        fd: 3,
+        sport: 8080,
+        comm,
+        ..Default::default()
+    }
 }
 
 /// Builds small little-endian BTF blobs. Methods return the new type id.
@@ -62,7 +80,11 @@ struct Builder {
 
 impl Builder {
     fn new() -> Builder {
-        Builder { strings: vec![0], types: Vec::new(), count: 0 }
+        Builder {
+            strings: vec![0],
+            types: Vec::new(),
+            count: 0,
+        }
     }
     fn s(&mut self, name: &str) -> u32 {
         if name.is_empty() {
@@ -89,8 +111,20 @@ impl Builder {
         self.u32((1 << 24) | (size * 8));
         id
     }
-    fn composite(&mut self, union: bool, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
-        let id = self.ty(name, if union { 5 } else { 4 }, false, members.len() as u32, size);
+    fn composite(
+        &mut self,
+        union: bool,
+        name: &str,
+        size: u32,
+        members: &[(&str, u32, u32)],
+    ) -> u32 {
+        let id = self.ty(
+            name,
+            if union { 5 } else { 4 },
+            false,
+            members.len() as u32,
+            size,
+        );
         for &(m, t, bit_off) in members {
             let mn = self.s(m);
             self.u32(mn);
@@ -101,7 +135,13 @@ impl Builder {
     }
     fn build(&self) -> Vec<u8> {
         let mut out = vec![0x9f, 0xeb, 1, 0];
-        for v in [24, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+        for v in [
+            24,
+            0,
+            self.types.len() as u32,
+            self.types.len() as u32,
+            self.strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.types);
@@ -121,14 +161,28 @@ fn small_btf() -> Vec<u8> {
     let chr = b.int("char", 1); // 3
     let anon = b.composite(false, "", 8, &[("x", int, 0), ("y", int, 32)]); // 4
     let un = b.composite(true, "", 8, &[("skc_net", long, 0), ("", anon, 0)]); // 5
-    let common = b.composite(false, "sock_common", 16, &[("skc_family", int, 0), ("", un, 64)]); // 6
+    let common = b.composite(
+        false,
+        "sock_common",
+        16,
+        &[("skc_family", int, 0), ("", un, 64)],
+    ); // 6
     let td = b.ty("sk_t", 8, false, 0, int); // 7 typedef
     let cst = b.ty("", 10, false, 0, td); // 8 const
     let arr = b.ty("", 3, false, 0, 0); // 9 array
     b.u32(chr);
     b.u32(int);
     b.u32(16);
-    b.composite(false, "sock", 40, &[("__sk_common", common, 0), ("in", cst, 128), ("name", arr, 160)]); // 10
+    b.composite(
+        false,
+        "sock",
+        40,
+        &[
+            ("__sk_common", common, 0),
+            ("in", cst, 128),
+            ("name", arr, 160),
+        ],
+    ); // 10
     let e = b.ty("tcp_states", 6, false, 2, 4); // 11 enum
     let (a, l) = (b.s("TCP_ESTABLISHED"), b.s("TCP_LISTEN"));
     b.u32(a);
@@ -190,7 +244,10 @@ fn generated_corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("btf/bad-empty.btf", Vec::new()),
         ("btf/bad-truncated-header.btf", btf[..10].to_vec()),
         ("btf/bad-truncated-types.btf", btf[..60].to_vec()),
-        ("btf/bad-truncated-strings.btf", btf[..btf.len() - 5].to_vec()),
+        (
+            "btf/bad-truncated-strings.btf",
+            btf[..btf.len() - 5].to_vec(),
+        ),
         ("btf/bad-corrupt-type-len.btf", corrupt_len),
         ("btf/bad-string-offset.btf", bad_str),
         ("btf/bad-big-endian-magic.btf", swapped),
@@ -201,8 +258,14 @@ fn generated_corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("records/valid-drop-ring-padded.bin", padded),
         ("records/valid-listen.bin", raw(&listen_record())),
         ("records/bad-empty.bin", Vec::new()),
-        ("records/bad-truncated-drop.bin", drop[..drop.len() - 1].to_vec()),
-        ("records/bad-truncated-listen.bin", raw(&listen_record())[..20].to_vec()),
+        (
+            "records/bad-truncated-drop.bin",
+            drop[..drop.len() - 1].to_vec(),
+        ),
+        (
+            "records/bad-truncated-listen.bin",
+            raw(&listen_record())[..20].to_vec(),
+        ),
         ("records/bad-drop-too-long.bin", long),
         ("records/bad-unknown-kind.bin", vec![0xee; 128]),
     ]
@@ -215,13 +278,38 @@ fn corpus_dir() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // What must hold for any input
 
-const NAMES: &[&str] = &["sock", "sock_common", "sk_t", "int", "tcp_states", "btf_trace_inet_sock_set_state", "inet_csk_listen_start", "", "nope", "a_t"];
-const PATHS: &[&str] = &["__sk_common.skc_net", "__sk_common.x", "__sk_common.y", "in", "name", "skc_family", "a..b", "", ".", "__sk_common.skc_net.x", "zz"];
+const NAMES: &[&str] = &[
+    "sock",
+    "sock_common",
+    "sk_t",
+    "int",
+    "tcp_states",
+    "btf_trace_inet_sock_set_state",
+    "inet_csk_listen_start",
+    "",
+    "nope",
+    "a_t",
+];
+const PATHS: &[&str] = &[
+    "__sk_common.skc_net",
+    "__sk_common.x",
+    "__sk_common.y",
+    "in",
+    "name",
+    "skc_family",
+    "a..b",
+    "",
+    ".",
+    "__sk_common.skc_net.x",
+    "zz",
+];
 
 /// Parse, then run every lookup; return whether it parsed. Panics are the failure mode.
 fn exercise_btf(bytes: &[u8]) -> bool {
     let t = Instant::now();
-    let Ok(btf) = Btf::parse(bytes) else { return false };
+    let Ok(btf) = Btf::parse(bytes) else {
+        return false;
+    };
     for n in NAMES {
         let _ = btf.struct_size(n);
         let _ = btf.has_func(n);
@@ -230,7 +318,13 @@ fn exercise_btf(bytes: &[u8]) -> bool {
             let _ = btf.member(n, p);
         }
     }
-    for e in ["TCP_LISTEN", "TCP_ESTABLISHED", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW", "", "X"] {
+    for e in [
+        "TCP_LISTEN",
+        "TCP_ESTABLISHED",
+        "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW",
+        "",
+        "X",
+    ] {
         let _ = btf.enum_value(e);
         let _ = btf.enum_value_in("tcp_states", e);
         let _ = btf.enum_value_in("skb_drop_reason", e);
@@ -239,7 +333,12 @@ fn exercise_btf(bytes: &[u8]) -> bool {
         let _ = btf.type_description(id);
     }
     let _ = btf.type_description(u32::MAX);
-    assert!(t.elapsed() < Duration::from_secs(2), "BTF of {} bytes took {:?}", bytes.len(), t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "BTF of {} bytes took {:?}",
+        bytes.len(),
+        t.elapsed()
+    );
     true
 }
 
@@ -253,17 +352,31 @@ fn exercise_record(bytes: &[u8]) -> bool {
 #[test]
 fn small_btf_lookups_are_right() {
     let btf = Btf::parse(&small_btf()).expect("the small BTF parses");
-    let m = |t: &str, p: &str| btf.member(t, p).map(|m| (m.offset, m.size)).map_err(|e| e.to_string());
+    let m = |t: &str, p: &str| {
+        btf.member(t, p)
+            .map(|m| (m.offset, m.size))
+            .map_err(|e| e.to_string())
+    };
     assert_eq!(m("sock", "__sk_common.skc_net"), Ok((8, 8)));
     assert_eq!(m("sock", "__sk_common.y"), Ok((12, 4)));
     assert_eq!(m("sock", "in"), Ok((16, 4)));
     assert_eq!(m("sock", "name"), Ok((20, 16)));
     assert!(m("sock", "nope").unwrap_err().contains("nope"));
     assert_eq!(btf.enum_value("TCP_LISTEN").unwrap(), 10);
-    assert_eq!(btf.enum_value_in("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW").unwrap(), 40);
+    assert_eq!(
+        btf.enum_value_in("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+            .unwrap(),
+        40
+    );
     assert!(btf.has_func("inet_csk_listen_start"));
     let params = btf.func_params("btf_trace_inet_sock_set_state").unwrap();
-    assert_eq!(params, vec![("sk".to_string(), "struct sock *".to_string()), ("backlog".to_string(), "int".to_string())]);
+    assert_eq!(
+        params,
+        vec![
+            ("sk".to_string(), "struct sock *".to_string()),
+            ("backlog".to_string(), "int".to_string())
+        ]
+    );
     assert_eq!(btf.struct_size("sock").unwrap(), 40);
 }
 
@@ -282,20 +395,32 @@ fn every_truncation_and_single_byte_flip_of_small_btf() {
             parsed += exercise_btf(&b) as u32;
         }
     }
-    eprintln!("[fuzz] BTF: {} truncations + {} single-byte mutations in {:?} ({parsed} parsed)", btf.len(), btf.len() * 6, t.elapsed());
+    eprintln!(
+        "[fuzz] BTF: {} truncations + {} single-byte mutations in {:?} ({parsed} parsed)",
+        btf.len(),
+        btf.len() * 6,
+        t.elapsed()
+    );
 }
 
 #[test]
 fn every_truncation_of_records() {
     for r in [raw(&drop_record()), raw(&listen_record())] {
         for len in 0..r.len() {
-            assert!(!exercise_record(&r[..len]), "a {len}-byte prefix of a {}-byte record decoded", r.len());
+            assert!(
+                !exercise_record(&r[..len]),
+                "a {len}-byte prefix of a {}-byte record decoded",
+                r.len()
+            );
         }
         assert!(exercise_record(&r));
     }
     // The encoder the kernel side mirrors round-trips.
     let d = drop_record();
-    assert_eq!(records::decode(&records::bracket_bytes(&d)), Ok(Record::Bracket(d)));
+    assert_eq!(
+        records::decode(&records::bracket_bytes(&d)),
+        Ok(Record::Bracket(d))
+    );
 }
 
 /// Corpus replay: `valid-*` must be accepted, `bad-*` rejected, `any-*` only must not panic.
@@ -311,25 +436,45 @@ fn corpus_replays() {
         }
     }
     for (name, bytes) in generated_corpus() {
-        let on_disk = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("corpus file {name}: {e} (regenerate: LQTRACE_REGEN_CORPUS=1)"));
-        assert_eq!(on_disk, bytes, "corpus file {name} differs from its generator (regenerate: LQTRACE_REGEN_CORPUS=1)");
+        let on_disk = std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+            panic!("corpus file {name}: {e} (regenerate: LQTRACE_REGEN_CORPUS=1)")
+        });
+        assert_eq!(
+            on_disk, bytes,
+            "corpus file {name} differs from its generator (regenerate: LQTRACE_REGEN_CORPUS=1)"
+        );
     }
     let mut n = 0;
     for sub in ["btf", "records"] {
-        let mut files: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         files.sort();
         for p in files {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             let bytes = std::fs::read(&p).unwrap();
-            let ok = if sub == "btf" { exercise_btf(&bytes) } else { exercise_record(&bytes) };
-            let err = if sub == "btf" { Btf::parse(&bytes).err().map(|e| e.to_string()) } else { records::decode(&bytes).err().map(|e| e.to_string()) };
+            let ok = if sub == "btf" {
+                exercise_btf(&bytes)
+            } else {
+                exercise_record(&bytes)
+            };
+            let err = if sub == "btf" {
+                Btf::parse(&bytes).err().map(|e| e.to_string())
+            } else {
+                records::decode(&bytes).err().map(|e| e.to_string())
+            };
             eprintln!("[corpus] {sub}/{name}: {}", err.as_deref().unwrap_or("ok"));
             if name.starts_with("valid-") {
                 assert!(ok, "{sub}/{name} should be accepted: {err:?}");
             } else if name.starts_with("bad-") {
                 assert!(!ok, "{sub}/{name} should be rejected");
                 let msg = err.unwrap();
-                assert!(!msg.contains('\n'), "{sub}/{name}: error message is not one line: {msg:?}");
+                assert!(
+                    !msg.contains('\n'),
+                    "{sub}/{name}: error message is not one line: {msg:?}"
+                );
             }
             n += 1;
         }
@@ -341,7 +486,19 @@ fn corpus_replays() {
 // Property tests
 
 fn interesting_u32() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0u32), Just(1), Just(8), Just(12), Just(24), Just(0x7fff_ffff), Just(0x8000_0000), Just(u32::MAX), Just(u32::MAX - 3), any::<u32>(), (0u32..400)]
+    prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(8),
+        Just(12),
+        Just(24),
+        Just(0x7fff_ffff),
+        Just(0x8000_0000),
+        Just(u32::MAX),
+        Just(u32::MAX - 3),
+        any::<u32>(),
+        (0u32..400)
+    ]
 }
 
 proptest! {
@@ -413,21 +570,35 @@ fn run_lqtrace_btf(path: &Path) -> (Option<i32>, String, Duration) {
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("run lqtrace");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), t.elapsed())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
 }
 
 #[test]
 fn bad_btf_file_exits_2_with_one_line() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED bad_btf_file_exits_2_with_one_line: needs root (the privilege check comes first)");
+        eprintln!(
+            "SKIPPED bad_btf_file_exits_2_with_one_line: needs root (the privilege check comes first)"
+        );
         return;
     }
     let dir = corpus_dir().join("btf");
-    let mut cases: Vec<PathBuf> = ["bad-corrupt-type-len.btf", "bad-truncated-types.btf", "bad-truncated-header.btf", "bad-empty.btf", "bad-typedef-cycle.btf", "bad-big-endian-magic.btf", "valid-small.btf"]
-        .iter()
-        .map(|n| dir.join(n))
-        .collect();
+    let mut cases: Vec<PathBuf> = [
+        "bad-corrupt-type-len.btf",
+        "bad-truncated-types.btf",
+        "bad-truncated-header.btf",
+        "bad-empty.btf",
+        "bad-typedef-cycle.btf",
+        "bad-big-endian-magic.btf",
+        "valid-small.btf",
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .collect();
     // A real vmlinux BTF, truncated and corrupted.
     let tmp = std::env::temp_dir().join(format!("lqtrace-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -435,7 +606,7 @@ fn bad_btf_file_exits_2_with_one_line() {
         let p = tmp.join("vmlinux-truncated.btf");
         std::fs::write(&p, &vmlinux[..vmlinux.len() / 2]).unwrap();
         cases.push(p);
-        let mut c = vmlinux.clone();
+        let mut c = vmlinux;
         for i in (4096..c.len()).step_by(997) {
             c[i] ^= 0x5a;
         }
@@ -450,14 +621,40 @@ fn bad_btf_file_exits_2_with_one_line() {
     }
     for p in &cases {
         let (code, stderr, took) = run_lqtrace_btf(p);
-        eprintln!("[--btf {}] exit {code:?} after {took:?}: {}", p.display(), stderr.trim_end());
-        assert_eq!(code, Some(2), "--btf {}: exit {code:?}, stderr:\n{stderr}", p.display());
+        eprintln!(
+            "[--btf {}] exit {code:?} after {took:?}: {}",
+            p.display(),
+            stderr.trim_end()
+        );
+        assert_eq!(
+            code,
+            Some(2),
+            "--btf {}: exit {code:?}, stderr:\n{stderr}",
+            p.display()
+        );
         let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "--btf {}: want one line on stderr, got:\n{stderr}", p.display());
-        assert!(lines[0].starts_with("lqtrace: "), "--btf {}: {stderr}", p.display());
-        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "--btf {}: {stderr}", p.display());
+        assert_eq!(
+            lines.len(),
+            1,
+            "--btf {}: want one line on stderr, got:\n{stderr}",
+            p.display()
+        );
+        assert!(
+            lines[0].starts_with("lqtrace: "),
+            "--btf {}: {stderr}",
+            p.display()
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "--btf {}: {stderr}",
+            p.display()
+        );
         let shown = p.display().to_string();
-        assert!(lines[0].contains(&shown) || lines[0].contains("BTF"), "--btf {}: the message names neither the file nor BTF: {stderr}", p.display());
+        assert!(
+            lines[0].contains(&shown) || lines[0].contains("BTF"),
+            "--btf {}: the message names neither the file nor BTF: {stderr}",
+            p.display()
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
 use support::*;
 

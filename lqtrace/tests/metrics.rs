@@ -6,11 +6,13 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use support::*;
 
@@ -19,7 +21,11 @@ const PROMETHEUS_HINT: &str = "the `prometheus` binary is not installed: run `ap
 
 /// A loopback port nobody listens on right now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `GET path` over HTTP/1.0 (no chunked answers); (status code, body).
@@ -31,7 +37,11 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.to_string()))
 }
 
@@ -39,7 +49,9 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -74,7 +86,10 @@ fn parse_sample(line: &str) -> Option<(String, Labels, f64)> {
             }
         }
         let end = end?;
-        out.push((key.trim_start_matches(',').to_string(), after[..end].to_string()));
+        out.push((
+            key.trim_start_matches(',').to_string(),
+            after[..end].to_string(),
+        ));
         rest = after[end + 1..].trim_start_matches(',');
     }
     Some((name.to_string(), out, value))
@@ -86,13 +101,19 @@ fn samples_in(text: &str, name: &str, netns: u32) -> Vec<(Labels, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(parse_sample)
-        .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == "netns" && *v == inum))
+        .filter(|(n, labels, _)| {
+            n == name && labels.iter().any(|(k, v)| k == "netns" && *v == inum)
+        })
         .map(|(_, labels, v)| (labels, v))
         .collect()
 }
 
 fn label<'a>(labels: &'a [(String, String)], key: &str) -> &'a str {
-    labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("")
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 /// A Prometheus server with its own config and storage in a temp dir; killed and removed on Drop.
@@ -104,7 +125,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("lqtrace-prom-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "lqtrace-prom-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
@@ -114,8 +139,14 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--storage.tsdb.retention.time=1h")
             .stdin(Stdio::null())
@@ -130,10 +161,17 @@ impl Prometheus {
                 break;
             }
             if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited with {status} before becoming ready\n--- log:\n{}", p.log());
+                panic!(
+                    "prometheus exited with {status} before becoming ready\n--- log:\n{}",
+                    p.log()
+                );
             }
             if Instant::now() > deadline {
-                panic!("prometheus on {} not ready within 30 s\n--- log:\n{}", p.addr, p.log());
+                panic!(
+                    "prometheus on {} not ready within 30 s\n--- log:\n{}",
+                    p.addr,
+                    p.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -146,9 +184,14 @@ impl Prometheus {
 
     /// The single value of an instant query, None when the result is empty.
     fn query(&self, promql: &str) -> Option<f64> {
-        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={}", urlencode(promql))).ok()?;
+        let (status, body) = http_get(
+            self.addr,
+            &format!("/api/v1/query?query={}", urlencode(promql)),
+        )
+        .ok()?;
         assert_eq!(status, 200, "prometheus query {promql:?}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("prometheus answer {body:?}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus answer {body:?}: {e}"));
         assert_eq!(v["status"], "success", "{body}");
         let result = v["data"]["result"].as_array()?;
         let first = result.first()?;
@@ -165,7 +208,12 @@ impl Drop for Prometheus {
 }
 
 fn prometheus_installed() -> bool {
-    match Command::new("prometheus").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(_) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => panic!("run prometheus --version: {e}"),
@@ -193,27 +241,46 @@ fn metrics_match_kernel_counters_and_prometheus() {
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    assert!(first.contains("lqtrace_info{"), "[{label_}] no lqtrace_info in /metrics:\n{first}");
-    assert!(samples_in(&first, "lqtrace_listen_drops_total", ns.inum()).is_empty(), "drops before any traffic");
+    assert!(
+        first.contains("lqtrace_info{"),
+        "[{label_}] no lqtrace_info in /metrics:\n{first}"
+    );
+    assert!(
+        samples_in(&first, "lqtrace_listen_drops_total", ns.inum()).is_empty(),
+        "drops before any traffic"
+    );
 
     // Backlog 1, never accepted, then a burst of connects.
     let a: SocketAddr = "127.0.0.1:5011".parse().unwrap();
-    let _l = ns.run(move || listen_tcp(a, 1, ListenOpts::default())).unwrap();
+    let _l = ns
+        .run(move || listen_tcp(a, 1, ListenOpts::default()))
+        .unwrap();
     let before = Counters::read(&ns);
     let clients = ns.run(move || burst_connects(a, 4, 25)).unwrap();
     close_all_rst(clients);
     std::thread::sleep(SETTLE);
     let d = Counters::read(&ns).since(&before);
     let kernel = d.get("TcpExt.ListenDrops");
-    eprintln!("[{label_}] netns {} kernel delta: {}", ns.inum(), show_delta(&d));
-    assert!(kernel > 0, "[{label_}] the burst made no listen drop: {}", show_delta(&d));
+    eprintln!(
+        "[{label_}] netns {} kernel delta: {}",
+        ns.inum(),
+        show_delta(&d)
+    );
+    assert!(
+        kernel > 0,
+        "[{label_}] the burst made no listen drop: {}",
+        show_delta(&d)
+    );
 
     // (1) /metrics directly: the counter for the namespace equals the kernel's delta.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (text, exported) = loop {
         let (status, text) = http_get(metrics, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200);
-        let sum: f64 = samples_in(&text, "lqtrace_listen_drops_total", ns.inum()).iter().map(|(_, v)| v).sum();
+        let sum: f64 = samples_in(&text, "lqtrace_listen_drops_total", ns.inum())
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
         if sum as u64 == kernel || Instant::now() > deadline {
             break (text, sum as u64);
         }
@@ -221,21 +288,35 @@ fn metrics_match_kernel_counters_and_prometheus() {
     };
     let series = samples_in(&text, "lqtrace_listen_drops_total", ns.inum());
     assert_eq!(
-        exported, kernel,
+        exported,
+        kernel,
         "[{label_}] /metrics: sum(lqtrace_listen_drops_total{{netns=\"{}\"}}) = {exported}, kernel ListenDrops delta {kernel}\n{series:?}",
         ns.inum()
     );
-    let comm = std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string();
+    let comm = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string();
     for (labels, _) in &series {
         assert_eq!(label(labels, "port"), "5011", "{labels:?}");
-        assert_eq!(label(labels, "comm"), comm, "owner is this test process: {labels:?}");
+        assert_eq!(
+            label(labels, "comm"),
+            comm,
+            "owner is this test process: {labels:?}"
+        );
         assert!(REASONS.contains(&label(labels, "reason")), "{labels:?}");
     }
     let limit = samples_in(&text, "lqtrace_accept_queue_limit", ns.inum());
     assert_eq!(limit.len(), 1, "{limit:?}");
-    assert_eq!(limit[0].1, 1.0, "accept-queue limit of a backlog-1 listener");
+    assert_eq!(
+        limit[0].1, 1.0,
+        "accept-queue limit of a backlog-1 listener"
+    );
     assert!(text.contains("# TYPE lqtrace_listen_drops_total counter"));
-    assert!(text.contains("lqtrace_lost_drops_total 0"), "[{label_}] the tracer lost drops:\n{text}");
+    assert!(
+        text.contains("lqtrace_lost_drops_total 0"),
+        "[{label_}] the tracer lost drops:\n{text}"
+    );
 
     // (2) A real Prometheus scraping the endpoint every second agrees.
     let prom = Prometheus::start(metrics);

@@ -20,18 +20,27 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use support::*;
 
 /// The smallest set found to work (see the module comment).
-const MINIMAL: &[&str] = &["cap_bpf", "cap_perfmon", "cap_net_admin", "cap_dac_read_search", "cap_sys_ptrace", "cap_sys_admin"];
+const MINIMAL: &[&str] = &[
+    "cap_bpf",
+    "cap_perfmon",
+    "cap_net_admin",
+    "cap_dac_read_search",
+    "cap_sys_ptrace",
+    "cap_sys_admin",
+];
 
 const NOBODY: u32 = 65534;
 
@@ -61,19 +70,31 @@ impl Copy {
         } else {
             cmd.arg(format!("{}+ep", caps.join(",")));
         }
-        let out = cmd.arg(&self.bin).output().expect("run setcap (apt-get install -y libcap2-bin)");
+        let out = cmd
+            .arg(&self.bin)
+            .output()
+            .expect("run setcap (apt-get install -y libcap2-bin)");
         // `setcap -r` on a file without capabilities fails harmlessly.
-        assert!(out.status.success() || caps.is_empty(), "setcap {caps:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() || caps.is_empty(),
+            "setcap {caps:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The binary as user nobody (no supplementary groups, no inherited capabilities).
     fn as_nobody(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("setpriv");
-        cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--inh-caps=-all".into()])
-            .arg(&self.bin)
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .current_dir(&self.dir);
+        cmd.args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+        ])
+        .arg(&self.bin)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .current_dir(&self.dir);
         cmd
     }
 }
@@ -86,7 +107,14 @@ impl Drop for Copy {
 
 fn have_tools() -> bool {
     for (tool, pkg) in [("setcap", "libcap2-bin"), ("setpriv", "util-linux")] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}")]).output().is_ok_and(|o| !o.status.success()) {
+        if Command::new("sh")
+            .args([
+                "-c",
+                &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}"),
+            ])
+            .output()
+            .is_ok_and(|o| !o.status.success())
+        {
             panic!("{tool} not installed: apt-get install -y {pkg}");
         }
     }
@@ -95,8 +123,15 @@ fn have_tools() -> bool {
 
 /// Run `copy` as nobody with `-j -d 1s`; (exit code, stderr).
 fn quick_run(copy: &Copy) -> (Option<i32>, String) {
-    let out = copy.as_nobody(&["-j", "-d", "1s"]).stdin(Stdio::null()).output().expect("run setpriv");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = copy
+        .as_nobody(&["-j", "-d", "1s"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// With exactly the minimal set, as nobody: the tracer starts, records drops in a namespace
@@ -111,11 +146,19 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
     copy.setcap(MINIMAL);
     let ns = new_ns("lqt-priv");
     let a = SocketAddr::from(([127, 0, 0, 1], 6501));
-    let l = ns.run(move || listen_tcp(a, 1, ListenOpts::default())).unwrap();
+    let l = ns
+        .run(move || listen_tcp(a, 1, ListenOpts::default()))
+        .unwrap();
     let ino = sock_ino(&l);
 
     let started = Instant::now();
-    let mut child = copy.as_nobody(&["-j", "-d", "4s"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn setpriv");
+    let mut child = copy
+        .as_nobody(&["-j", "-d", "4s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv");
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -130,17 +173,34 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
         }
         text
     });
-    let out_thread = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let out_thread = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let ready = rx.recv_timeout(Duration::from_secs(30));
     if ready.is_err() {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("[{label}] no banner as nobody with {MINIMAL:?}; stderr:\n{}", err_thread.join().unwrap());
+        panic!(
+            "[{label}] no banner as nobody with {MINIMAL:?}; stderr:\n{}",
+            err_thread.join().unwrap()
+        );
     }
     let ready_after = started.elapsed();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string();
-    let cap_line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap_or("").to_string();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or("")
+        .to_string();
+    let cap_line = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap_or("")
+        .to_string();
 
     let before = Counters::read(&ns);
     close_all_rst(ns.run(move || sequential_connects(a, 10, 30)).unwrap());
@@ -150,15 +210,30 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
     let err = err_thread.join().unwrap();
     let lines = out_thread.join().unwrap();
     assert!(st.success(), "[{label}] exit {st}; stderr:\n{err}");
-    let records: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let out = TraceOutput { stdout_lines: lines, records, stderr: err.clone(), status: st, args: vec![] };
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out = TraceOutput {
+        stdout_lines: lines,
+        records,
+        stderr: err,
+        status: st,
+        args: vec![],
+    };
     eprintln!("[{label}] tracer as nobody ({uid_line}; {cap_line}) ready after {ready_after:?}");
     reconcile(label, &ns, &out, &d, false);
     let me = i64::from(std::process::id());
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino {ino} and owner = this root test process {me}"), |r| {
-        r["sock_ino"].as_u64() == Some(ino) && owner_pids(r) == vec![me]
-    });
-    assert!(uid_line.contains(&NOBODY.to_string()), "[{label}] not running as nobody: {uid_line}");
+    assert_all_drops(
+        &out,
+        ns.inum(),
+        &format!("sock_ino {ino} and owner = this root test process {me}"),
+        |r| r["sock_ino"].as_u64() == Some(ino) && owner_pids(r) == vec![me],
+    );
+    assert!(
+        uid_line.contains(&NOBODY.to_string()),
+        "[{label}] not running as nobody: {uid_line}"
+    );
     drop(l);
     eprintln!("[{label}] took {:?}", t0.elapsed());
 }
@@ -175,7 +250,11 @@ fn no_capabilities_exit_2_naming_them() {
     assert_eq!(code, Some(2), "stderr:\n{err}");
     assert_eq!(err.lines().count(), 1, "want one line:\n{err}");
     for cap in MINIMAL {
-        assert!(err.contains(&cap.to_uppercase()), "the message does not name {}: {err}", cap.to_uppercase());
+        assert!(
+            err.contains(&cap.to_uppercase()),
+            "the message does not name {}: {err}",
+            cap.to_uppercase()
+        );
     }
 }
 
@@ -194,10 +273,21 @@ fn each_missing_capability_is_named() {
         let (code, err) = quick_run(&copy);
         let name = missing.to_uppercase();
         let ok = code == Some(2) && err.lines().count() == 1 && err.contains(&name);
-        eprintln!("[without {name}] exit {code:?} {}: {}", if ok { "ok" } else { "WRONG" }, err.trim_end());
+        eprintln!(
+            "[without {name}] exit {code:?} {}: {}",
+            if ok { "ok" } else { "WRONG" },
+            err.trim_end()
+        );
         if !ok {
-            problems.push(format!("without {name}: exit {code:?}, stderr: {}", err.trim_end()));
+            problems.push(format!(
+                "without {name}: exit {code:?}, stderr: {}",
+                err.trim_end()
+            ));
         }
     }
-    assert!(problems.is_empty(), "missing capabilities not reported as such:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "missing capabilities not reported as such:\n{}",
+        problems.join("\n")
+    );
 }

@@ -4,12 +4,14 @@
 //! Self-contained (no `support` module): a python3 script listens with backlog 2, never
 //! accepts, and bursts non-blocking connects.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
 
-use lqtrace::netns::TempNetns;
+use lqtrace::kernel::netns::TempNetns;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -19,7 +21,10 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("SKIPPED {}: needs root (eBPF, network namespaces)", module_path!());
+            eprintln!(
+                "SKIPPED {}: needs root (eBPF, network namespaces)",
+                module_path!()
+            );
             return;
         }
     };
@@ -105,7 +110,11 @@ fn lqtrace(args: &[&str], timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -113,13 +122,20 @@ fn text(b: &[u8]) -> String {
 }
 
 fn show(o: &Output) -> String {
-    format!("status {}\n--- stdout:\n{}\n--- stderr:\n{}", o.status, text(&o.stdout), text(&o.stderr))
+    format!(
+        "status {}\n--- stdout:\n{}\n--- stderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn listen_drops(ns: &TempNetns) -> u64 {
-    lqtrace::counters::read_in(&ns.path()).expect("read the namespace's counters").get("TcpExt.ListenDrops")
+    lqtrace::kernel::netstat::read_in(&ns.path())
+        .expect("read the namespace's counters")
+        .get("TcpExt.ListenDrops")
 }
 
 #[test]
@@ -128,15 +144,32 @@ fn exit_status_is_passed_through() {
     let ok = lqtrace(&["run", "--", "true"], TIMEOUT);
     assert_eq!(ok.status.code(), Some(0), "{}", show(&ok));
     let out = text(&ok.stdout);
-    assert!(out.contains("Summary after"), "summary on stdout: {}", show(&ok));
-    assert!(out.contains("Reconciliation with the kernel"), "{}", show(&ok));
-    assert!(text(&ok.stderr).contains("Tracing listen-queue drops"), "banner on stderr: {}", show(&ok));
+    assert!(
+        out.contains("Summary after"),
+        "summary on stdout: {}",
+        show(&ok)
+    );
+    assert!(
+        out.contains("Reconciliation with the kernel"),
+        "{}",
+        show(&ok)
+    );
+    assert!(
+        text(&ok.stderr).contains("Tracing listen-queue drops"),
+        "banner on stderr: {}",
+        show(&ok)
+    );
 
     let fail = lqtrace(&["run", "--fail-on-drop", "--", "false"], TIMEOUT);
     assert_eq!(fail.status.code(), Some(1), "{}", show(&fail));
 
     let killed = lqtrace(&["run", "--", "sh", "-c", "kill -TERM $$"], TIMEOUT);
-    assert_eq!(killed.status.code(), Some(128 + libc::SIGTERM), "signal N -> 128+N: {}", show(&killed));
+    assert_eq!(
+        killed.status.code(),
+        Some(128 + libc::SIGTERM),
+        "signal N -> 128+N: {}",
+        show(&killed)
+    );
 
     let missing = lqtrace(&["run", "--", "/nonexistent/lqtrace-test-cmd"], TIMEOUT);
     assert_eq!(missing.status.code(), Some(127), "{}", show(&missing));
@@ -167,27 +200,49 @@ fn fail_on_drop_exits_3() {
     );
     let delta = listen_drops(&ns) - before;
     eprintln!("{}", show(&out));
-    assert!(delta > 0, "the script provoked no drop (ListenDrops delta 0)");
+    assert!(
+        delta > 0,
+        "the script provoked no drop (ListenDrops delta 0)"
+    );
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let stdout = text(&out.stdout);
     let row = stdout
         .lines()
         .find(|l| l.contains("127.0.0.1:5311") && l.contains(&ns.inum().to_string()))
-        .unwrap_or_else(|| panic!("no summary row for 127.0.0.1:5311 in netns {}: {}", ns.inum(), show(&out)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary row for 127.0.0.1:5311 in netns {}: {}",
+                ns.inum(),
+                show(&out)
+            )
+        });
     assert!(row.contains("python3"), "owner named: {row}");
     let recon = stdout
         .lines()
         .find(|l| l.contains(&format!("netns {}", ns.name())))
         .unwrap_or_else(|| panic!("no reconciliation line for {}: {}", ns.name(), show(&out)));
-    assert!(recon.contains(&format!("recorded {delta:>7}")) && recon.contains("match (100%)"), "{recon} (kernel delta {delta})");
-    assert!(text(&out.stderr).contains("--fail-on-drop"), "a line says why the status is 3: {}", show(&out));
-    assert!(text(&out.stderr).contains("overflow script"), "the command's stderr is inherited");
+    assert!(
+        recon.contains(&format!("recorded {delta:>7}")) && recon.contains("match (100%)"),
+        "{recon} (kernel delta {delta})"
+    );
+    assert!(
+        text(&out.stderr).contains("--fail-on-drop"),
+        "a line says why the status is 3: {}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stderr).contains("overflow script"),
+        "the command's stderr is inherited"
+    );
 }
 
 /// `<tag attr="...">N<`: the number right after `marker`.
 fn number_after(page: &str, marker: &str) -> Option<u64> {
     let i = page.find(marker)? + marker.len();
-    let digits: String = page[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = page[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
@@ -224,22 +279,40 @@ fn report_html_and_png_plots() {
     );
     let delta = listen_drops(&ns) - before;
     eprintln!("{}", show(&out));
-    assert_eq!(out.status.code(), Some(0), "without --fail-on-drop the command's status: {}", show(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "without --fail-on-drop the command's status: {}",
+        show(&out)
+    );
     assert!(delta > 0, "the script provoked no drop");
 
-    let page = std::fs::read_to_string(&html).unwrap_or_else(|e| panic!("{}: {e}: {}", html.display(), show(&out)));
+    let page = std::fs::read_to_string(&html)
+        .unwrap_or_else(|e| panic!("{}: {e}: {}", html.display(), show(&out)));
     assert_eq!(page.matches("<svg").count(), 2, "two inline SVG plots");
     assert!(page.contains("Listen drops per second by reason"));
     assert!(page.contains("Accept-queue occupancy"));
     assert!(page.contains("syn_accept_queue_full"));
-    assert!(page.contains(ns.name()), "command line / namespace label in the report");
+    assert!(
+        page.contains(ns.name()),
+        "command line / namespace label in the report"
+    );
     let total = number_after(&page, "id=\"total-drops\">").expect("total drops in the report");
-    assert_eq!(total, delta, "report total drops vs kernel ListenDrops delta of the namespace");
+    assert_eq!(
+        total, delta,
+        "report total drops vs kernel ListenDrops delta of the namespace"
+    );
     let row = format!("<tr data-netns=\"{}\">", ns.inum());
-    let at = page.find(&row).unwrap_or_else(|| panic!("no reconciliation row {row}"));
+    let at = page
+        .find(&row)
+        .unwrap_or_else(|| panic!("no reconciliation row {row}"));
     let recorded = number_after(&page[at..], "class=\"n recorded\">").unwrap();
     let kernel = number_after(&page[at..], "class=\"n kernel\">").unwrap();
-    assert_eq!((recorded, kernel), (delta, delta), "reconciliation row of the namespace");
+    assert_eq!(
+        (recorded, kernel),
+        (delta, delta),
+        "reconciliation row of the namespace"
+    );
     assert!(page.contains("127.0.0.1:5312"));
     assert!(page.contains("/python3"), "owner in the listener table");
 
@@ -247,7 +320,11 @@ fn report_html_and_png_plots() {
         let p = dir.join(name);
         let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is not a PNG");
-        assert!(bytes.len() > 5000, "{name}: {} bytes, suspiciously small", bytes.len());
+        assert!(
+            bytes.len() > 5000,
+            "{name}: {} bytes, suspiciously small",
+            bytes.len()
+        );
     }
     // Keep a copy to look at.
     let shots = Path::new("/tmp/lqtrace-shots");

@@ -8,15 +8,19 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Read,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use support::*;
@@ -53,7 +57,10 @@ fn pick<T>(ci: T, full_: T) -> T {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out pointer (the clock of bpf_ktime_get_ns, i.e. ts_ns).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -100,13 +107,13 @@ fn count_stream(out: impl Read, keep_netns: Option<u64>, cap: usize) -> Counted 
         }
         c.lines += 1;
         // Cheap pre-filter; parse only drop lines.
-        if line.contains("\"kind\":\"drop\"") {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let ns = v["netns"].as_u64().unwrap_or(0);
-                *c.drops_by_netns.entry(ns).or_default() += v["count"].as_u64().unwrap_or(1);
-                if Some(ns) == keep_netns && c.kept.len() < cap {
-                    c.kept.push(v);
-                }
+        if line.contains("\"kind\":\"drop\"")
+            && let Ok(v) = serde_json::from_str::<Value>(&line)
+        {
+            let ns = v["netns"].as_u64().unwrap_or(0);
+            *c.drops_by_netns.entry(ns).or_default() += v["count"].as_u64().unwrap_or(1);
+            if Some(ns) == keep_netns && c.kept.len() < cap {
+                c.kept.push(v);
             }
         }
         c.last_line = line.trim_end().to_string();
@@ -117,7 +124,11 @@ fn count_stream(out: impl Read, keep_netns: Option<u64>, cap: usize) -> Counted 
 impl StreamTracer {
     /// `lqtrace -j ARGS` with stdout piped; `read_stdout: false` leaves the pipe unread until
     /// [`StreamTracer::drain`] (a consumer that stalls).
-    fn start(args: &[&str], keep_netns: Option<u64>, read_stdout: bool) -> (StreamTracer, Option<std::process::ChildStdout>) {
+    fn start(
+        args: &[&str],
+        keep_netns: Option<u64>,
+        read_stdout: bool,
+    ) -> (StreamTracer, Option<std::process::ChildStdout>) {
         let started = Instant::now();
         let mut child = Command::new(tracer::bin())
             .arg("-j")
@@ -132,10 +143,13 @@ impl StreamTracer {
         let text = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         {
-            let text = text.clone();
+            let text = Arc::clone(&text);
             std::thread::spawn(move || {
                 use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     if line.contains(tracer::BANNER) {
                         let _ = tx.send(());
                     }
@@ -146,16 +160,33 @@ impl StreamTracer {
             });
         }
         let (reader, unread) = if read_stdout {
-            (Some(std::thread::spawn(move || count_stream(stdout, keep_netns, 100_000))), None)
+            (
+                Some(std::thread::spawn(move || {
+                    count_stream(stdout, keep_netns, 100_000)
+                })),
+                None,
+            )
         } else {
             (None, Some(stdout))
         };
-        let mut t = StreamTracer { child: Some(child), stdout: reader, stderr: text, started };
+        let mut t = StreamTracer {
+            child: Some(child),
+            stdout: reader,
+            stderr: text,
+            started,
+        };
         if rx.recv_timeout(tracer::START_TIMEOUT).is_err() {
             let st = t.child.as_mut().unwrap().try_wait();
-            panic!("lqtrace {args:?}: no banner ({st:?}); stderr:\n{}", t.stderr.lock().unwrap());
+            panic!(
+                "lqtrace {args:?}: no banner ({st:?}); stderr:\n{}",
+                t.stderr.lock().unwrap()
+            );
         }
-        eprintln!("[tracer] {args:?} ready after {:?}, pid {}", t.started.elapsed(), t.pid());
+        eprintln!(
+            "[tracer] {args:?} ready after {:?}, pid {}",
+            t.started.elapsed(),
+            t.pid()
+        );
         (t, unread)
     }
 
@@ -164,7 +195,9 @@ impl StreamTracer {
     }
 
     fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -188,7 +221,9 @@ impl StreamTracer {
 
     /// Start reading a stdout that was left unread.
     fn drain(&mut self, stdout: std::process::ChildStdout, keep_netns: Option<u64>) {
-        self.stdout = Some(std::thread::spawn(move || count_stream(stdout, keep_netns, 100_000)));
+        self.stdout = Some(std::thread::spawn(move || {
+            count_stream(stdout, keep_netns, 100_000)
+        }));
     }
 
     /// SIGINT and wait (30 s); exit status 0; the summary is the last line.
@@ -197,7 +232,10 @@ impl StreamTracer {
         let st = self.wait_for(tracer::STOP_TIMEOUT);
         let stderr = self.stderr.lock().unwrap().clone();
         let Some(st) = st else {
-            panic!("lqtrace did not exit within {:?} of SIGINT; stderr:\n{stderr}", tracer::STOP_TIMEOUT)
+            panic!(
+                "lqtrace did not exit within {:?} of SIGINT; stderr:\n{stderr}",
+                tracer::STOP_TIMEOUT
+            )
         };
         self.finish(st)
     }
@@ -207,9 +245,16 @@ impl StreamTracer {
         let stderr = self.stderr.lock().unwrap().clone();
         assert!(st.success(), "lqtrace exited with {st}; stderr:\n{stderr}");
         let counted = self.stdout.take().expect("stdout reader").join().unwrap();
-        let summary: Value = serde_json::from_str(&counted.last_line)
-            .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {:.300}\nstderr:\n{stderr}", counted.last_line));
-        assert_eq!(summary["kind"], "summary", "last line is not the summary: {summary}");
+        let summary: Value = serde_json::from_str(&counted.last_line).unwrap_or_else(|e| {
+            panic!(
+                "last stdout line is not JSON ({e}): {:.300}\nstderr:\n{stderr}",
+                counted.last_line
+            )
+        });
+        assert_eq!(
+            summary["kind"], "summary",
+            "last line is not the summary: {summary}"
+        );
         (counted, summary)
     }
 }
@@ -225,11 +270,17 @@ impl Drop for StreamTracer {
 
 fn reconciliation(summary: &Value, netns: u32) -> (u64, Option<u64>) {
     let e = reconciliation_for(summary, netns);
-    (e["recorded"].as_u64().unwrap_or(0), e["kernel_listen_drops"].as_u64())
+    (
+        e["recorded"].as_u64().unwrap_or(0),
+        e["kernel_listen_drops"].as_u64(),
+    )
 }
 
 fn lost(summary: &Value) -> (u64, u64) {
-    (summary["lost_records"].as_u64().unwrap(), summary["lost_drops"].as_u64().unwrap())
+    (
+        summary["lost_records"].as_u64().unwrap(),
+        summary["lost_drops"].as_u64().unwrap(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,13 +341,19 @@ fn syn(src: [u8; 4], sport: u16, dport: u16, seq: u32) -> [u8; 40] {
 /// Call inside the namespace.
 fn syn_flood(dport: u16, rate: Option<u64>, duration: Duration, stop: &AtomicBool) -> u64 {
     // SAFETY: plain syscall; owned below. IPPROTO_RAW implies IP_HDRINCL.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
     assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
     // SAFETY: fd was just created.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: plain old data.
     let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    dst.sin_family = libc::AF_INET as _;
+    dst.sin_family = libc::AF_INET as u16;
     dst.sin_addr.s_addr = u32::from_ne_bytes(Ipv4Addr::LOCALHOST.octets());
     let start = Instant::now();
     let mut n: u64 = 0;
@@ -309,14 +366,29 @@ fn syn_flood(dport: u16, rate: Option<u64>, duration: Duration, stop: &AtomicBoo
             }
         }
         for _ in 0..32 {
-            let p = syn([127, 1, (n >> 16) as u8, (n >> 8) as u8], 1024 + (n % 60_000) as u16, dport, n as u32);
+            let p = syn(
+                [127, 1, (n >> 16) as u8, (n >> 8) as u8],
+                1024 + (n % 60_000) as u16,
+                dport,
+                n as u32,
+            );
             // SAFETY: sendto with a valid buffer and address.
             let rc = unsafe {
-                libc::sendto(fd.as_raw_fd(), p.as_ptr().cast(), p.len(), 0, (&dst as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32)
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
             };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
-                assert!(e.raw_os_error() == Some(libc::ENOBUFS), "sendto raw SYN: {e}");
+                assert!(
+                    e.raw_os_error() == Some(libc::ENOBUFS),
+                    "sendto raw SYN: {e}"
+                );
                 continue;
             }
             n += 1;
@@ -337,10 +409,18 @@ struct BpfObjects {
 
 fn bpf_objects_of(pid: i32) -> BpfObjects {
     let mut o = BpfObjects::default();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return o };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return o;
+    };
     for e in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         if let Some(link) = field("link_id:") {
             o.links.insert(link);
         } else if let Some(prog) = field("prog_id:") {
@@ -353,12 +433,27 @@ fn bpf_objects_of(pid: i32) -> BpfObjects {
 }
 
 fn bpftool_json(args: &[&str]) -> Value {
-    let out = Command::new("bpftool").args(args).arg("-j").output().expect("run bpftool (apt-get install -y bpftool)");
-    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg("-j")
+        .output()
+        .expect("run bpftool (apt-get install -y bpftool)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
 }
 
-const PROGRAM_NAMES: &[&str] = &["listener_rx", "skb_consumed", "skb_dropped", "sock_state", "listen_enter", "listen_exit"];
+const PROGRAM_NAMES: &[&str] = &[
+    "listener_rx",
+    "skb_consumed",
+    "skb_dropped",
+    "sock_state",
+    "listen_enter",
+    "listen_exit",
+];
 
 /// (prog ids with lqtrace's program names, all link ids) as bpftool shows them.
 fn bpftool_lqtrace_objects() -> (BTreeSet<u64>, BTreeSet<u64>) {
@@ -367,10 +462,22 @@ fn bpftool_lqtrace_objects() -> (BTreeSet<u64>, BTreeSet<u64>) {
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| PROGRAM_NAMES.iter().any(|w| n.starts_with(&w[..w.len().min(15)]))))
+        .filter(|p| {
+            p["name"].as_str().is_some_and(|n| {
+                PROGRAM_NAMES
+                    .iter()
+                    .any(|w| n.starts_with(&w[..w.len().min(15)]))
+            })
+        })
         .filter_map(|p| p["id"].as_u64())
         .collect();
-    let links = bpftool_json(&["link", "show"]).as_array().cloned().unwrap_or_default().iter().filter_map(|l| l["id"].as_u64()).collect();
+    let links = bpftool_json(&["link", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .collect();
     (progs, links)
 }
 
@@ -396,14 +503,22 @@ fn syn_flood_keeps_rss_bounded_and_accounts_every_drop() {
     let before = Counters::read(&ns);
     let stop = Arc::new(AtomicBool::new(false));
     let flood = {
-        let stop = stop.clone();
         let path = ns.path();
-        std::thread::spawn(move || lqtrace::netns::run_in(&path, move || syn_flood(port, None, Duration::from_secs(secs), &stop)).unwrap())
+        std::thread::spawn(move || {
+            lqtrace::kernel::netns::run_in(&path, move || {
+                syn_flood(port, None, Duration::from_secs(secs), &stop)
+            })
+            .unwrap()
+        })
     };
     let t0 = Instant::now();
     let (mut rss_max, mut rss_samples) = (0u64, Vec::new());
     while !flood.is_finished() {
-        assert!(t.alive(), "[{label}] the tracer died during the flood; stderr:\n{}", t.stderr.lock().unwrap());
+        assert!(
+            t.alive(),
+            "[{label}] the tracer died during the flood; stderr:\n{}",
+            t.stderr.lock().unwrap()
+        );
         let rss = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
         rss_max = rss_max.max(rss);
         if rss_samples.len() < 1000 {
@@ -419,7 +534,11 @@ fn syn_flood_keeps_rss_bounded_and_accounts_every_drop() {
     let (counted, sum) = t.stop();
     let (recorded, kernel) = reconciliation(&sum, inum);
     let (lost_records, lost_drops) = lost(&sum);
-    let printed = counted.drops_by_netns.get(&u64::from(inum)).copied().unwrap_or(0);
+    let printed = counted
+        .drops_by_netns
+        .get(&u64::from(inum))
+        .copied()
+        .unwrap_or(0);
     eprintln!(
         "[{label}] {secs} s flood: {sent} SYNs sent, kernel ListenDrops {kd} ({:.0}/s); printed {printed}, recorded {recorded}, \
          tracer's kernel figure {kernel:?}, lost_records {lost_records}, lost_drops {lost_drops}; tracer RSS max {} KiB, VmHWM {hwm} KiB \
@@ -431,14 +550,29 @@ fn syn_flood_keeps_rss_bounded_and_accounts_every_drop() {
         counted.lines
     );
     assert!(kd > 1000, "[{label}] the flood provoked only {kd} drops");
-    assert!(hwm < RSS_BOUND_KIB, "[{label}] tracer VmHWM {hwm} KiB >= bound {RSS_BOUND_KIB} KiB");
+    assert!(
+        hwm < RSS_BOUND_KIB,
+        "[{label}] tracer VmHWM {hwm} KiB >= bound {RSS_BOUND_KIB} KiB"
+    );
     assert_eq!(kernel, Some(kd), "[{label}] tracer's kernel figure vs ours");
-    assert_eq!(printed, recorded, "[{label}] drop lines printed for the namespace vs the summary's recorded");
-    assert!(recorded <= kd, "[{label}] recorded {recorded} > kernel {kd}");
+    assert_eq!(
+        printed, recorded,
+        "[{label}] drop lines printed for the namespace vs the summary's recorded"
+    );
+    assert!(
+        recorded <= kd,
+        "[{label}] recorded {recorded} > kernel {kd}"
+    );
     // lost_drops counts for every namespace the tracer sees (other processes' drops too): >=.
-    assert!(recorded + lost_drops >= kd, "[{label}] recorded {recorded} + lost_drops {lost_drops} < kernel ListenDrops {kd}: drops neither printed nor counted as lost");
+    assert!(
+        recorded + lost_drops >= kd,
+        "[{label}] recorded {recorded} + lost_drops {lost_drops} < kernel ListenDrops {kd}: drops neither printed nor counted as lost"
+    );
     if lost_records == 0 {
-        assert_eq!(recorded, kd, "[{label}] nothing lost, yet recorded != kernel");
+        assert_eq!(
+            recorded, kd,
+            "[{label}] nothing lost, yet recorded != kernel"
+        );
     }
 
     // A paced flood the tracer keeps up with: exact.
@@ -446,16 +580,28 @@ fn syn_flood_keeps_rss_bounded_and_accounts_every_drop() {
     let (t, _) = StreamTracer::start(&[], None, true);
     let before = Counters::read(&ns);
     let never = Arc::new(AtomicBool::new(false));
-    let sent = ns.run(move || syn_flood(port, Some(rate), Duration::from_secs(2), &never)).unwrap();
+    let sent = ns
+        .run(move || syn_flood(port, Some(rate), Duration::from_secs(2), &never))
+        .unwrap();
     std::thread::sleep(SETTLE);
     let kd = Counters::read(&ns).since(&before).get("TcpExt.ListenDrops");
     let (counted, sum) = t.stop();
     let (recorded, kernel) = reconciliation(&sum, inum);
     let (lost_records, _) = lost(&sum);
-    let printed = counted.drops_by_netns.get(&u64::from(inum)).copied().unwrap_or(0);
-    eprintln!("[{label}] paced {rate}/s for 2 s: {sent} sent, kernel {kd}, printed {printed}, recorded {recorded}, lost_records {lost_records}");
+    let printed = counted
+        .drops_by_netns
+        .get(&u64::from(inum))
+        .copied()
+        .unwrap_or(0);
+    eprintln!(
+        "[{label}] paced {rate}/s for 2 s: {sent} sent, kernel {kd}, printed {printed}, recorded {recorded}, lost_records {lost_records}"
+    );
     assert_eq!(lost_records, 0, "[{label}] records lost at {rate} drops/s");
-    assert_eq!((printed, recorded, kernel), (kd, kd, Some(kd)), "[{label}] paced flood: printed, recorded, tracer's kernel figure vs kernel");
+    assert_eq!(
+        (printed, recorded, kernel),
+        (kd, kd, Some(kd)),
+        "[{label}] paced flood: printed, recorded, tracer's kernel figure vs kernel"
+    );
 }
 
 /// Thousands of listen/close cycles while tracing: the listen-call map stays small (calls are
@@ -489,7 +635,9 @@ fn listener_churn_leaves_maps_bounded_and_attribution_working() {
     for id in &maps {
         let m = bpftool_json(&["map", "show", "id", &id.to_string()]);
         if m["name"].as_str() == Some("LISTEN_CALLS") {
-            let entries = bpftool_json(&["map", "dump", "id", &id.to_string()]).as_array().map_or(0, |a| a.len());
+            let entries = bpftool_json(&["map", "dump", "id", &id.to_string()])
+                .as_array()
+                .map_or(0, |a| a.len());
             listen_calls = Some((entries, m["max_entries"].as_u64().unwrap_or(0)));
         }
     }
@@ -498,7 +646,9 @@ fn listener_churn_leaves_maps_bounded_and_attribution_working() {
 
     // A new listener afterwards, overflowed.
     let a = SocketAddr::from(([127, 0, 0, 1], 6101));
-    let l = ns.run(move || listen_tcp(a, 1, ListenOpts::default())).unwrap();
+    let l = ns
+        .run(move || listen_tcp(a, 1, ListenOpts::default()))
+        .unwrap();
     let ino = sock_ino(&l);
     let before = Counters::read(&ns);
     close_all_rst(ns.run(move || sequential_connects(a, 10, 30)).unwrap());
@@ -511,13 +661,26 @@ fn listener_churn_leaves_maps_bounded_and_attribution_working() {
         summary(&out.records)["lost_other"]
     );
     assert_eq!(max, 4096, "[{label}] LISTEN_CALLS capacity");
-    assert!(entries <= 16, "[{label}] {entries} listen calls left in LISTEN_CALLS after the churn (want ~0: each is removed at sys_exit_listen)");
-    assert!(rss1 < rss0 + 16 * 1024, "[{label}] tracer RSS grew from {rss0} to {rss1} KiB over the churn");
+    assert!(
+        entries <= 16,
+        "[{label}] {entries} listen calls left in LISTEN_CALLS after the churn (want ~0: each is removed at sys_exit_listen)"
+    );
+    assert!(
+        rss1 < rss0 + 16 * 1024,
+        "[{label}] tracer RSS grew from {rss0} to {rss1} KiB over the churn"
+    );
     reconcile(label, &ns, &out, &d, false);
     let me = i64::from(std::process::id());
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino {ino}, owner this test (pid {me}), requested_backlog 1"), |r| {
-        r["sock_ino"].as_u64() == Some(ino) && owner_pids(r) == vec![me] && r["requested_backlog"] == 1
-    });
+    assert_all_drops(
+        &out,
+        ns.inum(),
+        &format!("sock_ino {ino}, owner this test (pid {me}), requested_backlog 1"),
+        |r| {
+            r["sock_ino"].as_u64() == Some(ino)
+                && owner_pids(r) == vec![me]
+                && r["requested_backlog"] == 1
+        },
+    );
 }
 
 /// Drops in two namespaces that are deleted before the tracer stops (one existed before the
@@ -535,7 +698,9 @@ fn deleted_namespaces_still_reconcile() {
     let mut expected = Vec::new();
     for (ns, port) in [(&early, 6201u16), (&late, 6202)] {
         let a = SocketAddr::from(([127, 0, 0, 1], port));
-        let l = ns.run(move || listen_tcp(a, 1, ListenOpts::default())).unwrap();
+        let l = ns
+            .run(move || listen_tcp(a, 1, ListenOpts::default()))
+            .unwrap();
         let before = Counters::read(ns);
         close_all_rst(ns.run(move || sequential_connects(a, 8, 30)).unwrap());
         std::thread::sleep(SETTLE);
@@ -550,7 +715,12 @@ fn deleted_namespaces_still_reconcile() {
     drop(early);
     drop(late);
     for (inum, name, _) in &expected {
-        assert!(!lqtrace::netns::enumerate().iter().any(|n| n.inum == *inum && n.path.starts_with("/run/netns")), "{name} still listed");
+        assert!(
+            !lqtrace::kernel::netns::enumerate()
+                .iter()
+                .any(|n| n.inum == *inum && n.path.starts_with("/run/netns")),
+            "{name} still listed"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.stop();
@@ -558,10 +728,20 @@ fn deleted_namespaces_still_reconcile() {
     for (inum, name, kd) in &expected {
         let drops = drops_in(&out.records, *inum);
         let rec = reconciliation_for(sum, *inum);
-        eprintln!("[{label}] {name} (inum {inum}, deleted before the tracer stopped): kernel {kd}, drop records {drops}, reconciliation {rec}");
+        eprintln!(
+            "[{label}] {name} (inum {inum}, deleted before the tracer stopped): kernel {kd}, drop records {drops}, reconciliation {rec}"
+        );
         assert_eq!(drops, *kd, "[{label}] {name}: drop records vs ListenDrops");
-        assert_eq!(rec["recorded"].as_u64(), Some(*kd), "[{label}] {name}: {rec}");
-        assert_eq!(rec["kernel_listen_drops"].as_u64(), Some(*kd), "[{label}] {name}: the tracer could not read the deleted namespace's counters: {rec}");
+        assert_eq!(
+            rec["recorded"].as_u64(),
+            Some(*kd),
+            "[{label}] {name}: {rec}"
+        );
+        assert_eq!(
+            rec["kernel_listen_drops"].as_u64(),
+            Some(*kd),
+            "[{label}] {name}: the tracer could not read the deleted namespace's counters: {rec}"
+        );
         assert_eq!(rec["match"], true, "[{label}] {name}: {rec}");
     }
     assert_ne!(inum_a, inum_b);
@@ -598,15 +778,19 @@ fn owner_killed_mid_burst_is_never_misattributed() {
     let tracer = Tracer::start(&[]);
     let mut p = Proc::python(&ns, "holder", HOLDER, &[&port.to_string()]);
     let w = p.expect_line("READY ");
-    let (parent, child, ino): (i64, i64, u64) = (w[0].parse().unwrap(), w[1].parse().unwrap(), w[2].parse().unwrap());
+    let (parent, child, ino): (i64, i64, u64) = (
+        w[0].parse().unwrap(),
+        w[1].parse().unwrap(),
+        w[2].parse().unwrap(),
+    );
     p.extra_pids.push(child as i32);
     let before = Counters::read(&ns);
     let stop = Arc::new(AtomicBool::new(false));
     let burst = {
-        let stop = stop.clone();
+        let stop = Arc::clone(&stop);
         let path = ns.path();
         std::thread::spawn(move || {
-            lqtrace::netns::run_in(&path, move || {
+            lqtrace::kernel::netns::run_in(&path, move || {
                 let a = SocketAddr::from(([127, 0, 0, 1], port));
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -639,19 +823,40 @@ fn owner_killed_mid_burst_is_never_misattributed() {
     let recs = records_in(&out.records, ns.inum(), "drop");
     let phase = |r: &Value| {
         let ts = r["ts_ns"].as_u64().unwrap();
-        if ts < parent_killed_ns { 0 } else if ts < child_killed_ns { 1 } else { 2 }
+        if ts < parent_killed_ns {
+            0
+        } else if ts < child_killed_ns {
+            1
+        } else {
+            2
+        }
     };
     let mut by_phase: BTreeMap<(u8, Vec<i64>), u64> = BTreeMap::new();
     for r in &recs {
         *by_phase.entry((phase(r), owner_pids(r))).or_default() += count(r);
     }
-    eprintln!("[{label}] parent {parent}, child {child}, sock_ino {ino}; {attempts} connects; drops by (phase 0=both alive/1=parent killed/2=both killed, owners): {by_phase:?}");
-    assert!(by_phase.keys().any(|(ph, _)| *ph == 1), "[{label}] no drops while only the sibling held the listener");
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| r["sock_ino"].as_u64() == Some(ino));
-    assert_all_drops(&out, ns.inum(), &format!("owners ⊆ {{parent {parent}, child {child}}}"), |r| owner_pids(r).iter().all(|p| *p == parent || *p == child));
-    assert_all_drops(&out, ns.inum(), &format!("after the parent's death, owners ⊆ {{child {child}}} or stale {{parent}}"), |r| {
-        phase(r) == 0 || owner_pids(r).iter().all(|p| *p == child || *p == parent)
+    eprintln!(
+        "[{label}] parent {parent}, child {child}, sock_ino {ino}; {attempts} connects; drops by (phase 0=both alive/1=parent killed/2=both killed, owners): {by_phase:?}"
+    );
+    assert!(
+        by_phase.keys().any(|(ph, _)| *ph == 1),
+        "[{label}] no drops while only the sibling held the listener"
+    );
+    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| {
+        r["sock_ino"].as_u64() == Some(ino)
     });
+    assert_all_drops(
+        &out,
+        ns.inum(),
+        &format!("owners ⊆ {{parent {parent}, child {child}}}"),
+        |r| owner_pids(r).iter().all(|p| *p == parent || *p == child),
+    );
+    assert_all_drops(
+        &out,
+        ns.inum(),
+        &format!("after the parent's death, owners ⊆ {{child {child}}} or stale {{parent}}"),
+        |r| phase(r) == 0 || owner_pids(r).iter().all(|p| *p == child || *p == parent),
+    );
 }
 
 /// stdout is a pipe nobody reads: the tracer blocks writing, the ring fills, records are lost
@@ -672,12 +877,20 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     let never = Arc::new(AtomicBool::new(false));
     // ~80k drop records (~50 MB of JSON) against a 64 KiB pipe: blocked within milliseconds;
     // the 4 MiB ring (~32k records) overflows too.
-    let sent = ns.run(move || syn_flood(port, Some(40_000), Duration::from_secs(2), &never)).unwrap();
+    let sent = ns
+        .run(move || syn_flood(port, Some(40_000), Duration::from_secs(2), &never))
+        .unwrap();
     std::thread::sleep(SETTLE);
     let kd = Counters::read(&ns).since(&before).get("TcpExt.ListenDrops");
     let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", t.pid())).unwrap_or_default();
-    let stack_state = std::fs::read_to_string(format!("/proc/{}/stat", t.pid())).unwrap_or_default();
-    let state = stack_state.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string();
+    let stack_state =
+        std::fs::read_to_string(format!("/proc/{}/stat", t.pid())).unwrap_or_default();
+    let state = stack_state
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
     let sigint_at = Instant::now();
     t.signal(libc::SIGINT);
     let grace = Duration::from_secs(8);
@@ -687,11 +900,16 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     t.drain(stdout.unwrap(), None);
     let st = match exited_by_itself {
         Some(st) => st,
-        None => t.wait_for(tracer::STOP_TIMEOUT).unwrap_or_else(|| panic!("[{label}] lqtrace did not exit even after its stdout was drained")),
+        None => t.wait_for(tracer::STOP_TIMEOUT).unwrap_or_else(|| {
+            panic!("[{label}] lqtrace did not exit even after its stdout was drained")
+        }),
     };
     t.child = None;
     let stderr = t.stderr.lock().unwrap().clone();
-    assert!(st.success(), "[{label}] lqtrace exited with {st}; stderr:\n{stderr}");
+    assert!(
+        st.success(),
+        "[{label}] lqtrace exited with {st}; stderr:\n{stderr}"
+    );
     let counted = t.stdout.take().expect("stdout reader").join().unwrap();
     // stdout did not take the summary: lqtrace says so and puts it on stderr.
     assert!(
@@ -701,11 +919,19 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     let sum: Value = stderr
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["kind"] == "summary"))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v["kind"] == "summary")
+        })
         .unwrap_or_else(|| panic!("[{label}] no JSON summary on stderr:\n{stderr}"));
     let (recorded, kernel) = reconciliation(&sum, inum);
     let (lost_records, lost_drops) = lost(&sum);
-    let printed = counted.drops_by_netns.get(&u64::from(inum)).copied().unwrap_or(0);
+    let printed = counted
+        .drops_by_netns
+        .get(&u64::from(inum))
+        .copied()
+        .unwrap_or(0);
     eprintln!(
         "[{label}] {sent} SYNs, kernel ListenDrops {kd}; before SIGINT the tracer was in state {state} wchan {wchan:?}; \
          exited {waited:?} after SIGINT; printed {printed}, recorded {recorded}, kernel {kernel:?}, lost_records {lost_records}, lost_drops {lost_drops}"
@@ -716,11 +942,21 @@ fn unread_stdout_pipe_sigint_exits_and_counts_losses() {
     );
     // Nothing is lost silently: every drop is recorded or counted as lost, and the lines that
     // could not be written are a subset of the records.
-    assert!(recorded + lost_drops >= kd && recorded <= kd, "[{label}] recorded {recorded} + lost_drops {lost_drops} vs kernel {kd}");
+    assert!(
+        recorded + lost_drops >= kd && recorded <= kd,
+        "[{label}] recorded {recorded} + lost_drops {lost_drops} vs kernel {kd}"
+    );
     if lost_records == 0 {
-        assert_eq!(Some(recorded), kernel, "[{label}] nothing lost, so the reconciliation must be exact");
+        assert_eq!(
+            Some(recorded),
+            kernel,
+            "[{label}] nothing lost, so the reconciliation must be exact"
+        );
     }
-    assert!(printed <= recorded, "[{label}] printed {printed} > recorded {recorded}");
+    assert!(
+        printed <= recorded,
+        "[{label}] printed {printed} > recorded {recorded}"
+    );
 }
 
 /// The tracer ended by SIGINT, SIGTERM or SIGKILL leaves no program or link attached.
@@ -729,14 +965,27 @@ fn signals_leave_nothing_attached() {
     require_root!();
     let _g = serial();
     let _took = Took("signals", Instant::now());
-    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+    for (sig, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
         let (progs_before, links_before) = bpftool_lqtrace_objects();
         let t = Tracer::start(&[]);
         let mine = bpf_objects_of(t.pid());
         let (progs_during, links_during) = bpftool_lqtrace_objects();
-        assert!(mine.progs.len() >= 6 && mine.links.len() >= 6, "[{name}] expected >= 6 programs and links held by the tracer: {mine:?}");
-        assert!(mine.progs.is_subset(&progs_during), "[{name}] bpftool does not show the tracer's programs {mine:?} ({progs_during:?})");
-        assert!(mine.links.is_subset(&links_during), "[{name}] bpftool does not show the tracer's links {mine:?}");
+        assert!(
+            mine.progs.len() >= 6 && mine.links.len() >= 6,
+            "[{name}] expected >= 6 programs and links held by the tracer: {mine:?}"
+        );
+        assert!(
+            mine.progs.is_subset(&progs_during),
+            "[{name}] bpftool does not show the tracer's programs {mine:?} ({progs_during:?})"
+        );
+        assert!(
+            mine.links.is_subset(&links_during),
+            "[{name}] bpftool does not show the tracer's links {mine:?}"
+        );
         let pid = t.pid();
         // SAFETY: signal to our own child.
         unsafe { libc::kill(pid, sig) };
@@ -746,7 +995,12 @@ fn signals_leave_nothing_attached() {
         match sig {
             libc::SIGKILL => {}
             _ => {
-                assert!(out.status.success(), "[{name}] exit status {} (want 0); stderr:\n{}", out.status, out.stderr);
+                assert!(
+                    out.status.success(),
+                    "[{name}] exit status {} (want 0); stderr:\n{}",
+                    out.status,
+                    out.stderr
+                );
                 summary(&out.records);
             }
         }
@@ -754,7 +1008,9 @@ fn signals_leave_nothing_attached() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let (progs_after, links_after) = loop {
             let (p, l) = bpftool_lqtrace_objects();
-            if (mine.progs.is_disjoint(&p) && mine.links.is_disjoint(&l)) || Instant::now() > deadline {
+            if (mine.progs.is_disjoint(&p) && mine.links.is_disjoint(&l))
+                || Instant::now() > deadline
+            {
                 break (p, l);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -765,8 +1021,17 @@ fn signals_leave_nothing_attached() {
         eprintln!(
             "[{name}] tracer held progs {:?} links {:?}; exited after {exit_took:?}, all released after {released:?}; \
              lqtrace-named programs before {} / during {} / after {}, links before {} / after {}",
-            mine.progs, mine.links, progs_before.len(), progs_during.len(), progs_after.len(), links_before.len(), links_after.len()
+            mine.progs,
+            mine.links,
+            progs_before.len(),
+            progs_during.len(),
+            progs_after.len(),
+            links_before.len(),
+            links_after.len()
         );
-        assert!(left_progs.is_empty() && left_links.is_empty(), "[{name}] still attached after 5 s: programs {left_progs:?}, links {left_links:?}");
+        assert!(
+            left_progs.is_empty() && left_links.is_empty(),
+            "[{name}] still attached after 5 s: programs {left_progs:?}, links {left_links:?}"
+        );
     }
 }

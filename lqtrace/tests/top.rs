@@ -3,13 +3,15 @@
 //! Self-contained (no `support` module). Drops are provoked by a python3 script inside a private
 //! network namespace: one listener saturated continuously, another getting a few connects.
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
-use lqtrace::netns::TempNetns;
+use lqtrace::kernel::netns::TempNetns;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -19,7 +21,10 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("SKIPPED {}: needs root (eBPF, network namespaces)", module_path!());
+            eprintln!(
+                "SKIPPED {}: needs root (eBPF, network namespaces)",
+                module_path!()
+            );
             return;
         }
     };
@@ -91,7 +96,14 @@ impl Drop for Reaped {
     }
 }
 
-fn start_load(ns: &TempNetns, script: &Path, hot: u16, cold: u16, secs: f64, per_tick: u32) -> Reaped {
+fn start_load(
+    ns: &TempNetns,
+    script: &Path,
+    hot: u16,
+    cold: u16,
+    secs: f64,
+    per_tick: u32,
+) -> Reaped {
     Reaped(
         ns.exec("python3")
             .arg(script)
@@ -113,15 +125,30 @@ struct Tmux {
 impl Tmux {
     fn start(name: &str, width: u32, height: u32, command: &str) -> Tmux {
         let st = Command::new("tmux")
-            .args(["new-session", "-d", "-s", name, "-x", &width.to_string(), "-y", &height.to_string(), command])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+                command,
+            ])
             .status()
             .expect("run tmux");
         assert!(st.success(), "tmux new-session failed: {st}");
-        Tmux { name: name.to_string() }
+        Tmux {
+            name: name.to_string(),
+        }
     }
 
     fn capture(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().expect("tmux capture-pane");
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -143,19 +170,33 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
     }
 }
 
 fn have_tmux() -> bool {
-    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The rows under the table's column header (the line starting with LISTENER).
 fn data_rows(screen: &str) -> Vec<&str> {
     let lines: Vec<&str> = screen.lines().collect();
-    let Some(h) = lines.iter().position(|l| l.trim_start().starts_with("LISTENER")) else { return Vec::new() };
-    lines[h + 1..].iter().copied().take_while(|l| !l.trim().is_empty()).collect()
+    let Some(h) = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("LISTENER"))
+    else {
+        return Vec::new();
+    };
+    lines[h + 1..]
+        .iter()
+        .copied()
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
 }
 
 fn save_shot(name: &str, contents: &str) {
@@ -180,39 +221,65 @@ fn tui_shows_the_saturated_listener_first() {
     // -P: rank only this test's two listeners; whatever else drops on the host meanwhile (the
     // other test, a benchmark) cannot take the first row. The unfiltered table is exercised by
     // `piped_output_is_plain_lines`.
-    let command = format!("{} top -d 8s -P {hot},{cold}; echo LQTRACE-EXIT=$?; sleep 30", bin());
+    let command = format!(
+        "{} top -d 8s -P {hot},{cold}; echo LQTRACE-EXIT=$?; sleep 30",
+        bin()
+    );
     let tmux = Tmux::start(&name, 200, 50, &command);
 
-    tmux.wait_for("table header (tracing started)", Duration::from_secs(30), |s| s.contains("LISTENER") && s.contains("lqtrace top"));
+    tmux.wait_for(
+        "table header (tracing started)",
+        Duration::from_secs(30),
+        |s| s.contains("LISTENER") && s.contains("lqtrace top"),
+    );
     let load = start_load(&ns, script.path(), hot, cold, 4.0, 10);
     // Two refreshes with the load running.
     std::thread::sleep(Duration::from_millis(2600));
     let screen = tmux.wait_for("rows for both listeners", Duration::from_secs(3), |s| {
         let rows = data_rows(s);
-        rows.iter().any(|r| r.contains(&format!(":{hot} "))) && rows.iter().any(|r| r.contains(&format!(":{cold} ")))
+        rows.iter().any(|r| r.contains(&format!(":{hot} ")))
+            && rows.iter().any(|r| r.contains(&format!(":{cold} ")))
     });
     save_shot("top-tui.txt", &screen);
     eprintln!("--- screen:\n{screen}");
     let rows = data_rows(&screen);
     let first = rows.first().copied().unwrap_or_default();
-    assert!(first.contains(&format!("127.0.0.1:{hot} ")), "the saturated listener :{hot} is not the first row:\n{screen}");
-    assert!(first.contains(&ns.inum().to_string()), "NETNS column: {first}");
+    assert!(
+        first.contains(&format!("127.0.0.1:{hot} ")),
+        "the saturated listener :{hot} is not the first row:\n{screen}"
+    );
+    assert!(
+        first.contains(&ns.inum().to_string()),
+        "NETNS column: {first}"
+    );
     assert!(first.contains("/python3"), "OWNER column: {first}");
     assert!(first.contains("syn_acc"), "DROPS/s column: {first}");
-    assert!(first.contains("/1 peak"), "ACCEPT QUEUE column (limit 1): {first}");
+    assert!(
+        first.contains("/1 peak"),
+        "ACCEPT QUEUE column (limit 1): {first}"
+    );
     assert!(screen.contains("lost records 0"), "header: {screen}");
     assert!(
-        rows.iter().all(|r| r.contains(&format!(":{hot} ")) || r.contains(&format!(":{cold} "))),
+        rows.iter()
+            .all(|r| r.contains(&format!(":{hot} ")) || r.contains(&format!(":{cold} "))),
         "-P filter: only the two listeners:\n{screen}"
     );
     drop(load);
 
     // -d 8s: it ends by itself, puts the terminal back, prints the summary.
-    let end = tmux.wait_for("exit", Duration::from_secs(20), |s| s.contains("LQTRACE-EXIT="));
+    let end = tmux.wait_for("exit", Duration::from_secs(20), |s| {
+        s.contains("LQTRACE-EXIT=")
+    });
     save_shot("top-tui-exit.txt", &end);
     assert!(end.contains("LQTRACE-EXIT=0"), "exit status:\n{end}");
-    assert!(end.contains("Summary after"), "summary after the table:\n{end}");
-    assert!(!end.contains("ACCEPT QUEUE now/limit"), "the table is gone (main screen restored):\n{end}");
+    assert!(
+        end.contains("Summary after"),
+        "summary after the table:\n{end}"
+    );
+    assert!(
+        !end.contains("ACCEPT QUEUE now/limit"),
+        "the table is gone (main screen restored):\n{end}"
+    );
 }
 
 #[test]
@@ -261,13 +328,26 @@ fn piped_output_is_plain_lines() {
     save_shot("top-plain.txt", &stdout);
     eprintln!("--- stdout:\n{stdout}");
     assert!(!stdout.contains('\x1b'), "escape sequences in piped output");
-    let blocks = stdout.lines().filter(|l| l.contains(" elapsed ") && l.contains(" drops ")).count();
-    assert!(blocks >= 3, "one timestamp line per 1 s interval over 4 s, got {blocks}");
+    let blocks = stdout
+        .lines()
+        .filter(|l| l.contains(" elapsed ") && l.contains(" drops "))
+        .count();
+    assert!(
+        blocks >= 3,
+        "one timestamp line per 1 s interval over 4 s, got {blocks}"
+    );
     let row = stdout
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("127.0.0.1:{port} ")))
         .unwrap_or_else(|| panic!("no line for 127.0.0.1:{port}"));
-    for part in [format!("netns {}", ns.inum()), "owner ".into(), "/python3".into(), "drops/s syn_acc".into(), "total ".into(), "accept_queue ".into()] {
+    for part in [
+        format!("netns {}", ns.inum()),
+        "owner ".into(),
+        "/python3".into(),
+        "drops/s syn_acc".into(),
+        "total ".into(),
+        "accept_queue ".into(),
+    ] {
         assert!(row.contains(&part), "{part:?} missing in {row:?}");
     }
     assert!(stdout.contains("Summary after"), "summary at the end");

@@ -8,14 +8,15 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
 
-use lqtrace::netns::TempNetns;
+use lqtrace::kernel::netns::TempNetns;
 use serde_json::Value;
-use support::tun_peer::TunPeer;
-use support::*;
+use support::{tun_peer::TunPeer, *};
 
 const PORT: u16 = 5000;
 const TUN: &str = "lqt0";
@@ -23,7 +24,7 @@ const TUN: &str = "lqt0";
 const ANSWER: Duration = Duration::from_millis(300);
 
 fn listen_addr() -> SocketAddr {
-    SocketAddr::from((support::tun_peer::LOCAL_IP, PORT))
+    SocketAddr::from((tun_peer::LOCAL_IP, PORT))
 }
 
 /// Netns with the given sysctls.

@@ -66,12 +66,16 @@ pub fn parse(text: &str) -> Result<Config, String> {
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields[0] == "module" {
-            let m = fields.get(1).ok_or_else(|| format!("line {n}: `module` needs a path"))?;
+            let m = fields
+                .get(1)
+                .ok_or_else(|| format!("line {n}: `module` needs a path"))?;
             cfg.modules.push(m.to_string());
             continue;
         }
         if fields[0] == "env" {
-            let kv = fields.get(1).ok_or_else(|| format!("line {n}: `env` needs KEY=VALUE"))?;
+            let kv = fields
+                .get(1)
+                .ok_or_else(|| format!("line {n}: `env` needs KEY=VALUE"))?;
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| format!("line {n}: `env` needs KEY=VALUE, got {kv:?}"))?;
@@ -79,22 +83,30 @@ pub fn parse(text: &str) -> Result<Config, String> {
             continue;
         }
         if fields.len() < 4 {
-            return Err(format!("line {n}: expected `name timeout_s check argv...`, got {line:?}"));
+            return Err(format!(
+                "line {n}: expected `name timeout_s check argv...`, got {line:?}"
+            ));
         }
         let name = fields[0];
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("line {n}: payload name {name:?} must be [A-Za-z0-9._-]"));
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "line {n}: payload name {name:?} must be [A-Za-z0-9._-]"
+            ));
         }
         if cfg.payloads.iter().any(|p| p.name == name) {
             return Err(format!("line {n}: duplicate payload name {name:?}"));
         }
-        let secs: u64 = fields[1]
-            .parse()
-            .ok()
-            .filter(|s| *s > 0)
-            .ok_or_else(|| format!("line {n}: timeout {:?} is not a positive number of seconds", fields[1]))?;
-        let check =
-            Check::parse(fields[2]).ok_or_else(|| format!("line {n}: unknown check {:?}", fields[2]))?;
+        let secs: u64 = fields[1].parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+            format!(
+                "line {n}: timeout {:?} is not a positive number of seconds",
+                fields[1]
+            )
+        })?;
+        let check = Check::parse(fields[2])
+            .ok_or_else(|| format!("line {n}: unknown check {:?}", fields[2]))?;
         cfg.payloads.push(Payload {
             name: name.to_string(),
             timeout: Duration::from_secs(secs),
@@ -133,7 +145,10 @@ mod tests {
         assert!(parse("a x exit0 /bin/true").is_err(), "bad timeout");
         assert!(parse("a 0 exit0 /bin/true").is_err(), "zero timeout");
         assert!(parse("a 30 bogus /bin/true").is_err(), "unknown check");
-        assert!(parse("a 30 exit0 /bin/true\na 30 exit0 /bin/true").is_err(), "duplicate");
+        assert!(
+            parse("a 30 exit0 /bin/true\na 30 exit0 /bin/true").is_err(),
+            "duplicate"
+        );
         assert!(parse("a|b 30 exit0 /bin/true").is_err(), "bad name");
         assert!(parse("env NOEQUALS").is_err());
     }

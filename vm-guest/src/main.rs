@@ -61,13 +61,22 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn pass(d: impl Into<String>) -> Verdict {
-        Verdict { status: Status::Pass, details: d.into() }
+        Verdict {
+            status: Status::Pass,
+            details: d.into(),
+        }
     }
     pub fn fail(d: impl Into<String>) -> Verdict {
-        Verdict { status: Status::Fail, details: d.into() }
+        Verdict {
+            status: Status::Fail,
+            details: d.into(),
+        }
     }
     pub fn skip(d: impl Into<String>) -> Verdict {
-        Verdict { status: Status::Skip, details: d.into() }
+        Verdict {
+            status: Status::Skip,
+            details: d.into(),
+        }
     }
 }
 
@@ -82,13 +91,17 @@ fn info_line(mount_failures: &[String]) -> String {
         sys::uname_release(),
         yes(sys::exists("/sys/kernel/btf/vmlinux")),
         yes(sys::has_filesystem("cgroup2")),
-        yes(sys::exists("/sys/kernel/tracing/events") || sys::exists("/sys/kernel/debug/tracing/events")),
+        yes(sys::exists("/sys/kernel/tracing/events")
+            || sys::exists("/sys/kernel/debug/tracing/events")),
         yes(sys::exists("/sys/bus/event_source/devices/kprobe")),
         sys::memlock(),
         sys::uptime_s().map_or("?".into(), |u| format!("{u:.2}s")),
     );
     if !mount_failures.is_empty() {
-        s.push_str(&format!(" mount_failures={}", out::one_line(&mount_failures.join("; ")).replace(' ', "_")));
+        s.push_str(&format!(
+            " mount_failures={}",
+            out::one_line(&mount_failures.join("; ")).replace(' ', "_")
+        ));
     }
     s
 }
@@ -102,7 +115,10 @@ fn error_line(argv0: &str, stderr: &[String]) -> String {
         .iter()
         .rev()
         .find(|l| l.starts_with(&prefix) || l.to_ascii_lowercase().contains("error"))
-        .map_or_else(|| proc::last_line(stderr, 400), |l| proc::shorten(l.trim(), 400))
+        .map_or_else(
+            || proc::last_line(stderr, 400),
+            |l| proc::shorten(l.trim(), 400),
+        )
 }
 
 /// For a passing command: lqtrace's `attached ...`/`ready in ...` lines (with -v) if any, else
@@ -128,7 +144,11 @@ fn run_exit0(p: &Payload, env: &[(String, String)]) -> Verdict {
             proc::last_line(&child.stderr, 300)
         )),
         Some(st) if st.success() => Verdict::pass(pass_details(&child.stdout, &child.stderr)),
-        Some(st) => Verdict::fail(format!("{}: {}", proc::describe(st), error_line(&p.argv[0], &child.stderr))),
+        Some(st) => Verdict::fail(format!(
+            "{}: {}",
+            proc::describe(st),
+            error_line(&p.argv[0], &child.stderr)
+        )),
     }
 }
 
@@ -159,7 +179,15 @@ fn run_demo(p: &Payload, env: &[(String, String)]) -> Verdict {
     let recorded: u64 = recs.iter().map(|r| r.1).sum();
     let shown: Vec<String> = recs
         .iter()
-        .map(|r| format!("{}:{}/{}/{}", r.0, r.1, r.2.map_or("null".into(), |k| k.to_string()), r.3))
+        .map(|r| {
+            format!(
+                "{}:{}/{}/{}",
+                r.0,
+                r.1,
+                r.2.map_or("null".into(), |k| k.to_string()),
+                r.3
+            )
+        })
         .collect();
     let details = format!(
         "{} drop_records={drops} reconciliation(netns:recorded/kernel/match)=[{}]",
@@ -223,7 +251,10 @@ fn load_config(path: &str) -> Result<Config, String> {
 /// PID 1 in the VM. Never returns.
 fn init() -> ! {
     std::panic::set_hook(Box::new(|info| {
-        out::line(&format!("VMTEST-PANIC {}", out::one_line(&info.to_string())));
+        out::line(&format!(
+            "VMTEST-PANIC {}",
+            out::one_line(&info.to_string())
+        ));
         sys::vm_exit(4);
     }));
     sys::ensure_console();
@@ -252,13 +283,20 @@ fn init() -> ! {
         let state = match sys::load_module(m) {
             Ok(true) => "ok".to_string(),
             Ok(false) => "already".to_string(),
-            Err(e) => format!("error({})", e.raw_os_error().map_or_else(|| e.to_string(), |n| format!("errno {n}"))),
+            Err(e) => format!(
+                "error({})",
+                e.raw_os_error()
+                    .map_or_else(|| e.to_string(), |n| format!("errno {n}"))
+            ),
         };
         modules.push(format!("{name}:{state}"));
     }
     let mut info = info_line(&failures);
     if !modules.is_empty() {
-        info.push_str(&format!(" modules={}", out::one_line(&modules.join(",")).replace(' ', "_")));
+        info.push_str(&format!(
+            " modules={}",
+            out::one_line(&modules.join(",")).replace(' ', "_")
+        ));
     }
     out::line(&info);
     let (_, fail, _) = run_all(&cfg);
@@ -293,7 +331,11 @@ fn main() -> ExitCode {
         },
         Some("overflow") if args.len() >= 2 => {
             let v = overflow::run("overflow", &args[1..], &[], Duration::from_secs(120), None);
-            out::line(&format!("VMTEST overflow {} {}", v.status.as_str(), out::one_line(&v.details)));
+            out::line(&format!(
+                "VMTEST overflow {} {}",
+                v.status.as_str(),
+                out::one_line(&v.details)
+            ));
             ExitCode::from(u8::from(v.status == Status::Fail))
         }
         _ => usage(),

@@ -35,7 +35,11 @@ pub fn drops_in(objs: &[Value], netns: u64) -> (u64, usize) {
 pub fn reason_count(objs: &[Value], netns: u64, reasons: &[&str]) -> u64 {
     objs.iter()
         .filter(|v| kind(v) == "drop" && v.get("netns").and_then(Value::as_u64) == Some(netns))
-        .filter(|v| v.get("reason").and_then(Value::as_str).is_some_and(|r| reasons.contains(&r)))
+        .filter(|v| {
+            v.get("reason")
+                .and_then(Value::as_str)
+                .is_some_and(|r| reasons.contains(&r))
+        })
         .map(|v| v.get("count").and_then(Value::as_u64).unwrap_or(1))
         .sum()
 }
@@ -72,13 +76,19 @@ pub fn reconciliation(summary: &Value) -> Vec<Rec> {
 
 /// The summary's lost-record counters that are not zero, as `key=value`.
 pub fn losses(summary: &Value) -> Vec<String> {
-    ["lost_records", "lost_drops", "lost_other", "undecodable", "unbracketed"]
-        .iter()
-        .filter_map(|k| {
-            let n = summary.get(*k).and_then(Value::as_u64)?;
-            (n != 0).then(|| format!("{k}={n}"))
-        })
-        .collect()
+    [
+        "lost_records",
+        "lost_drops",
+        "lost_other",
+        "undecodable",
+        "unbracketed",
+    ]
+    .iter()
+    .filter_map(|k| {
+        let n = summary.get(*k).and_then(Value::as_u64)?;
+        (n != 0).then(|| format!("{k}={n}"))
+    })
+    .collect()
 }
 
 #[cfg(test)]

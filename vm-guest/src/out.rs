@@ -14,5 +14,7 @@ pub fn line(s: &str) {
 
 /// Replaces newlines and control characters so a detail string stays on one line.
 pub fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -9,8 +9,7 @@
 //!    test namespace add up to the kernel's ListenDrops delta, which must be > 0.
 
 use std::{
-    io,
-    mem,
+    io, mem,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -61,7 +60,7 @@ fn listener() -> Result<(i32, u16), String> {
         let mut sa: libc::sockaddr_in = mem::zeroed();
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if libc::bind(fd, (&raw const sa).cast(), len) < 0 {
             let e = last_err("bind 127.0.0.1:0");
             fd_close(fd);
@@ -87,7 +86,11 @@ fn listener() -> Result<(i32, u16), String> {
 fn connect_nonblocking(port: u16) -> Result<i32, String> {
     // SAFETY: plain socket calls on a sockaddr_in we own.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
         if fd < 0 {
             return Err(last_err("socket"));
         }
@@ -95,7 +98,7 @@ fn connect_nonblocking(port: u16) -> Result<i32, String> {
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_port = port.to_be();
         sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if libc::connect(fd, (&raw const sa).cast(), len) < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -133,7 +136,15 @@ fn load() -> Result<Load, String> {
     thread::sleep(Duration::from_millis(300));
     let after = sys::listen_drops().map_err(|e| format!("reading netstat: {e}"))?;
     let overflows_after = sys::listen_overflows().map_err(|e| format!("reading netstat: {e}"))?;
-    Ok(Load { before, after, overflows_before, overflows_after, port, refused_or_failed: failed, took: t.elapsed() })
+    Ok(Load {
+        before,
+        after,
+        overflows_before,
+        overflows_after,
+        port,
+        refused_or_failed: failed,
+        took: t.elapsed(),
+    })
 }
 
 enum ToNs {
@@ -142,7 +153,13 @@ enum ToNs {
 }
 
 /// Runs the scenario with `argv` = lqtrace and its arguments (defaults added if none).
-pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Duration, method: Option<&str>) -> Verdict {
+pub fn run(
+    tag: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    method: Option<&str>,
+) -> Verdict {
     let deadline = Instant::now() + timeout;
     let mut argv = argv.to_vec();
     if argv.len() == 1 {
@@ -156,8 +173,12 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     let ns_thread = thread::spawn(move || {
         let setup = sys::unshare_net()
             .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))
-            .and_then(|()| sys::loopback_up().map_err(|e| format!("bringing lo up in the test netns: {e}")))
-            .and_then(|()| sys::netns_inode().map_err(|e| format!("stat /proc/thread-self/ns/net: {e}")));
+            .and_then(|()| {
+                sys::loopback_up().map_err(|e| format!("bringing lo up in the test netns: {e}"))
+            })
+            .and_then(|()| {
+                sys::netns_inode().map_err(|e| format!("stat /proc/thread-self/ns/net: {e}"))
+            });
         let ok = setup.is_ok();
         let _ = ns_tx.send(setup);
         if !ok {
@@ -194,10 +215,13 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     if let Err(why) = lq.wait_for_stderr(deadline, |l| l.contains(BANNER)) {
         lq.wait(Instant::now() + Duration::from_secs(5));
         finish(&to_ns, ns_thread);
-        if let Some(m) = method {
-            if lq.stderr.iter().any(|l| l.contains("no usable hook")) {
-                return Verdict::skip(format!("this kernel has no usable {m} variant: {}", proc::last_line(&lq.stderr, 200)));
-            }
+        if let Some(m) = method
+            && lq.stderr.iter().any(|l| l.contains("no usable hook"))
+        {
+            return Verdict::skip(format!(
+                "this kernel has no usable {m} variant: {}",
+                proc::last_line(&lq.stderr, 200)
+            ));
         }
         return Verdict::fail(format!(
             "no banner from lqtrace: {why}; last stderr: {}",
@@ -234,7 +258,11 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     let overflow_reasons = ndjson::reason_count(
         &objs,
         netns,
-        &["syn_accept_queue_full", "ack_accept_queue_full", "ack_syncookie_accept_queue_full"],
+        &[
+            "syn_accept_queue_full",
+            "ack_accept_queue_full",
+            "ack_syncookie_accept_queue_full",
+        ],
     );
     let mut details = format!(
         "netns={netns} kernel_listen_drops={delta} recorded={recorded} records={records} \
@@ -255,19 +283,41 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     if let Some(s) = summary {
         if let Some(r) = ndjson::reconciliation(s).into_iter().find(|r| r.0 == netns) {
             let k = r.2.map_or("null".into(), |k| k.to_string());
-            details.push_str(&format!(" lqtrace_reconciliation=recorded:{}/kernel:{k}/match:{}", r.1, r.3));
+            details.push_str(&format!(
+                " lqtrace_reconciliation=recorded:{}/kernel:{k}/match:{}",
+                r.1, r.3
+            ));
         } else {
             details.push_str(" lqtrace_reconciliation=none_for_netns");
         }
-        let hooks = (s.get("hooks").and_then(|h| h.get("syn")).and_then(|v| v.as_str()), s.get("hooks").and_then(|h| h.get("ack")).and_then(|v| v.as_str()));
-        details.push_str(&format!(" hooks=syn:{}/ack:{}", hooks.0.unwrap_or("?"), hooks.1.unwrap_or("?")));
+        let hooks = (
+            s.get("hooks")
+                .and_then(|h| h.get("syn"))
+                .and_then(|v| v.as_str()),
+            s.get("hooks")
+                .and_then(|h| h.get("ack"))
+                .and_then(|v| v.as_str()),
+        );
+        details.push_str(&format!(
+            " hooks=syn:{}/ack:{}",
+            hooks.0.unwrap_or("?"),
+            hooks.1.unwrap_or("?")
+        ));
         if let Some(m) = method {
             if hooks != (Some(m), Some(m)) {
-                hook_mismatch = Some(format!("forced --hooks {m} but the summary says syn:{:?} ack:{:?}", hooks.0, hooks.1));
+                hook_mismatch = Some(format!(
+                    "forced --hooks {m} but the summary says syn:{:?} ack:{:?}",
+                    hooks.0, hooks.1
+                ));
             }
-        } else if sys::exists("/sys/bus/event_source/devices/kprobe/type") && (hooks.0 == Some("cgroup") || hooks.1 == Some("cgroup")) {
+        } else if sys::exists("/sys/bus/event_source/devices/kprobe/type")
+            && (hooks.0 == Some("cgroup") || hooks.1 == Some("cgroup"))
+        {
             // The kernel can hook functions: the default choice must be a function-probe variant.
-            hook_mismatch = Some(format!("kernel has kprobes, yet the default choice was syn:{:?} ack:{:?}", hooks.0, hooks.1));
+            hook_mismatch = Some(format!(
+                "kernel has kprobes, yet the default choice was syn:{:?} ack:{:?}",
+                hooks.0, hooks.1
+            ));
         }
         let losses = ndjson::losses(s);
         if !losses.is_empty() {
@@ -276,10 +326,14 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
     } else {
         details.push_str(" no_summary");
     }
-    if let (Some(m), Some(st)) = (method, status) {
-        if !st.success() && lq.stderr.iter().any(|l| l.contains("no usable hook")) {
-            return Verdict::skip(format!("this kernel has no usable {m} variant: {}", proc::last_line(&lq.stderr, 200)));
-        }
+    if let (Some(m), Some(st)) = (method, status)
+        && !st.success()
+        && lq.stderr.iter().any(|l| l.contains("no usable hook"))
+    {
+        return Verdict::skip(format!(
+            "this kernel has no usable {m} variant: {}",
+            proc::last_line(&lq.stderr, 200)
+        ));
     }
     let mut why = Vec::new();
     if let Some(m) = hook_mismatch {
@@ -295,7 +349,10 @@ pub fn run(tag: &str, argv: &[String], env: &[(String, String)], timeout: Durati
         Some(_) => {}
     }
     if lq_ended_early.is_some() {
-        why.push("lqtrace ended before the final counter reading (-d too short for this machine?)".into());
+        why.push(
+            "lqtrace ended before the final counter reading (-d too short for this machine?)"
+                .into(),
+        );
     }
     if delta == 0 {
         why.push("the kernel counted no listen drop (scenario did not overflow)".into());

@@ -27,7 +27,12 @@ pub struct Proc {
     pub stderr: Vec<String>,
 }
 
-fn reader(tag: String, stream: Stream, pipe: impl Read + Send + 'static, tx: Sender<(Stream, String)>) -> JoinHandle<()> {
+fn reader(
+    tag: String,
+    stream: Stream,
+    pipe: impl Read + Send + 'static,
+    tx: Sender<(Stream, String)>,
+) -> JoinHandle<()> {
     thread::spawn(move || {
         let mark = if stream == Stream::Out { 'o' } else { 'e' };
         let mut r = BufReader::new(pipe);
@@ -118,7 +123,11 @@ impl Proc {
 
     /// Waits until a stderr line satisfies `pred`, the child exits (Err) or `deadline` passes
     /// (Err). Lines before that are kept.
-    pub fn wait_for_stderr(&mut self, deadline: Instant, pred: impl Fn(&str) -> bool) -> Result<(), String> {
+    pub fn wait_for_stderr(
+        &mut self,
+        deadline: Instant,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -187,7 +196,10 @@ impl Proc {
         let until = Instant::now() + Duration::from_secs(2);
         loop {
             let now = Instant::now();
-            match self.events.recv_timeout(until.saturating_duration_since(now)) {
+            match self
+                .events
+                .recv_timeout(until.saturating_duration_since(now))
+            {
                 Ok(ev) => self.keep(ev),
                 Err(_) => break,
             }
@@ -213,7 +225,11 @@ pub fn describe(st: ExitStatus) -> String {
 
 /// The last non-empty line of `lines`, shortened to `max` characters.
 pub fn last_line(lines: &[String], max: usize) -> String {
-    let line = lines.iter().rev().find(|l| !l.trim().is_empty()).map_or("", |l| l.trim());
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map_or("", |l| l.trim());
     shorten(line, max)
 }
 
@@ -248,7 +264,10 @@ mod tests {
     fn kills_on_timeout() {
         let mut p = Proc::spawn("t", &sh("echo started; sleep 30"), &[]).unwrap();
         let t = Instant::now();
-        assert!(p.wait(Instant::now() + Duration::from_millis(300)).is_none());
+        assert!(
+            p.wait(Instant::now() + Duration::from_millis(300))
+                .is_none()
+        );
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(p.stdout, ["started"]);
     }
@@ -256,11 +275,14 @@ mod tests {
     #[test]
     fn waits_for_a_stderr_line() {
         let mut p = Proc::spawn("t", &sh("echo a >&2; echo ready >&2; sleep 1"), &[]).unwrap();
-        p.wait_for_stderr(Instant::now() + Duration::from_secs(10), |l| l == "ready").unwrap();
+        p.wait_for_stderr(Instant::now() + Duration::from_secs(10), |l| l == "ready")
+            .unwrap();
         assert_eq!(p.stderr, ["a", "ready"]);
         p.wait(Instant::now() + Duration::from_secs(10)).unwrap();
         let mut p = Proc::spawn("t", &sh("echo nope >&2"), &[]).unwrap();
-        let e = p.wait_for_stderr(Instant::now() + Duration::from_secs(10), |l| l == "ready").unwrap_err();
+        let e = p
+            .wait_for_stderr(Instant::now() + Duration::from_secs(10), |l| l == "ready")
+            .unwrap_err();
         assert!(e.contains("exit"), "{e}");
     }
 

@@ -1,11 +1,6 @@
 //! Linux plumbing for /init: mounts, loopback, namespaces, counters, power-off.
 
-use std::{
-    ffi::CString,
-    fs, io,
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::{ffi::CString, fs, io, os::unix::fs::MetadataExt as _, path::Path};
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in path")
@@ -17,7 +12,11 @@ pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> 
     let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The file systems /init mounts: (fstype, target, required). A failure of an optional one is
@@ -38,7 +37,12 @@ pub const MOUNTS: &[(&str, &str, bool)] = &[
 pub fn mount_all() -> Result<Vec<String>, String> {
     let mut failed = Vec::new();
     for &(fstype, target, required) in MOUNTS {
-        let flags = libc::MS_NOSUID | if fstype == "devtmpfs" { 0 } else { libc::MS_NODEV };
+        let flags = libc::MS_NOSUID
+            | if fstype == "devtmpfs" {
+                0
+            } else {
+                libc::MS_NODEV
+            };
         if let Err(e) = mount(fstype, target, fstype, flags) {
             let msg = format!("{target} ({fstype}): {e}");
             if required {
@@ -61,16 +65,29 @@ pub fn load_module(base: &str) -> io::Result<bool> {
         .find(|p| Path::new(p).exists())
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{base}.ko* not found")))?;
     let file = fs::File::open(&found)?;
-    let flags = if found.ends_with(".ko") { 0 } else { MODULE_INIT_COMPRESSED_FILE };
+    let flags = if found.ends_with(".ko") {
+        0
+    } else {
+        MODULE_INIT_COMPRESSED_FILE
+    };
     // SAFETY: finit_module on an open fd with an empty parameter string.
     let rc = unsafe {
-        libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), c"".as_ptr(), flags)
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            c"".as_ptr(),
+            flags,
+        )
     };
     if rc == 0 {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EEXIST) { Ok(false) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 /// Makes sure fds 0-2 are open (on /dev/console), for when the kernel found no console node.
@@ -110,14 +127,18 @@ pub fn loopback_up() -> io::Result<()> {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut req = IfreqFlags { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let mut req = IfreqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
         req.name[..2].copy_from_slice(b"lo");
         let mut res = Ok(());
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
             res = Err(io::Error::last_os_error());
         } else {
             req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
                 res = Err(io::Error::last_os_error());
             }
         }
@@ -146,7 +167,9 @@ pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
     let mut lines = netstat.lines();
     while let Some(header) = lines.next() {
         let values = lines.next()?;
-        let Some(keys) = header.strip_prefix("TcpExt:") else { continue };
+        let Some(keys) = header.strip_prefix("TcpExt:") else {
+            continue;
+        };
         let vals = values.strip_prefix("TcpExt:")?;
         let i = keys.split_whitespace().position(|k| k == name)?;
         return vals.split_whitespace().nth(i)?.parse().ok();
@@ -157,15 +180,23 @@ pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
 /// TcpExt ListenDrops of the calling thread's network namespace.
 pub fn listen_drops() -> io::Result<u64> {
     let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
-    tcpext(&text, "ListenDrops")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenDrops in netstat"))
+    tcpext(&text, "ListenDrops").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no TcpExt ListenDrops in netstat",
+        )
+    })
 }
 
 /// TcpExt ListenOverflows of the calling thread's network namespace.
 pub fn listen_overflows() -> io::Result<u64> {
     let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
-    tcpext(&text, "ListenOverflows")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenOverflows in netstat"))
+    tcpext(&text, "ListenOverflows").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no TcpExt ListenOverflows in netstat",
+        )
+    })
 }
 
 pub fn uname_release() -> String {
@@ -175,7 +206,12 @@ pub fn uname_release() -> String {
 }
 
 pub fn uptime_s() -> Option<f64> {
-    fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()
+    fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn has_filesystem(name: &str) -> bool {
@@ -183,19 +219,25 @@ pub fn has_filesystem(name: &str) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().last() == Some(name)))
 }
 
-
 pub fn exists(p: &str) -> bool {
     Path::new(p).exists()
 }
 
 /// RLIMIT_MEMLOCK soft limit as text ("unlimited" or bytes).
 pub fn memlock() -> String {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit fills the struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return "?".into();
     }
-    if r.rlim_cur == libc::RLIM_INFINITY { "unlimited".into() } else { r.rlim_cur.to_string() }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        r.rlim_cur.to_string()
+    }
 }
 
 /// Ends the VM: writes `code` to QEMU's isa-debug-exit port (0xf4), which makes QEMU exit with
@@ -210,7 +252,7 @@ pub fn vm_exit(code: u32) -> ! {
         libc::tcdrain(2);
         std::thread::sleep(std::time::Duration::from_millis(50));
         libc::sync();
-        if libc::syscall(libc::SYS_ioperm, 0xf4 as libc::c_ulong, 4 as libc::c_ulong, 1 as libc::c_int) == 0 {
+        if libc::syscall(libc::SYS_ioperm, 0xf4_u64, 4_u64, 1_i32) == 0 {
             std::arch::asm!("out dx, eax", in("dx") 0xf4u16, in("eax") code, options(nomem, nostack));
         }
         libc::reboot(libc::RB_POWER_OFF);

@@ -26,11 +26,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-
-use crate::util;
 use load::{LoopRun, connect_loop, saturated_listener, syn_flood};
 use sys::{Netns, Sysctl};
 use tracer::{Tracer, prog_names, prog_stats};
+
+use crate::util;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -72,7 +72,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let bin = tracer::release_binary();
     if !bin.exists() {
-        bail!("{} does not exist: run `cargo build -p lqtrace --release` (or drop --no-build)", bin.display());
+        bail!(
+            "{} does not exist: run `cargo build -p lqtrace --release` (or drop --no-build)",
+            bin.display()
+        );
     }
     sys::catch_interrupts();
     Netns::remove_stale();
@@ -85,7 +88,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let measured = Instant::now();
     let load_before = sys::loadavg();
-    eprintln!("bench: netns {} (inum {}), {} CPUs, {:?} per run", cx.ns.name, cx.ns.inum, cx.cpus, cx.run);
+    eprintln!(
+        "bench: netns {} (inum {}), {} CPUs, {:?} per run",
+        cx.ns.name, cx.ns.inum, cx.cpus, cx.run
+    );
 
     let conn = conn_rate(&cx)?;
     let drops = drop_throughput(&cx)?;
@@ -103,9 +109,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let md = report::markdown(&results);
     println!("\n{md}");
-    let path = if args.output.is_absolute() { args.output.clone() } else { util::workspace_root().join(&args.output) };
+    let path = if args.output.is_absolute() {
+        args.output.clone()
+    } else {
+        util::workspace_root().join(&args.output)
+    };
     report::write_section(&path, &md)?;
-    eprintln!("bench: wrote {} (total {}, measurements {})", path.display(), util::secs(begun.elapsed()), util::secs(measured.elapsed()));
+    eprintln!(
+        "bench: wrote {} (total {}, measurements {})",
+        path.display(),
+        util::secs(begun.elapsed()),
+        util::secs(measured.elapsed())
+    );
     Ok(())
 }
 
@@ -123,19 +138,32 @@ fn command_line(args: &BenchArgs) -> String {
 /// Everything the bench needs, each missing piece with the command that installs it.
 fn prerequisites() -> Result<()> {
     if !util::is_root() {
-        bail!("cargo xtask bench needs root (eBPF, network namespaces, raw sockets): run it as root or with sudo -E");
+        bail!(
+            "cargo xtask bench needs root (eBPF, network namespaces, raw sockets): run it as root or with sudo -E"
+        );
     }
     for (prog, hint) in [
-        ("ip", "ip (iproute2) not installed: apt-get install -y iproute2"),
-        ("bpftool", "bpftool not installed: apt-get install -y bpftool"),
-        ("bpftrace", "bpftrace not installed: apt-get install -y bpftrace"),
+        (
+            "ip",
+            "ip (iproute2) not installed: apt-get install -y iproute2",
+        ),
+        (
+            "bpftool",
+            "bpftool not installed: apt-get install -y bpftool",
+        ),
+        (
+            "bpftrace",
+            "bpftrace not installed: apt-get install -y bpftrace",
+        ),
     ] {
         if util::find_program(prog).is_none() {
             bail!("{hint}");
         }
     }
     if !Path::new("/proc/sys/kernel/bpf_stats_enabled").exists() {
-        bail!("this kernel has no kernel.bpf_stats_enabled sysctl (needs Linux >= 5.1): per-program costs cannot be measured");
+        bail!(
+            "this kernel has no kernel.bpf_stats_enabled sysctl (needs Linux >= 5.1): per-program costs cannot be measured"
+        );
     }
     if !Path::new("/proc/thread-self").exists() {
         bail!("/proc is not mounted (or too old: no /proc/thread-self)");
@@ -160,8 +188,17 @@ impl Spread {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Spread { median, min: v[0], max: v[n - 1], n }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        }
     }
 }
 
@@ -189,7 +226,11 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
     for pair in 0..cx.pairs {
         let mut a = None;
         let mut b = None;
-        let order = if pair % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for traced in order {
             if traced {
                 let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
@@ -202,13 +243,25 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
             }
         }
         let (a, b): (LoopRun, LoopRun) = (a.unwrap(), b.unwrap());
-        eprintln!("  pair {}: without {:.0}/s, with {:.0}/s, ratio {:.3}", pair + 1, a.rate(), b.rate(), b.rate() / a.rate());
+        eprintln!(
+            "  pair {}: without {:.0}/s, with {:.0}/s, ratio {:.3}",
+            pair + 1,
+            a.rate(),
+            b.rate(),
+            b.rate() / a.rate()
+        );
         without.push(a.rate());
         with.push(b.rate());
         ratios.push(b.rate() / a.rate());
     }
     let listen_drops = sys::delta(&before, &cx.ns.counters()?, "TcpExt.ListenDrops");
-    Ok(ConnRate { without, with, ratios, clients, listen_drops })
+    Ok(ConnRate {
+        without,
+        with,
+        ratios,
+        clients,
+        listen_drops,
+    })
 }
 
 fn check_no_loss(summary: &json::Value) -> Result<()> {
@@ -242,9 +295,19 @@ pub struct HookCost {
     pub variant: String,
 }
 
-fn stat_delta(a: &BTreeMap<u32, tracer::ProgStat>, b: &BTreeMap<u32, tracer::ProgStat>, id: u32) -> tracer::ProgStat {
-    let (x, y) = (a.get(&id).copied().unwrap_or_default(), b.get(&id).copied().unwrap_or_default());
-    tracer::ProgStat { run_time_ns: y.run_time_ns.saturating_sub(x.run_time_ns), run_cnt: y.run_cnt.saturating_sub(x.run_cnt) }
+fn stat_delta(
+    a: &BTreeMap<u32, tracer::ProgStat>,
+    b: &BTreeMap<u32, tracer::ProgStat>,
+    id: u32,
+) -> tracer::ProgStat {
+    let (x, y) = (
+        a.get(&id).copied().unwrap_or_default(),
+        b.get(&id).copied().unwrap_or_default(),
+    );
+    tracer::ProgStat {
+        run_time_ns: y.run_time_ns.saturating_sub(x.run_time_ns),
+        run_cnt: y.run_cnt.saturating_sub(x.run_cnt),
+    }
 }
 
 /// With `kernel.bpf_stats_enabled=1` (restored on return): run time and count of each program
@@ -268,23 +331,48 @@ fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
     let _sat = saturated_listener(&cx.ns, FLOOD_PORT + 1)?;
     let c0 = cx.ns.counters()?;
     let flood = syn_flood(&cx.ns, FLOOD_PORT + 1, Some(drop_rate), 1, cx.run)?;
-    eprintln!("  hot path: {} connections; drop path: {} SYNs sent at {drop_rate}/s", hot.connections, flood.sent);
+    eprintln!(
+        "  hot path: {} connections; drop path: {} SYNs sent at {drop_rate}/s",
+        hot.connections, flood.sent
+    );
     sys::sleep(Duration::from_millis(200))?;
     let drops = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
     let s2 = prog_stats(t.pid())?;
     let f = t.stop()?;
     let variant = match f.summary.get("hooks") {
-        json::Value::Obj(fields) => fields.iter().map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(" "),
+        json::Value::Obj(fields) => fields
+            .iter()
+            .map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" "),
         _ => "?".into(),
     };
     let progs = s0
         .keys()
         .map(|&id| {
-            let (name, kind) = names.get(&id).cloned().unwrap_or_else(|| (format!("id {id}"), "?".into()));
-            ProgCost { name, kind, stream: stat_delta(&s0, &sm, id), hot: stat_delta(&sm, &s1, id), drop: stat_delta(&s1, &s2, id) }
+            let (name, kind) = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| (format!("id {id}"), "?".into()));
+            ProgCost {
+                name,
+                kind,
+                stream: stat_delta(&s0, &sm, id),
+                hot: stat_delta(&sm, &s1, id),
+                drop: stat_delta(&s1, &s2, id),
+            }
         })
         .collect();
-    Ok(HookCost { progs, round_trips, stream_secs, connections: hot.connections, conn_rate: hot.rate(), drops, drop_rate: drops as f64 / flood.secs, variant })
+    Ok(HookCost {
+        progs,
+        round_trips,
+        stream_secs,
+        connections: hot.connections,
+        conn_rate: hot.rate(),
+        drops,
+        drop_rate: drops as f64 / flood.secs,
+        variant,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,7 +407,9 @@ impl DropStep {
     /// Every drop either recorded or counted as lost (lost_drops is tracer-wide: other
     /// namespaces' drops may be in it too, hence >=).
     pub fn accounted(&self) -> bool {
-        self.tracer_kernel == self.kernel && self.recorded + self.lost_drops >= self.kernel && self.recorded <= self.kernel
+        self.tracer_kernel == self.kernel
+            && self.recorded + self.lost_drops >= self.kernel
+            && self.recorded <= self.kernel
     }
 }
 
@@ -332,27 +422,44 @@ pub struct DropLadder {
 
 impl DropLadder {
     pub fn best_lossless(&self) -> Option<&DropStep> {
-        self.steps.iter().filter(|s| s.lossless()).max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        self.steps
+            .iter()
+            .filter(|s| s.lossless())
+            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
     }
     pub fn first_loss(&self) -> Option<&DropStep> {
-        self.steps.iter().filter(|s| s.lost_records > 0).min_by(|a, b| a.rate().total_cmp(&b.rate()))
+        self.steps
+            .iter()
+            .filter(|s| s.lost_records > 0)
+            .min_by(|a, b| a.rate().total_cmp(&b.rate()))
     }
     /// A lossless rate for the per-program drop-path measurement.
     fn hook_rate(&self) -> u64 {
-        self.best_lossless().map_or(20_000, |s| (s.rate() * 0.8) as u64).clamp(5_000, 200_000)
+        self.best_lossless()
+            .map_or(20_000, |s| (s.rate() * 0.8) as u64)
+            .clamp(5_000, 200_000)
     }
 }
 
 /// One flood step with a fresh tracer: rate `target`, then SIGINT and the summary.
 fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -> Result<DropStep> {
-    let needles = vec!["\"kind\":\"drop\"".to_string(), format!("\"netns\":{},", cx.ns.inum)];
+    let needles = vec![
+        "\"kind\":\"drop\"".to_string(),
+        format!("\"netns\":{},", cx.ns.inum),
+    ];
     let t = Tracer::start(&cx.bin, &["-d", "600s"], needles)?;
     let c0 = cx.ns.counters()?;
     let flood = syn_flood(&cx.ns, FLOOD_PORT, target, threads, run)?;
     sys::sleep(Duration::from_millis(300))?;
     let kernel = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
     let f = t.stop()?;
-    let rec = f.summary.get("reconciliation").as_array().iter().find(|r| r.get("netns").as_u64() == Some(u64::from(cx.ns.inum))).cloned();
+    let rec = f
+        .summary
+        .get("reconciliation")
+        .as_array()
+        .iter()
+        .find(|r| r.get("netns").as_u64() == Some(u64::from(cx.ns.inum)))
+        .cloned();
     let rec = rec.unwrap_or(json::Value::Null);
     let step = DropStep {
         target,
@@ -394,7 +501,9 @@ fn drop_throughput(cx: &Context) -> Result<DropLadder> {
     let untraced = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops") as f64 / f.secs;
     eprintln!("  untraced flood: {untraced:.0} drops/s ({threads} sender threads)");
     if untraced < 1000.0 {
-        bail!("the SYN flood produced {untraced:.0} drops/s: the saturated listener does not drop (check net.ipv4.tcp_syncookies/somaxconn in the namespace)");
+        bail!(
+            "the SYN flood produced {untraced:.0} drops/s: the saturated listener does not drop (check net.ipv4.tcp_syncookies/somaxconn in the namespace)"
+        );
     }
     // Long enough that a consumer slower than the flood fills the 4 MiB ring (~32k records).
     let run = cx.run + Duration::from_secs(2);
@@ -406,15 +515,32 @@ fn drop_throughput(cx: &Context) -> Result<DropLadder> {
     }
     steps.push(drop_step(cx, None, threads, run)?);
     for _ in 0..2 {
-        let good = steps.iter().filter(|s| s.lossless()).map(DropStep::rate).fold(0.0, f64::max);
-        let bad = steps.iter().filter(|s| s.lost_records > 0).map(DropStep::rate).fold(f64::INFINITY, f64::min);
+        let good = steps
+            .iter()
+            .filter(|s| s.lossless())
+            .map(DropStep::rate)
+            .fold(0.0, f64::max);
+        let bad = steps
+            .iter()
+            .filter(|s| s.lost_records > 0)
+            .map(DropStep::rate)
+            .fold(f64::INFINITY, f64::min);
         if !bad.is_finite() || good == 0.0 || bad <= good * 1.1 {
             break;
         }
-        steps.push(drop_step(cx, Some(((good + bad) / 2.0) as u64), threads, run)?);
+        steps.push(drop_step(
+            cx,
+            Some(((good + bad) / 2.0) as u64),
+            threads,
+            run,
+        )?);
     }
     steps.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    Ok(DropLadder { max_untraced: untraced, steps, threads })
+    Ok(DropLadder {
+        max_untraced: untraced,
+        steps,
+        threads,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,11 +556,23 @@ pub struct Startup {
 /// Alternately: lqtrace (exec to banner; VmHWM after 1 s idle) and bpftrace on
 /// tracepoint:skb:kfree_skb (exec to "Attaching 1 probe..."; VmHWM after 1 s).
 fn startup(cx: &Context) -> Result<Startup> {
-    eprintln!("bench: [4/4] start-to-ready and RSS, lqtrace vs bpftrace, {} runs each", cx.pairs);
+    eprintln!(
+        "bench: [4/4] start-to-ready and RSS, lqtrace vs bpftrace, {} runs each",
+        cx.pairs
+    );
     let hold = Duration::from_secs(1);
-    let mut s = Startup { lq_ready: vec![], lq_hwm: vec![], bt_ready: vec![], bt_hwm: vec![] };
+    let mut s = Startup {
+        lq_ready: vec![],
+        lq_hwm: vec![],
+        bt_ready: vec![],
+        bt_hwm: vec![],
+    };
     for i in 0..cx.pairs {
-        let order = if i % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for lq in order {
             if lq {
                 let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;

@@ -229,7 +229,11 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
         if std::env::var_os("LQTRACE_SKIP_VM").is_none() {
             let mut cmd = Command::new(std::env::current_exe().context("locating xtask")?);
             cmd.arg("vm-test");
-            steps.push(Step { name: "VM kernel matrix (cargo xtask vm-test)", cmd, precheck: None });
+            steps.push(Step {
+                name: "VM kernel matrix (cargo xtask vm-test)",
+                cmd,
+                precheck: None,
+            });
         }
         None
     };

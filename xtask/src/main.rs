@@ -77,9 +77,11 @@ enum Cmd {
     },
     /// Build static (musl) lqtrace, boot Debian kernels under QEMU (TCG) and run lqtrace's
     /// scenarios in each; logs in target/vm/<kernel>.log
-    #[command(after_help = "Examples:\n  cargo xtask vm-test                          # 5.10 6.1 6.12 sid\n  \
+    #[command(
+        after_help = "Examples:\n  cargo xtask vm-test                          # 5.10 6.1 6.12 sid\n  \
                             cargo xtask vm-test --kernel 6.1 --kernel 6.12\n  \
-                            cargo xtask vm-test --kernel host            # same payloads, no VM")]
+                            cargo xtask vm-test --kernel host            # same payloads, no VM"
+    )]
     VmTest(vm::VmTestArgs),
 }
 

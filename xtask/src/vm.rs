@@ -82,27 +82,77 @@ pub struct Payload {
 /// under the default per-kernel limit of 720 s so that one hung payload does not hide the
 /// others' results.
 pub const PAYLOADS: &[Payload] = &[
-    Payload { name: "version", timeout_s: 20, check: "exit0", argv: &["lqtrace", "--version"] },
+    Payload {
+        name: "version",
+        timeout_s: 20,
+        check: "exit0",
+        argv: &["lqtrace", "--version"],
+    },
     // Loads and attaches every program on this kernel; stderr shows which one failed.
-    Payload { name: "smoke", timeout_s: 60, check: "exit0", argv: &["lqtrace", "-v", "-d", "1s"] },
+    Payload {
+        name: "smoke",
+        timeout_s: 60,
+        check: "exit0",
+        argv: &["lqtrace", "-v", "-d", "1s"],
+    },
     // SKIP while `lqtrace demo` says it is not implemented.
-    Payload { name: "demo", timeout_s: 60, check: "demo", argv: &["lqtrace", "demo", "-j"] },
+    Payload {
+        name: "demo",
+        timeout_s: 60,
+        check: "demo",
+        argv: &["lqtrace", "demo", "-j"],
+    },
     // vm-guest's own scenario: private netns, listen(1) + 50 connects, lqtrace in the initial
     // netns; PASS iff lqtrace's drop records in that netns == the ListenDrops delta > 0.
-    Payload { name: "overflow", timeout_s: 60, check: "overflow", argv: &["lqtrace", "-j", "-d", "6s"] },
+    Payload {
+        name: "overflow",
+        timeout_s: 60,
+        check: "overflow",
+        argv: &["lqtrace", "-j", "-d", "6s"],
+    },
     // Every drop kind covered by some hook variant on this kernel (exit 1 otherwise).
-    Payload { name: "check", timeout_s: 40, check: "exit0", argv: &["lqtrace", "check"] },
+    Payload {
+        name: "check",
+        timeout_s: 40,
+        check: "exit0",
+        argv: &["lqtrace", "check"],
+    },
     // The host's loopback integration tests, unchanged, in the guest (bursts on 2 CPUs, IPv6,
     // v4-mapped, two namespaces, a listener created before the tracer; exact reconciliation).
-    Payload { name: "loopback-tests", timeout_s: 150, check: "exit0", argv: &["loopback-tests", "--test-threads=1"] },
+    Payload {
+        name: "loopback-tests",
+        timeout_s: 150,
+        check: "exit0",
+        argv: &["loopback-tests", "--test-threads=1"],
+    },
     // The TUN fake-peer tests: SYN-queue full, final-ACK overflow with and without
     // tcp_abort_on_overflow, syncookie ACKs, v4-mapped; per-event truth (client ports).
-    Payload { name: "tun-tests", timeout_s: 150, check: "exit0", argv: &["tun-tests", "--test-threads=1"] },
+    Payload {
+        name: "tun-tests",
+        timeout_s: 150,
+        check: "exit0",
+        argv: &["tun-tests", "--test-threads=1"],
+    },
     // Each hook variant forced in turn: the same scenario reconciles exactly with each, and the
     // summary names the forced variant (SKIP where the kernel lacks it).
-    Payload { name: "fentry", timeout_s: 45, check: "overflow:fentry", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "fentry"] },
-    Payload { name: "kprobe", timeout_s: 45, check: "overflow:kprobe", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "kprobe"] },
-    Payload { name: "cgroup", timeout_s: 45, check: "overflow:cgroup", argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "cgroup"] },
+    Payload {
+        name: "fentry",
+        timeout_s: 45,
+        check: "overflow:fentry",
+        argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "fentry"],
+    },
+    Payload {
+        name: "kprobe",
+        timeout_s: 45,
+        check: "overflow:kprobe",
+        argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "kprobe"],
+    },
+    Payload {
+        name: "cgroup",
+        timeout_s: 45,
+        check: "overflow:cgroup",
+        argv: &["lqtrace", "-j", "-d", "6s", "--hooks", "cgroup"],
+    },
 ];
 
 /// Environment of every payload.
@@ -134,9 +184,13 @@ pub const HOST_TOOLS: &[&str] = &["ip"];
 
 /// The files a dynamically linked host program needs: (guest path, host path).
 fn host_tool_files(name: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let program = util::find_program(name).with_context(|| format!("{name} not found on this machine"))?;
-    let out = command("ldd").arg(&program).output().context("running ldd")?;
-    let mut files = vec![(format!("bin/{name}"), program.clone())];
+    let program =
+        util::find_program(name).with_context(|| format!("{name} not found on this machine"))?;
+    let out = command("ldd")
+        .arg(&program)
+        .output()
+        .context("running ldd")?;
+    let mut files = vec![(format!("bin/{name}"), program)];
     // "not a dynamic executable" (exit 1) is fine: nothing else to copy.
     if out.status.success() {
         for lib in parse_ldd(&String::from_utf8_lossy(&out.stdout)) {
@@ -163,7 +217,11 @@ pub fn parse_ldd(out: &str) -> Vec<String> {
 
 /// The payload list for vm-guest (`/vmtest.conf`); `guest == false` for `--kernel host` (argv[0]
 /// becomes the host path).
-pub fn payload_config(payloads: &[Payload], binaries: &[(String, PathBuf)], guest: bool) -> anyhow::Result<String> {
+pub fn payload_config(
+    payloads: &[Payload],
+    binaries: &[(String, PathBuf)],
+    guest: bool,
+) -> anyhow::Result<String> {
     let mut out = String::from("# generated by `cargo xtask vm-test` (xtask/src/vm.rs PAYLOADS)\n");
     for (k, v) in GUEST_ENV {
         out.push_str(&format!("env {k}={v}\n"));
@@ -182,13 +240,31 @@ pub fn payload_config(payloads: &[Payload], binaries: &[(String, PathBuf)], gues
                 .iter()
                 .find(|(n, _)| n == first)
                 .with_context(|| format!("payload {}: {first} is not a shipped binary", p.name))?;
-            if guest { format!("/bin/{first}") } else { host.display().to_string() }
+            if guest {
+                format!("/bin/{first}")
+            } else {
+                host.display().to_string()
+            }
         };
-        let argv: Vec<&str> = std::iter::once(program.as_str()).chain(rest.iter().copied()).collect();
-        if argv.iter().any(|a| a.is_empty() || a.contains(char::is_whitespace)) {
-            bail!("payload {}: arguments cannot be empty or contain whitespace", p.name);
+        let argv: Vec<&str> = std::iter::once(program.as_str())
+            .chain(rest.iter().copied())
+            .collect();
+        if argv
+            .iter()
+            .any(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            bail!(
+                "payload {}: arguments cannot be empty or contain whitespace",
+                p.name
+            );
         }
-        out.push_str(&format!("{} {} {} {}\n", p.name, p.timeout_s, p.check, argv.join(" ")));
+        out.push_str(&format!(
+            "{} {} {} {}\n",
+            p.name,
+            p.timeout_s,
+            p.check,
+            argv.join(" ")
+        ));
     }
     Ok(out)
 }
@@ -214,21 +290,39 @@ fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
     let mut jobs: Vec<Job> = Vec::new();
     for n in names {
         let job = if n == "host" {
-            Job { label: "host".into(), target: Target::Host }
+            Job {
+                label: "host".into(),
+                target: Target::Host,
+            }
         } else if let Some(spec) = kernels::spec(&n) {
-            Job { label: spec.label.into(), target: Target::Debian(spec) }
+            Job {
+                label: spec.label.into(),
+                target: Target::Debian(spec),
+            }
         } else if Path::new(&n).is_file() {
             let p = fs::canonicalize(&n)?;
-            let label = p.file_name().map_or("custom".into(), |f| f.to_string_lossy().into_owned());
-            Job { label, target: Target::File(p) }
+            let label = p
+                .file_name()
+                .map_or("custom".into(), |f| f.to_string_lossy().into_owned());
+            Job {
+                label,
+                target: Target::File(p),
+            }
         } else {
             let known: Vec<String> = kernels::SPECS
                 .iter()
                 .map(|s| {
-                    if s.aliases.is_empty() { s.label.to_string() } else { format!("{} ({})", s.label, s.aliases.join(", ")) }
+                    if s.aliases.is_empty() {
+                        s.label.to_string()
+                    } else {
+                        format!("{} ({})", s.label, s.aliases.join(", "))
+                    }
                 })
                 .collect();
-            bail!("unknown kernel {n:?}: use one of {}, host, or a bzImage path", known.join(", "));
+            bail!(
+                "unknown kernel {n:?}: use one of {}, host, or a bzImage path",
+                known.join(", ")
+            );
         };
         if !jobs.iter().any(|j| j.label == job.label) {
             jobs.push(job);
@@ -241,7 +335,10 @@ fn os_codename() -> String {
     fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("VERSION_CODENAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -256,7 +353,10 @@ fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
     let apt_dir = cache.join("apt-tools");
     let opts: Vec<String> = if bookworm {
         vec![
-            format!("Dir::Etc::sourcelist={}", apt_dir.join("sources.list").display()),
+            format!(
+                "Dir::Etc::sourcelist={}",
+                apt_dir.join("sources.list").display()
+            ),
             "Dir::Etc::sourceparts=-".into(),
             format!("Dir::State::Lists={}", apt_dir.join("lists").display()),
             "Dir::Cache::pkgcache=".into(),
@@ -273,13 +373,28 @@ fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
         for o in &opts {
             cmd.arg("-o").arg(o);
         }
-        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args).stdin(Stdio::null());
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(args)
+            .stdin(Stdio::null());
         cmd
     };
     let install: &[&str] = if bookworm {
-        &["install", "-y", "--no-install-recommends", "-t", "bookworm-backports", "qemu-system-x86", "qemu-utils"]
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "-t",
+            "bookworm-backports",
+            "qemu-system-x86",
+            "qemu-utils",
+        ]
     } else {
-        &["install", "-y", "--no-install-recommends", "qemu-system-x86"]
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "qemu-system-x86",
+        ]
     };
     if !util::is_root() {
         bail!(
@@ -308,20 +423,29 @@ fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
         eprintln!("vm: installing: {}", render(&cmd));
         util::run(&mut cmd)?;
     }
-    eprintln!("vm: installed qemu-system-x86 in {}", util::secs(t.elapsed()));
-    util::find_program("qemu-system-x86_64").context("qemu-system-x86_64 still not found after installing")
+    eprintln!(
+        "vm: installed qemu-system-x86 in {}",
+        util::secs(t.elapsed())
+    );
+    util::find_program("qemu-system-x86_64")
+        .context("qemu-system-x86_64 still not found after installing")
 }
 
 /// `rustup target add x86_64-unknown-linux-musl` when it is not installed.
 fn ensure_musl_target() -> anyhow::Result<()> {
-    let Some(rustup) = util::find_program("rustup") else { return Ok(()) };
+    let Some(rustup) = util::find_program("rustup") else {
+        return Ok(());
+    };
     let root = util::workspace_root();
     let out = command(&rustup)
         .current_dir(&root)
         .args(["target", "list", "--installed"])
         .output()
         .context("rustup target list")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == MUSL) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL)
+    {
         return Ok(());
     }
     let mut cmd = command(&rustup);
@@ -333,8 +457,16 @@ fn ensure_musl_target() -> anyhow::Result<()> {
 fn build_guest() -> anyhow::Result<PathBuf> {
     ensure_musl_target()?;
     let mut cmd = util::cargo();
-    cmd.current_dir(util::workspace_root())
-        .args(["build", "--release", "--target", MUSL, "-p", "lqtrace", "-p", "vm-guest"]);
+    cmd.current_dir(util::workspace_root()).args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "lqtrace",
+        "-p",
+        "vm-guest",
+    ]);
     eprintln!("vm: {}", render(&cmd));
     util::run(&mut cmd)?;
     Ok(util::target_dir().join(MUSL).join("release"))
@@ -345,21 +477,36 @@ fn build_guest() -> anyhow::Result<PathBuf> {
 fn build_guest_tests() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut cmd = util::cargo();
     cmd.current_dir(util::workspace_root())
-        .args(["test", "--release", "--target", MUSL, "-p", "lqtrace", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--release",
+            "--target",
+            MUSL,
+            "-p",
+            "lqtrace",
+            "--no-run",
+            "--message-format=json",
+        ])
         .stderr(Stdio::inherit());
     for t in GUEST_TESTS {
         cmd.args(["--test", t]);
     }
     eprintln!("vm: {}", render(&cmd));
-    let out = cmd.output().context("building the integration tests for the guests")?;
+    let out = cmd
+        .output()
+        .context("building the integration tests for the guests")?;
     if !out.status.success() {
-        bail!("building the integration tests for the guests failed ({})", out.status);
+        bail!(
+            "building the integration tests for the guests failed ({})",
+            out.status
+        );
     }
     let messages = String::from_utf8_lossy(&out.stdout);
     GUEST_TESTS
         .iter()
         .map(|t| {
-            let exe = executable_of(&messages, t).with_context(|| format!("no executable for tests/{t}.rs in cargo's output"))?;
+            let exe = executable_of(&messages, t)
+                .with_context(|| format!("no executable for tests/{t}.rs in cargo's output"))?;
             Ok((format!("{t}-tests"), exe))
         })
         .collect()
@@ -385,7 +532,9 @@ fn write_initramfs(
     config: &str,
 ) -> anyhow::Result<u64> {
     let mut c = initramfs::Cpio::new();
-    for d in ["dev", "proc", "sys", "tmp", "run", "bin", "sbin", "etc", "root"] {
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "bin", "sbin", "etc", "root",
+    ] {
         c.dir(d);
     }
     c.char_dev("dev/console", 0o600, 5, 1);
@@ -438,7 +587,10 @@ struct Outcome {
 impl Outcome {
     fn passed(&self) -> bool {
         self.fetch_error.is_none()
-            && self.run.as_ref().is_some_and(|r| r.exit == qemu::Exit::Guest(0) && r.report.all_passed())
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.exit == qemu::Exit::Guest(0) && r.report.all_passed())
     }
 }
 
@@ -447,17 +599,32 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn print_table(outcomes: &[Outcome]) {
-    let mut header: Vec<String> = ["KERNEL", "PACKAGE", "UNAME -R", "BTF", "CGROUP2"].map(String::from).to_vec();
+    let mut header: Vec<String> = ["KERNEL", "PACKAGE", "UNAME -R", "BTF", "CGROUP2"]
+        .map(String::from)
+        .to_vec();
     header.extend(PAYLOADS.iter().map(|p| p.name.to_uppercase()));
     header.extend(["GET S", "BOOT S", "RUN S", "TOTAL S", "RESULT"].map(String::from));
     let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
             let r = o.run.as_ref();
-            let info = |k: &str| r.and_then(|r| r.report.info.get(k).cloned()).unwrap_or_else(|| "-".into());
-            let mut row = vec![o.label.clone(), o.package.clone(), info("uname"), info("btf"), info("cgroup2")];
+            let info = |k: &str| {
+                r.and_then(|r| r.report.info.get(k).cloned())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut row = vec![
+                o.label.clone(),
+                o.package.clone(),
+                info("uname"),
+                info("btf"),
+                info("cgroup2"),
+            ];
             for p in PAYLOADS {
-                row.push(r.and_then(|r| r.report.status_of(p.name)).unwrap_or("-").to_string());
+                row.push(
+                    r.and_then(|r| r.report.status_of(p.name))
+                        .unwrap_or("-")
+                        .to_string(),
+                );
             }
             let run_s = r.and_then(|r| r.boot.map(|b| r.total.saturating_sub(b)));
             row.push(secs(o.fetch));
@@ -468,10 +635,16 @@ fn print_table(outcomes: &[Outcome]) {
                 "ok".into()
             } else if let Some(e) = &o.fetch_error {
                 format!("FAILED (download: {})", first_line(e))
-            } else if let Some(e) = r.filter(|r| r.exit == qemu::Exit::Guest(0)).and_then(|r| r.report.errors.first()) {
+            } else if let Some(e) = r
+                .filter(|r| r.exit == qemu::Exit::Guest(0))
+                .and_then(|r| r.report.errors.first())
+            {
                 format!("FAILED (kernel: {})", first_line(e))
             } else {
-                format!("FAILED ({})", r.map_or("not run".into(), |r| r.exit.describe()))
+                format!(
+                    "FAILED ({})",
+                    r.map_or("not run".into(), |r| r.exit.describe())
+                )
             });
             row
         })
@@ -497,7 +670,12 @@ fn print_failure(o: &Outcome) {
     for e in &run.report.errors {
         println!("    {e}");
     }
-    let failed: Vec<_> = run.report.results.iter().filter(|r| r.status == "FAIL").collect();
+    let failed: Vec<_> = run
+        .report
+        .results
+        .iter()
+        .filter(|r| r.status == "FAIL")
+        .collect();
     for r in &failed {
         println!("    {} FAIL: {}", r.name, r.details);
         if let Some(lines) = run.report.output.get(&r.name) {
@@ -530,7 +708,11 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
         bail!("--kernel host runs lqtrace on this machine: run as root");
     }
 
-    let qemu_bin = if any_vm { Some(ensure_qemu(&cache)?) } else { None };
+    let qemu_bin = if any_vm {
+        Some(ensure_qemu(&cache)?)
+    } else {
+        None
+    };
 
     // Build.
     let t = Instant::now();
@@ -540,7 +722,10 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let build_took = t.elapsed();
     let binaries = guest_binaries(&musl_dir, &tests);
     let init = musl_dir.join("vm-guest");
-    for (_, p) in binaries.iter().chain(std::iter::once(&(String::new(), init.clone()))) {
+    for (_, p) in binaries
+        .iter()
+        .chain(std::iter::once(&(String::new(), init.clone())))
+    {
         if !p.exists() {
             bail!("{} not found after building", p.display());
         }
@@ -550,7 +735,13 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     // Kernels.
     let specs: Vec<&'static kernels::Spec> = jobs
         .iter()
-        .filter_map(|j| if let Target::Debian(s) = j.target { Some(s) } else { None })
+        .filter_map(|j| {
+            if let Target::Debian(s) = j.target {
+                Some(s)
+            } else {
+                None
+            }
+        })
         .collect();
     let mut fetched = kernels::fetch_all(&specs, &cache, args.refresh, GUEST_MODULES).into_iter();
 
@@ -558,7 +749,14 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let mut boots: Vec<(usize, PathBuf, Vec<PathBuf>)> = Vec::new(); // (outcome index, vmlinuz, modules)
     for j in &jobs {
         let log = vm_dir.join(format!("{}.log", j.label));
-        let mut o = Outcome { label: j.label.clone(), package: "-".into(), fetch: None, fetch_error: None, run: None, log };
+        let mut o = Outcome {
+            label: j.label.clone(),
+            package: "-".into(),
+            fetch: None,
+            fetch_error: None,
+            run: None,
+            log,
+        };
         match &j.target {
             Target::Host => o.package = "(no VM)".into(),
             Target::File(p) => {
@@ -597,7 +795,11 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     }
     let size = write_initramfs(&initrd, &init, &binaries, &extra, &config)?;
     fs::write(work.join("vmtest.conf"), &config)?;
-    eprintln!("vm: initramfs {} ({:.1} MiB)", initrd.display(), size as f64 / 1048576.0);
+    eprintln!(
+        "vm: initramfs {} ({:.1} MiB)",
+        initrd.display(),
+        size as f64 / 1048576.0
+    );
 
     let timeout = Duration::from_secs(args.timeout);
 
@@ -622,18 +824,29 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
                 s.spawn(|| {
                     loop {
                         let n = next.fetch_add(1, Ordering::SeqCst);
-                        let Some((i, vmlinuz, modules)) = boots.get(n) else { break };
+                        let Some((i, vmlinuz, modules)) = boots.get(n) else {
+                            break;
+                        };
                         let o = &outcomes[*i];
-                        let initrd = match kernel_initramfs(&initrd, modules, &work.join(format!("initrd-{}.cpio", o.label))) {
+                        let initrd = match kernel_initramfs(
+                            &initrd,
+                            modules,
+                            &work.join(format!("initrd-{}.cpio", o.label)),
+                        ) {
                             Ok(p) => p,
                             Err(e) => {
                                 eprintln!("vm: [{}] initramfs: {e:#}", o.label);
-                                results.lock().unwrap().push((*i, qemu::Run {
-                                    exit: qemu::Exit::CouldNotStart(format!("initramfs: {e:#}")),
-                                    boot: None,
-                                    total: Duration::ZERO,
-                                    report: Default::default(),
-                                }));
+                                results.lock().unwrap().push((
+                                    *i,
+                                    qemu::Run {
+                                        exit: qemu::Exit::CouldNotStart(format!(
+                                            "initramfs: {e:#}"
+                                        )),
+                                        boot: None,
+                                        total: Duration::ZERO,
+                                        report: Default::default(),
+                                    },
+                                ));
                                 continue;
                             }
                         };
@@ -656,7 +869,12 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
             }
         });
         if !boots.is_empty() {
-            eprintln!("vm: {} VM(s), {} at a time: {}", boots.len(), workers, util::secs(t.elapsed()));
+            eprintln!(
+                "vm: {} VM(s), {} at a time: {}",
+                boots.len(),
+                workers,
+                util::secs(t.elapsed())
+            );
         }
         for (i, run) in results.into_inner().unwrap() {
             outcomes[i].run = Some(run);
@@ -668,11 +886,18 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
         print_failure(o);
     }
     if args.keep {
-        println!("\nkept {} (initrd.cpio, initrd-<kernel>.cpio with the modules, vmtest.conf)", work.display());
+        println!(
+            "\nkept {} (initrd.cpio, initrd-<kernel>.cpio with the modules, vmtest.conf)",
+            work.display()
+        );
     } else {
         let _ = fs::remove_dir_all(&work);
     }
-    let failed: Vec<&str> = outcomes.iter().filter(|o| !o.passed()).map(|o| o.label.as_str()).collect();
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.label.as_str())
+        .collect();
     println!(
         "\nvm-test: {} of {} kernel(s) passed; build {}, total {}; logs in {}",
         outcomes.len() - failed.len(),
@@ -694,8 +919,11 @@ mod tests {
         let msgs = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"loopback"},"executable":"/t/deps/loopback-abc"}
 {"reason":"compiler-artifact","target":{"kind":["lib"],"name":"lqtrace"},"executable":null}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(super::executable_of(msgs, "loopback"), Some(std::path::PathBuf::from("/t/deps/loopback-abc")));
-        assert_eq!(super::executable_of(msgs, "tun"), None);
+        assert_eq!(
+            executable_of(msgs, "loopback"),
+            Some(PathBuf::from("/t/deps/loopback-abc"))
+        );
+        assert_eq!(executable_of(msgs, "tun"), None);
     }
 
     use super::*;
@@ -703,20 +931,52 @@ mod tests {
     #[test]
     fn payload_list_for_guest_and_host() {
         let bins = vec![
-            ("lqtrace".to_string(), PathBuf::from("/w/target/musl/lqtrace")),
-            ("loopback-tests".to_string(), PathBuf::from("/w/target/musl/deps/loopback-abc")),
-            ("tun-tests".to_string(), PathBuf::from("/w/target/musl/deps/tun-abc")),
+            (
+                "lqtrace".to_string(),
+                PathBuf::from("/w/target/musl/lqtrace"),
+            ),
+            (
+                "loopback-tests".to_string(),
+                PathBuf::from("/w/target/musl/deps/loopback-abc"),
+            ),
+            (
+                "tun-tests".to_string(),
+                PathBuf::from("/w/target/musl/deps/tun-abc"),
+            ),
         ];
         let guest = payload_config(PAYLOADS, &bins, true).unwrap();
-        assert!(guest.contains("\nversion 20 exit0 /bin/lqtrace --version\n"), "{guest}");
-        assert!(guest.contains("\noverflow 60 overflow /bin/lqtrace -j -d 6s\n"), "{guest}");
+        assert!(
+            guest.contains("\nversion 20 exit0 /bin/lqtrace --version\n"),
+            "{guest}"
+        );
+        assert!(
+            guest.contains("\noverflow 60 overflow /bin/lqtrace -j -d 6s\n"),
+            "{guest}"
+        );
         assert!(guest.contains("\nenv RUST_BACKTRACE=1\n"));
         let host = payload_config(PAYLOADS, &bins, false).unwrap();
-        assert!(host.contains("\nsmoke 60 exit0 /w/target/musl/lqtrace -v -d 1s\n"), "{host}");
-        let bad = [Payload { name: "x", timeout_s: 1, check: "exit0", argv: &["nope"] }];
+        assert!(
+            host.contains("\nsmoke 60 exit0 /w/target/musl/lqtrace -v -d 1s\n"),
+            "{host}"
+        );
+        let bad = [Payload {
+            name: "x",
+            timeout_s: 1,
+            check: "exit0",
+            argv: &["nope"],
+        }];
         assert!(payload_config(&bad, &bins, true).is_err());
-        let abs = [Payload { name: "x", timeout_s: 1, check: "exit0", argv: &["/bin/true"] }];
-        assert!(payload_config(&abs, &bins, true).unwrap().contains("\nx 1 exit0 /bin/true\n"));
+        let abs = [Payload {
+            name: "x",
+            timeout_s: 1,
+            check: "exit0",
+            argv: &["/bin/true"],
+        }];
+        assert!(
+            payload_config(&abs, &bins, true)
+                .unwrap()
+                .contains("\nx 1 exit0 /bin/true\n")
+        );
     }
 
     #[test]
@@ -725,7 +985,13 @@ mod tests {
                    \tlibbpf.so.1 => /lib/x86_64-linux-gnu/libbpf.so.1 (0x00007fd7143cd000)\n\
                    \t/lib64/ld-linux-x86-64.so.2 (0x00007fd71452f000)\n\
                    \tlibfoo.so => not found\n";
-        assert_eq!(parse_ldd(out), ["/lib/x86_64-linux-gnu/libbpf.so.1", "/lib64/ld-linux-x86-64.so.2"]);
+        assert_eq!(
+            parse_ldd(out),
+            [
+                "/lib/x86_64-linux-gnu/libbpf.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! bounds-checked helpers, so no input (truncated, garbage, cyclic) can make them panic or hang.
 //! Only little-endian BTF is supported (that is what every x86-64/arm64 kernel ships).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 /// Where the running kernel exposes its own BTF (needs `CONFIG_DEBUG_INFO_BTF=y`).
 pub const VMLINUX_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -34,7 +36,7 @@ const MAX_MEMBER_VISITS: usize = 1_000_000;
 /// Upper bound on type nodes rendered by one type description.
 const RENDER_BUDGET: usize = 256;
 /// BTF does not record pointer width; lqtrace only reads the BTF of the kernel it runs on.
-const POINTER_SIZE: u64 = std::mem::size_of::<usize>() as u64;
+const POINTER_SIZE: u64 = size_of::<usize>() as u64;
 
 /// Errors from reading BTF or looking something up in it. Every message is one line.
 #[derive(Debug)]
@@ -1191,9 +1193,9 @@ fn scan_types(data: &[u8], start: usize, end: usize) -> Result<Vec<TypeEntry>, S
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, time::Instant};
+
     use super::*;
-    use std::collections::HashMap;
-    use std::time::Instant;
 
     /// Builds little BTF blobs for tests. Methods return the new type id.
     #[derive(Default)]

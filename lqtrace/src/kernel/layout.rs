@@ -15,26 +15,38 @@ fn field(btf: &Btf, ty: &str, path: &str, size: u32) -> Result<u32> {
         .member(ty, path)
         .with_context(|| format!("kernel BTF: struct {ty} has no usable member {path}"))?;
     if m.size != size {
-        bail!("kernel BTF: {ty}.{path} is {} bytes, lqtrace reads {size}: unsupported layout", m.size);
+        bail!(
+            "kernel BTF: {ty}.{path} is {} bytes, lqtrace reads {size}: unsupported layout",
+            m.size
+        );
     }
     Ok(m.offset)
 }
 
 fn enum_u32(btf: &Btf, name: &str) -> Result<u32> {
-    let v = btf.enum_value(name).with_context(|| format!("kernel BTF has no enumerator {name}"))?;
+    let v = btf
+        .enum_value(name)
+        .with_context(|| format!("kernel BTF has no enumerator {name}"))?;
     u32::try_from(v).with_context(|| format!("kernel BTF: {name} = {v} is out of range"))
 }
 
 fn tp_field(fmt: &tracefs::Format, name: &str, size: u32) -> Result<u32> {
     let f = fmt.field(name)?;
     if f.size != size {
-        bail!("tracepoint {}: field {name} is {} bytes, expected {size}", fmt.name, f.size);
+        bail!(
+            "tracepoint {}: field {name} is {} bytes, expected {size}",
+            fmt.name,
+            f.size
+        );
     }
     Ok(f.offset)
 }
 
 pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
-    let mut c = Config { ready: 1, ..Config::default() };
+    let mut c = Config {
+        ready: 1,
+        ..Config::default()
+    };
     c.tcp_listen = enum_u32(btf, "TCP_LISTEN")?;
     c.tcp_close = enum_u32(btf, "TCP_CLOSE")?;
     c.sk_state = field(btf, "sock", "__sk_common.skc_state", 1)?;
@@ -45,15 +57,21 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     // struct sock is the first member of inet_connection_sock (via inet_sock), so offsets from
     // the inet_connection_sock start are offsets from the sock pointer.
     c.icsk_qlen = field(btf, "inet_connection_sock", "icsk_accept_queue.qlen", 4)?;
-    let socket = btf.member("socket_alloc", "socket").context("kernel BTF: socket_alloc.socket")?;
+    let socket = btf
+        .member("socket_alloc", "socket")
+        .context("kernel BTF: socket_alloc.socket")?;
     let ino = field(btf, "socket_alloc", "vfs_inode.i_ino", 8)?;
-    c.socket_ino = ino.checked_sub(socket.offset).context("socket_alloc layout")?;
+    c.socket_ino = ino
+        .checked_sub(socket.offset)
+        .context("socket_alloc layout")?;
     c.net_inum = field(btf, "net", "ns.inum", 4)?;
     c.net_mib_stats = field(btf, "net", "mib.net_statistics", 8)?;
     c.net_somaxconn = field(btf, "net", "core.sysctl_somaxconn", 4)?;
     // A flexible array member (size 0 in BTF): only its offset matters.
-    c.bpf_array_pptrs =
-        btf.member("bpf_array", "pptrs").context("kernel BTF: struct bpf_array has no pptrs")?.offset;
+    c.bpf_array_pptrs = btf
+        .member("bpf_array", "pptrs")
+        .context("kernel BTF: struct bpf_array has no pptrs")?
+        .offset;
     for (slot, name) in c.mib.iter_mut().zip(MIB_ENUM_NAMES) {
         *slot = enum_u32(btf, name)?;
     }
@@ -85,10 +103,14 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
 /// kernel passes (`btf_trace_<name>` is `void (*)(void *, struct sk_buff *, ...)`).
 fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
     let typedef = format!("btf_trace_{name}");
-    let params = btf.func_params(&typedef).with_context(|| format!("kernel BTF has no {typedef}"))?;
+    let params = btf
+        .func_params(&typedef)
+        .with_context(|| format!("kernel BTF has no {typedef}"))?;
     match params.get(1) {
         Some((_, ty)) if ty.contains("sk_buff") => Ok(()),
-        other => bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *"),
+        other => {
+            bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *")
+        }
     }
 }
 
@@ -129,9 +151,14 @@ mod tests {
 
     #[test]
     fn hooked_functions_are_the_ones_with_compiled_argument_positions() {
-        for v in crate::hooks::VARIANTS {
+        for v in crate::bpf::hooks::VARIANTS {
             for f in v.functions {
-                assert!(lqtrace_common::PROBE_ARGS.iter().any(|(name, _, _)| name == f), "{f} missing from PROBE_ARGS");
+                assert!(
+                    lqtrace_common::PROBE_ARGS
+                        .iter()
+                        .any(|(name, _, _)| name == f),
+                    "{f} missing from PROBE_ARGS"
+                );
             }
         }
     }
@@ -139,7 +166,7 @@ mod tests {
     /// On the running kernel (when its BTF is readable), the compiled positions match.
     #[test]
     fn compiled_argument_positions_match_the_running_kernel() {
-        let path = std::path::Path::new(crate::kernel::preflight::DEFAULT_BTF);
+        let path = Path::new(crate::kernel::preflight::DEFAULT_BTF);
         let Ok(btf) = Btf::from_file(path) else {
             eprintln!("skipped: no readable {}", path.display());
             return;

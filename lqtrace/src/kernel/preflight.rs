@@ -25,7 +25,11 @@ pub fn check_privileges() -> Result<()> {
     if !missing.is_empty() {
         bail!(
             "root privileges needed (or the capabilities {}): missing {}; run it with sudo",
-            NEEDED_CAPS.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
+            NEEDED_CAPS
+                .iter()
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
             missing.join(", ")
         );
     }
@@ -39,7 +43,11 @@ pub fn missing_caps(status: &str) -> Vec<&'static str> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    NEEDED_CAPS.iter().filter(|(bit, _)| eff & (1u64 << bit) == 0).map(|(_, n)| *n).collect()
+    NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 pub fn check_btf(path: &Path) -> Result<()> {
@@ -91,7 +99,10 @@ mod tests {
     #[test]
     fn cgroup2_mount_found_in_hybrid_layout() {
         let m = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(parse_cgroup2_mount(m), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_cgroup2_mount(m),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
     }
 }

@@ -3,8 +3,10 @@
 //! Tracepoint record layouts change between kernels (fields get added, widened or reordered),
 //! so lqtrace reads field offsets from the format files instead of hard-coding them.
 
-use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 

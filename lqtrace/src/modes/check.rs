@@ -4,8 +4,8 @@
 use anyhow::Result;
 
 use crate::{
+    bpf::hooks::{Group, describe, variants},
     cli::Cli,
-    hooks::{Group, describe, variants},
     session::{SessionOptions, load_tracer},
 };
 
@@ -31,20 +31,36 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({"kind": "check", "groups": groups, "covered": sel.uncovered().is_empty()}));
+        println!(
+            "{}",
+            serde_json::json!({"kind": "check", "groups": groups, "covered": sel.uncovered().is_empty()})
+        );
     } else {
-        println!("{:<34} {:<8} {}", "DROP KIND", "HOOK", "ATTACH POINTS / WHY NOT");
+        println!("{:<34} {:<8} ATTACH POINTS / WHY NOT", "DROP KIND", "HOOK");
         for g in Group::ALL {
             let chosen = sel.chosen.get(&g);
             for kind in g.kinds() {
                 let attach = chosen
                     .and_then(|m| variants(g).find(|v| v.method == *m))
-                    .map(|v| v.hooks.iter().map(|h| describe(h.attach)).collect::<Vec<_>>().join(" + "))
+                    .map(|v| {
+                        v.hooks
+                            .iter()
+                            .map(|h| describe(h.attach))
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    })
                     .unwrap_or_else(|| "-".into());
-                println!("{kind:<34} {:<8} {attach}", chosen.map(|m| m.as_str()).unwrap_or("NONE"));
+                println!(
+                    "{kind:<34} {:<8} {attach}",
+                    chosen.map(|m| m.as_str()).unwrap_or("NONE")
+                );
             }
             for (_, m, why) in sel.skipped.iter().filter(|(sg, _, _)| *sg == g) {
-                println!("{:<34} {:<8} skipped: {why}", format!("  ({} drops)", g.as_str()), m.as_str());
+                println!(
+                    "{:<34} {:<8} skipped: {why}",
+                    format!("  ({} drops)", g.as_str()),
+                    m.as_str()
+                );
             }
         }
     }
@@ -57,7 +73,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
     } else {
         eprintln!(
             "NOT covered: {} drops (no hook variant works on this kernel)",
-            missing.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         Ok(1)
     }

@@ -25,10 +25,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     advice::{self, Facts},
     cli::{Cli, DemoArgs, Filter},
-    netns::{self, TempNetns},
-    output::{Printer, text},
+    kernel::{
+        netns::{self, TempNetns},
+        sockdiag::{self, ListenerSnapshot},
+    },
     session::{Session, SessionOptions},
-    sockdiag::{self, ListenerSnapshot},
+    sink::{Printer, text},
 };
 
 const BACKLOG: i32 = 4;
@@ -45,10 +47,15 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
 
     let ns = TempNetns::new("lqtrace-demo").context("creating the demo network namespace")?;
     // The CLI's btf/verbose/hooks, but no filter: the demo shows its own namespace.
-    let opts = SessionOptions { filter: Filter::default(), ..SessionOptions::from_cli(cli) };
+    let opts = SessionOptions {
+        filter: Filter::default(),
+        ..SessionOptions::from_cli(cli)
+    };
     let mut session = Session::start(&opts).await?;
 
-    let listener = ns.run(|| listen_v4(BACKLOG))?.context("starting the demo server")?;
+    let listener = ns
+        .run(|| listen_v4(BACKLOG))?
+        .context("starting the demo server")?;
     let addr = listener.local_addr()?;
     let server = Server::start(listener)?;
 
@@ -76,7 +83,9 @@ below as it happens (this namespace only), then the reconciliation with the name
     // own threads inherit it.
     let ns_path = ns.path();
     let burst: JoinHandle<io::Result<Vec<OwnedFd>>> = std::thread::spawn(move || {
-        netns::run_in(&ns_path, move || burst_connects(addr, CLIENT_THREADS, CLIENTS_PER_THREAD))?
+        netns::run_in(&ns_path, move || {
+            burst_connects(addr, CLIENT_THREADS, CLIENTS_PER_THREAD)
+        })?
     });
 
     let deadline = tokio::time::Instant::now() + args.length;
@@ -102,7 +111,10 @@ below as it happens (this namespace only), then the reconciliation with the name
     }
 
     // The burst is over in milliseconds; joining it first also orders an early Ctrl-C after it.
-    let clients = burst.join().map_err(|_| anyhow!("the client thread panicked"))?.context("connecting the demo clients")?;
+    let clients = burst
+        .join()
+        .map_err(|_| anyhow!("the client thread panicked"))?
+        .context("connecting the demo clients")?;
     // The listener as the kernel sees it now, while the load is still on.
     let snapshot = ns
         .run(sockdiag::listeners_in_current_netns)
@@ -140,8 +152,20 @@ below as it happens (this namespace only), then the reconciliation with the name
         }
     };
     if !output_closed {
-        let facts = AdviceFacts { peak, recorded, accepted, clients: client_count };
-        write_advice(&mut printer, cli.json, &addr, snapshot.as_ref().ok().and_then(|s| s.as_ref()), advice_line.as_deref(), &facts)?;
+        let facts = AdviceFacts {
+            peak,
+            recorded,
+            accepted,
+            clients: client_count,
+        };
+        write_advice(
+            &mut printer,
+            cli.json,
+            &addr,
+            snapshot.as_ref().ok().and_then(|s| s.as_ref()),
+            advice_line.as_deref(),
+            &facts,
+        )?;
     }
 
     drop(ns);
@@ -154,7 +178,8 @@ below as it happens (this namespace only), then the reconciliation with the name
             eprintln!(
                 "lqtrace demo: the reconciliation did not match: recorded {} drops, the kernel counted {} (see the summary)",
                 r.recorded,
-                r.kernel_listen_drops.map_or("?".to_string(), |k| k.to_string())
+                r.kernel_listen_drops
+                    .map_or("?".to_string(), |k| k.to_string())
             );
             1
         }
@@ -172,7 +197,11 @@ fn advice_for(s: &ListenerSnapshot, recorded: u64, peak: Option<u32>) -> String 
         accept_queue_max: s.accept_queue_max,
         somaxconn: s.somaxconn,
         requested_backlog: Some(BACKLOG),
-        drops: if recorded > 0 { recorded } else { s.drops as u64 },
+        drops: if recorded > 0 {
+            recorded
+        } else {
+            s.drops as u64
+        },
         peak_accept_queue: peak,
     })
 }
@@ -185,7 +214,14 @@ struct AdviceFacts {
     clients: usize,
 }
 
-fn write_advice(printer: &mut Printer, json: bool, addr: &SocketAddr, s: Option<&ListenerSnapshot>, advice: Option<&str>, f: &AdviceFacts) -> io::Result<()> {
+fn write_advice(
+    printer: &mut Printer,
+    json: bool,
+    addr: &SocketAddr,
+    s: Option<&ListenerSnapshot>,
+    advice: Option<&str>,
+    f: &AdviceFacts,
+) -> io::Result<()> {
     let mut out: Vec<u8> = Vec::new();
     if json {
         let v = json!({
@@ -210,16 +246,28 @@ fn write_advice(printer: &mut Printer, json: bool, addr: &SocketAddr, s: Option<
         writeln!(out)?;
         match (s, advice) {
             (Some(s), Some(a)) => {
-                let peak = f.peak.map_or("-".to_string(), |p| format!("{p}/{}", s.accept_queue_max));
+                let peak = f
+                    .peak
+                    .map_or("-".to_string(), |p| format!("{p}/{}", s.accept_queue_max));
                 writeln!(
                     out,
                     "Listener {addr}: backlog {BACKLOG} passed to listen(), limit {}, somaxconn {}; accept queue at the drops {peak}, {}/{} at the end; \
 {} drops traced, socket drop counter {}; {} of {} clients accepted.",
-                    s.accept_queue_max, s.somaxconn, s.accept_queue, s.accept_queue_max, f.recorded, s.drops, f.accepted, f.clients
+                    s.accept_queue_max,
+                    s.somaxconn,
+                    s.accept_queue,
+                    s.accept_queue_max,
+                    f.recorded,
+                    s.drops,
+                    f.accepted,
+                    f.clients
                 )?;
                 writeln!(out, "Advice: {a}")?;
             }
-            _ => writeln!(out, "Advice: unavailable (the demo listener could not be read)")?,
+            _ => writeln!(
+                out,
+                "Advice: unavailable (the demo listener could not be read)"
+            )?,
         }
     }
     printer.raw(&String::from_utf8_lossy(&out));
@@ -251,11 +299,22 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
 fn listen_v4(backlog: i32) -> io::Result<TcpListener> {
     // SAFETY: plain syscalls; the fd is owned by the OwnedFd right after creation.
     unsafe {
-        let fd = cvt(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0), "socket")?;
+        let fd = cvt(
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            ),
+            "socket",
+        )?;
         let owned = OwnedFd::from_raw_fd(fd);
         let sin = sockaddr_in(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
         cvt(
-            libc::bind(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t),
+            libc::bind(
+                fd,
+                &sin as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
             "bind 127.0.0.1:0",
         )?;
         cvt(libc::listen(fd, backlog), "listen")?;
@@ -265,13 +324,26 @@ fn listen_v4(backlog: i32) -> io::Result<TcpListener> {
 
 /// A non-blocking connect; the SYN is on its way when this returns.
 fn connect_nb(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let SocketAddr::V4(a) = addr else { return Err(io::Error::other("IPv4 only")) };
+    let SocketAddr::V4(a) = addr else {
+        return Err(io::Error::other("IPv4 only"));
+    };
     // SAFETY: plain syscalls on a fresh fd owned by the returned OwnedFd.
     unsafe {
-        let fd = cvt(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0), "socket")?;
+        let fd = cvt(
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            ),
+            "socket",
+        )?;
         let owned = OwnedFd::from_raw_fd(fd);
         let sin = sockaddr_in(a);
-        let rc = libc::connect(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+        let rc = libc::connect(
+            fd,
+            &sin as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -288,16 +360,21 @@ fn burst_connects(addr: SocketAddr, threads: usize, per_thread: usize) -> io::Re
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let b = barrier.clone();
+            let b = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 b.wait();
-                (0..per_thread).map(|_| connect_nb(addr)).collect::<io::Result<Vec<_>>>()
+                (0..per_thread)
+                    .map(|_| connect_nb(addr))
+                    .collect::<io::Result<Vec<_>>>()
             })
         })
         .collect();
     let mut all = Vec::new();
     for h in handles {
-        all.extend(h.join().map_err(|_| io::Error::other("client thread panicked"))??);
+        all.extend(
+            h.join()
+                .map_err(|_| io::Error::other("client thread panicked"))??,
+        );
     }
     Ok(all)
 }
@@ -305,7 +382,10 @@ fn burst_connects(addr: SocketAddr, threads: usize, per_thread: usize) -> io::Re
 /// Close with a RST (SO_LINGER {1, 0}), so no client keeps retransmitting into the queue after
 /// the demo and no FIN handshake lingers.
 fn close_rst(fd: OwnedFd) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt with a linger struct; errors don't matter before close.
     unsafe {
         libc::setsockopt(
@@ -313,7 +393,7 @@ fn close_rst(fd: OwnedFd) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             &l as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         );
     }
     drop(fd);
@@ -330,7 +410,7 @@ impl Server {
     fn start(listener: TcpListener) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU32::new(0));
-        let (s, a) = (stop.clone(), accepted.clone());
+        let (s, a) = (Arc::clone(&stop), Arc::clone(&accepted));
         let thread = std::thread::Builder::new()
             .name("lqtrace-demo-server".into())
             .spawn(move || {
@@ -343,7 +423,11 @@ impl Server {
                 }
             })
             .context("starting the demo server thread")?;
-        Ok(Server { stop, accepted, thread })
+        Ok(Server {
+            stop,
+            accepted,
+            thread,
+        })
     }
 
     /// Stop accepting and close the listener; returns how many connections were accepted.

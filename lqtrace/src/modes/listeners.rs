@@ -2,7 +2,7 @@
 //! namespace, with its accept queue now, its limit and where the limit comes from, the owning
 //! processes, the socket's kernel drop counter, and one line of advice.
 //!
-//! Everything comes from NETLINK_SOCK_DIAG ([`crate::sockdiag`]) and /proc; no eBPF is loaded.
+//! Everything comes from NETLINK_SOCK_DIAG ([`crate::kernel::sockdiag`]) and /proc; no eBPF is loaded.
 //! The backlog the application passed to listen() is not kept by the kernel: a snapshot can only
 //! derive it when the limit is below somaxconn (then limit = backlog, since the kernel uses
 //! min(backlog, somaxconn)); the live modes learn it from the listen() calls they see.
@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::{
     advice::{self, Facts},
+    attribution::owners::{Owner, OwnerIndex},
     cli::{Cli, ListenersArgs},
-    owners::{Owner, OwnerIndex},
-    sockdiag::{self, ListenerSnapshot},
+    kernel::sockdiag::{self, ListenerSnapshot},
 };
 
 /// One listener with everything the table shows.
@@ -33,7 +33,9 @@ pub struct Row {
 /// The backlog passed to listen(), when a snapshot can tell: the limit is min(backlog,
 /// somaxconn), so a limit below somaxconn is the backlog itself.
 pub fn derive_backlog(accept_queue_max: u32, somaxconn: u32) -> Option<i32> {
-    (accept_queue_max < somaxconn).then(|| i32::try_from(accept_queue_max).ok()).flatten()
+    (accept_queue_max < somaxconn)
+        .then(|| i32::try_from(accept_queue_max).ok())
+        .flatten()
 }
 
 pub fn row(snap: ListenerSnapshot, owners: Vec<Owner>) -> Row {
@@ -48,14 +50,23 @@ pub fn row(snap: ListenerSnapshot, owners: Vec<Owner>) -> Row {
         drops: snap.drops as u64,
         peak_accept_queue: None,
     });
-    Row { requested_backlog_derived: requested_backlog.is_some(), requested_backlog, snap, owners, advice }
+    Row {
+        requested_backlog_derived: requested_backlog.is_some(),
+        requested_backlog,
+        snap,
+        owners,
+        advice,
+    }
 }
 
 /// The global -P/-p/--comm filters and --busy.
 pub fn keep(r: &Row, cli: &Cli, busy: bool) -> bool {
     (cli.ports.is_empty() || cli.ports.contains(&r.snap.lport))
         && (cli.pids.is_empty() || r.owners.iter().any(|o| cli.pids.contains(&o.pid)))
-        && cli.comm.as_ref().is_none_or(|c| r.owners.iter().any(|o| &o.comm == c))
+        && cli
+            .comm
+            .as_ref()
+            .is_none_or(|c| r.owners.iter().any(|o| &o.comm == c))
         && (!busy || r.snap.accept_queue > 0 || r.snap.drops > 0)
 }
 
@@ -77,7 +88,16 @@ fn owners_col(owners: &[Owner]) -> String {
 pub fn header() -> String {
     format!(
         "{:<11} {:<30} {:<24} {:<11} {:>7} {:>10} {:>6} {:>6} {:>9}  {}",
-        "NETNS", "LADDR:LPORT", "OWNER", "BACKLOG", "LIMIT", "SOMAXCONN", "ACCQ", "SYNQ", "SK_DROPS", "ADVICE"
+        "NETNS",
+        "LADDR:LPORT",
+        "OWNER",
+        "BACKLOG",
+        "LIMIT",
+        "SOMAXCONN",
+        "ACCQ",
+        "SYNQ",
+        "SK_DROPS",
+        "ADVICE"
     )
 }
 
@@ -138,13 +158,22 @@ pub fn collect(cli: &Cli, busy: bool) -> Vec<Row> {
     let mut rows: Vec<Row> = snaps
         .into_iter()
         .map(|s| {
-            let owners = if s.sock_ino != 0 { index.owners_of(s.sock_ino) } else { Vec::new() };
+            let owners = if s.sock_ino != 0 {
+                index.owners_of(s.sock_ino)
+            } else {
+                Vec::new()
+            };
             row(s, owners)
         })
         .filter(|r| keep(r, cli, busy))
         .collect();
     rows.sort_by(|a, b| {
-        (a.snap.netns, a.snap.lport, a.snap.laddr, a.snap.sock_ino).cmp(&(b.snap.netns, b.snap.lport, b.snap.laddr, b.snap.sock_ino))
+        (a.snap.netns, a.snap.lport, a.snap.laddr, a.snap.sock_ino).cmp(&(
+            b.snap.netns,
+            b.snap.lport,
+            b.snap.laddr,
+            b.snap.sock_ino,
+        ))
     });
     rows
 }
@@ -158,8 +187,11 @@ fn check_privileges() -> Result<()> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    let missing: Vec<&str> =
-        [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")].iter().filter(|(b, _)| eff & (1u64 << b) == 0).map(|(_, n)| *n).collect();
+    let missing: Vec<&str> = [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")]
+        .iter()
+        .filter(|(b, _)| eff & (1u64 << b) == 0)
+        .map(|(_, n)| *n)
+        .collect();
     if !missing.is_empty() {
         bail!(
             "`lqtrace listeners` needs root (or CAP_SYS_ADMIN and CAP_SYS_PTRACE) to enter every network namespace and read every process's sockets: missing {}; run it with sudo",
@@ -186,7 +218,15 @@ pub async fn run(cli: &Cli, args: &ListenersArgs) -> Result<i32> {
                 writeln!(out, "{}", text_line(r))?;
             }
             if rows.is_empty() {
-                writeln!(out, "(no listener{})", if args.busy { " with a queue or drops" } else { " matches" })?;
+                writeln!(
+                    out,
+                    "(no listener{})",
+                    if args.busy {
+                        " with a queue or drops"
+                    } else {
+                        " matches"
+                    }
+                )?;
             }
             writeln!(out)?;
             for line in FOOTNOTE {
@@ -205,9 +245,11 @@ pub async fn run(cli: &Cli, args: &ListenersArgs) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use clap::Parser as _;
     use std::net::IpAddr;
+
+    use clap::Parser as _;
+
+    use super::*;
 
     fn snap(port: u16, q: u32, max: u32, drops: u32) -> ListenerSnapshot {
         ListenerSnapshot {
@@ -226,7 +268,12 @@ mod tests {
     }
 
     fn owner(pid: u32, comm: &str) -> Owner {
-        Owner { pid, comm: comm.into(), cmdline: String::new(), cgroup: String::new() }
+        Owner {
+            pid,
+            comm: comm.into(),
+            cmdline: String::new(),
+            cgroup: String::new(),
+        }
     }
 
     #[test]
@@ -236,17 +283,29 @@ mod tests {
         assert_eq!(derive_backlog(4096, 4096), None);
         assert_eq!(derive_backlog(5000, 4096), None);
         let r = row(snap(80, 4, 3, 9), vec![]);
-        assert_eq!((r.requested_backlog, r.requested_backlog_derived), (Some(3), true));
-        assert!(r.advice.contains("not calling accept() fast enough"), "{}", r.advice);
+        assert_eq!(
+            (r.requested_backlog, r.requested_backlog_derived),
+            (Some(3), true)
+        );
+        assert!(
+            r.advice.contains("not calling accept() fast enough"),
+            "{}",
+            r.advice
+        );
         assert!(text_line(&r).contains("3=limit"));
         let r = row(snap(80, 0, 4096, 0), vec![]);
-        assert_eq!((r.requested_backlog, r.requested_backlog_derived), (None, false));
+        assert_eq!(
+            (r.requested_backlog, r.requested_backlog_derived),
+            (None, false)
+        );
         assert_eq!(r.advice, "ok");
     }
 
     #[test]
     fn filters() {
-        let cli = |args: &[&str]| Cli::try_parse_from([&["lqtrace"], args, &["listeners"]].concat()).unwrap();
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from([&["lqtrace"], args, &["listeners"]].concat()).unwrap()
+        };
         let r = row(snap(8080, 0, 128, 0), vec![owner(42, "java")]);
         assert!(keep(&r, &cli(&[]), false));
         assert!(keep(&r, &cli(&["-P", "80,8080"]), false));
@@ -262,7 +321,10 @@ mod tests {
 
     #[test]
     fn columns_line_up_and_json_keys() {
-        let r = row(snap(8080, 4, 3, 9), vec![owner(42, "java"), owner(43, "java")]);
+        let r = row(
+            snap(8080, 4, 3, 9),
+            vec![owner(42, "java"), owner(43, "java")],
+        );
         let line = text_line(&r);
         let h = header();
         assert_eq!(line.find("0.0.0.0:8080"), h.find("LADDR"));
@@ -271,8 +333,18 @@ mod tests {
         assert_eq!(line.find("queue full"), h.find("ADVICE"));
         let v = json_line(&r);
         for key in [
-            "netns", "laddr", "lport", "sock_ino", "owners", "requested_backlog", "requested_backlog_derived",
-            "accept_queue", "accept_queue_max", "somaxconn", "drops", "advice",
+            "netns",
+            "laddr",
+            "lport",
+            "sock_ino",
+            "owners",
+            "requested_backlog",
+            "requested_backlog_derived",
+            "accept_queue",
+            "accept_queue_max",
+            "somaxconn",
+            "drops",
+            "advice",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

@@ -1,7 +1,8 @@
-//! Modes other than the default live trace. Each is a consumer of `session::Session`.
+//! The command-line modes. Each is a thin composition of a `session::Session` and sinks.
 
 pub mod check;
 pub mod demo;
 pub mod listeners;
 pub mod run;
 pub mod top;
+pub mod trace;

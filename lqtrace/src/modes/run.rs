@@ -23,10 +23,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{Cli, Filter, RunArgs},
     event::DropEvent,
-    output::{BANNER, Printer, summary::Summary},
-    report::{self, ReportInput},
     session::{Session, SessionOptions},
-    timeline::{QueueSampler, Timeline, endpoint, monotonic_ns},
+    sink::{
+        BANNER, Printer,
+        report::{self, ReportInput},
+    },
+    stats::{
+        summary::Summary,
+        timeline::{QueueSampler, Timeline, endpoint, monotonic_ns},
+    },
 };
 
 /// Exit status with `--fail-on-drop` when drops happened and the command succeeded.
@@ -38,8 +43,14 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     let filter = Filter::from_cli(cli);
-    let opts = SessionOptions { filter: filter.clone(), ..SessionOptions::from_cli(cli) };
-    let (program, rest) = args.cmd.split_first().context("no command given after `--`")?;
+    let opts = SessionOptions {
+        filter: filter.clone(),
+        ..SessionOptions::from_cli(cli)
+    };
+    let (program, rest) = args
+        .cmd
+        .split_first()
+        .context("no command given after `--`")?;
 
     let mut session = Session::start(&opts).await?;
     let started_unix_ns = unix_now_ns();
@@ -59,7 +70,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
             // As a shell would: 127 not found, 126 found but not runnable.
             eprintln!("lqtrace: cannot run `{program}`: {e}");
             let _ = session.finish();
-            return Ok(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 });
+            return Ok(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
         }
     };
     let pid = child.id().map(|p| p as libc::pid_t);
@@ -76,14 +91,23 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     tokio::pin!(sleep);
 
     let tty = io::stderr().is_terminal();
-    let progress_every = if tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let progress_every = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sampler = QueueSampler::new();
 
-    let mut out = Output { printer: &mut printer, json: cli.json, closed: false };
+    let mut out = Output {
+        printer: &mut printer,
+        json: cli.json,
+        closed: false,
+    };
     let mut interrupts = 0u32;
     let mut timed_out = false;
     let mut status_shown = false;
@@ -152,7 +176,10 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
             );
             code = EXIT_DROPS;
         } else {
-            eprintln!("lqtrace: {drops} listen drops during the run; `{program}` failed ({}), passing its status on", describe(status));
+            eprintln!(
+                "lqtrace: {drops} listen drops during the run; `{program}` failed ({}), passing its status on",
+                describe(status)
+            );
         }
     }
 
@@ -172,9 +199,18 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
             summary: &summary,
             timeline: &timeline,
         };
-        let files = report::write(path, &input).with_context(|| format!("writing the report {}", path.display()))?;
-        let images: Vec<String> = files.images.iter().map(|p| p.display().to_string()).collect();
-        eprintln!("lqtrace: report written to {} (plots: {})", files.html.display(), images.join(", "));
+        let files = report::write(path, &input)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        let images: Vec<String> = files
+            .images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "lqtrace: report written to {} (plots: {})",
+            files.html.display(),
+            images.join(", ")
+        );
         if let Some(note) = files.note {
             eprintln!("lqtrace: {note}");
         }
@@ -222,13 +258,20 @@ fn clear_status(tty: bool, shown: &mut bool) {
 pub fn status_line(session: &Session) -> String {
     let listeners = session.totals().listeners();
     let drops: u64 = listeners.iter().map(|l| l.drops).sum();
-    let mut line = format!("lqtrace: {:.1}s  drops {drops}", session.elapsed().as_secs_f64());
+    let mut line = format!(
+        "lqtrace: {:.1}s  drops {drops}",
+        session.elapsed().as_secs_f64()
+    );
     if let Some(w) = listeners.first().filter(|l| l.drops > 0) {
         let owner = match w.owners.first() {
             Some(o) => format!("{}/{}", o.pid, o.comm),
             None => "?".into(),
         };
-        line.push_str(&format!("  worst {} {owner} ({})", endpoint(&w.laddr, w.lport), w.drops));
+        line.push_str(&format!(
+            "  worst {} {owner} ({})",
+            endpoint(&w.laddr, w.lport),
+            w.drops
+        ));
     }
     line
 }
@@ -245,7 +288,14 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit status {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}{}", if status.core_dumped() { " (core dumped)" } else { "" }),
+        (None, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            if status.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        ),
         (None, None) => "unknown exit status".into(),
     }
 }
@@ -253,10 +303,24 @@ pub fn describe(status: ExitStatus) -> String {
 pub fn describe_filter(f: &Filter) -> String {
     let mut parts = Vec::new();
     if !f.ports.is_empty() {
-        parts.push(format!("ports {}", f.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")));
+        parts.push(format!(
+            "ports {}",
+            f.ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if !f.pids.is_empty() {
-        parts.push(format!("pids {}", f.pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")));
+        parts.push(format!(
+            "pids {}",
+            f.pids
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if let Some(c) = &f.comm {
         parts.push(format!("comm {c}"));
@@ -281,13 +345,20 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::from_raw(1 << 8)), 1);
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
         assert_eq!(describe(ExitStatus::from_raw(2 << 8)), "exit status 2");
-        assert_eq!(describe(ExitStatus::from_raw(libc::SIGINT)), "killed by signal 2");
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGINT)),
+            "killed by signal 2"
+        );
     }
 
     #[test]
     fn filter_text() {
         assert_eq!(describe_filter(&Filter::default()), "");
-        let f = Filter { ports: vec![80, 443], pids: vec![1], comm: Some("nginx".into()) };
+        let f = Filter {
+            ports: vec![80, 443],
+            pids: vec![1],
+            comm: Some("nginx".into()),
+        };
         assert_eq!(describe_filter(&f), "ports 80,443; pids 1; comm nginx");
     }
 }

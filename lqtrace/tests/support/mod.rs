@@ -9,18 +9,18 @@
 pub mod tracer;
 pub mod tun_peer;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::{Child, ChildStdout, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    process::{Child, ChildStdout, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
-use lqtrace::counters::NetStat;
-use lqtrace::netns::TempNetns;
+use lqtrace::kernel::{netns::TempNetns, netstat::NetStat};
 use serde_json::Value;
-
 pub use tracer::{TraceOutput, Tracer};
 
 /// Skip (return from) the test with a printed note unless we are root.
@@ -68,7 +68,7 @@ pub struct Counters(pub NetStat);
 impl Counters {
     pub fn read(ns: &TempNetns) -> Counters {
         Counters(
-            lqtrace::counters::read_in(&ns.path())
+            lqtrace::kernel::netstat::read_in(&ns.path())
                 .unwrap_or_else(|e| panic!("read counters of {}: {e:#}", ns.name())),
         )
     }
@@ -80,7 +80,7 @@ impl Counters {
 }
 
 /// The listen counters the tests compare with: the same list lqtrace reconciles with.
-pub use lqtrace::counters::LISTEN_KEYS as COUNTER_KEYS;
+pub use lqtrace::kernel::netstat::LISTEN_KEYS as COUNTER_KEYS;
 
 pub fn show_delta(d: &NetStat) -> String {
     COUNTER_KEYS
@@ -493,17 +493,17 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let len = match addr {
         SocketAddr::V4(a) => {
             let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as _;
+            sin.sin_family = libc::AF_INET as u16;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
+            size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
             let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as _;
+            sin6.sin6_family = libc::AF_INET6 as u16;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_addr.s6_addr = a.ip().octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
+            size_of::<libc::sockaddr_in6>()
         }
     };
     (ss, len as libc::socklen_t)
@@ -625,7 +625,7 @@ pub fn close_rst(fd: OwnedFd) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             &l as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         );
     }
     drop(fd);
@@ -655,7 +655,7 @@ pub fn burst_connects(addr: SocketAddr, threads: usize, per_thread: usize) -> Ve
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let b = barrier.clone();
+            let b = std::sync::Arc::clone(&barrier);
             std::thread::spawn(move || {
                 b.wait();
                 (0..per_thread)

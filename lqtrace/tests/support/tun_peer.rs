@@ -16,11 +16,13 @@
 
 #![allow(dead_code, clippy::too_many_arguments)]
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{self, Read, Write},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
 
 /// Address of the kernel side of the TUN device (the listener binds here).
 pub const LOCAL_IP: [u8; 4] = [198, 18, 0, 1];
@@ -218,7 +220,7 @@ impl TunPeer {
         let flags = IFF_TUN | IFF_NO_PI;
         ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
         // SAFETY: ioctl with a pointer to a properly sized ifreq buffer.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) };
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }

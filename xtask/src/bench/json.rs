@@ -20,7 +20,10 @@ impl Value {
     /// `obj[key]`, or `Null` when absent or not an object.
     pub fn get(&self, key: &str) -> &Value {
         match self {
-            Value::Obj(fields) => fields.iter().find(|(k, _)| k == key).map_or(&NULL, |(_, v)| v),
+            Value::Obj(fields) => fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(&NULL, |(_, v)| v),
             _ => &NULL,
         }
     }
@@ -48,7 +51,11 @@ impl Value {
 }
 
 pub fn parse(text: &str) -> Result<Value> {
-    let mut p = Parser { s: text.as_bytes(), i: 0, depth: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
     let v = p.value()?;
     p.ws();
     if p.i != p.s.len() {
@@ -112,7 +119,11 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Value {
         let start = self.i;
-        while self.s.get(self.i).is_some_and(|b| b"+-.eE0123456789".contains(b)) {
+        while self
+            .s
+            .get(self.i)
+            .is_some_and(|b| b"+-.eE0123456789".contains(b))
+        {
             self.i += 1;
         }
         Value::Num(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
@@ -122,12 +133,16 @@ impl Parser<'_> {
         self.expect(b'"')?;
         let mut out = Vec::new();
         loop {
-            let Some(&b) = self.s.get(self.i) else { bail!("JSON: unterminated string") };
+            let Some(&b) = self.s.get(self.i) else {
+                bail!("JSON: unterminated string")
+            };
             self.i += 1;
             match b {
                 b'"' => break,
                 b'\\' => {
-                    let Some(&e) = self.s.get(self.i) else { bail!("JSON: unterminated escape") };
+                    let Some(&e) = self.s.get(self.i) else {
+                        bail!("JSON: unterminated escape")
+                    };
                     self.i += 1;
                     match e {
                         b'n' => out.push(b'\n'),
@@ -138,7 +153,8 @@ impl Parser<'_> {
                         b'u' => {
                             let hex = self.s.get(self.i..self.i + 4).unwrap_or(b"003f");
                             self.i += 4;
-                            let c = u32::from_str_radix(&String::from_utf8_lossy(hex), 16).unwrap_or(0x3f);
+                            let c = u32::from_str_radix(&String::from_utf8_lossy(hex), 16)
+                                .unwrap_or(0x3f);
                             let c = char::from_u32(c).unwrap_or('?');
                             out.extend_from_slice(c.to_string().as_bytes());
                         }
@@ -215,7 +231,16 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        for bad in ["", "{", "[1,", "{\"a\" 1}", "tru", "\"abc", "{} x", &"[".repeat(500)] {
+        for bad in [
+            "",
+            "{",
+            "[1,",
+            "{\"a\" 1}",
+            "tru",
+            "\"abc",
+            "{} x",
+            &"[".repeat(500),
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -3,7 +3,6 @@
 //! permanently full, and a SYN flood from a raw socket (every SYN is a listen drop).
 
 use std::{
-    mem::size_of,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
@@ -27,7 +26,7 @@ fn check(rc: libc::c_int, what: &str) -> Result<libc::c_int> {
 fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     // SAFETY: plain old data.
     let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as _;
+    sin.sin_family = libc::AF_INET as u16;
     sin.sin_port = port.to_be();
     sin.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
     sin
@@ -42,10 +41,20 @@ fn set_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int, v: libc::c_int
 fn listener(port: u16, backlog: i32) -> Result<OwnedFd> {
     // SAFETY: plain syscalls; the fd is owned by the returned OwnedFd.
     unsafe {
-        let fd = OwnedFd::from_raw_fd(check(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0), "socket")?);
+        let fd = OwnedFd::from_raw_fd(check(
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+            "socket",
+        )?);
         set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
         let sin = sockaddr_v4(Ipv4Addr::LOCALHOST, port);
-        check(libc::bind(fd.as_raw_fd(), (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32), "bind")?;
+        check(
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            ),
+            "bind",
+        )?;
         check(libc::listen(fd.as_raw_fd(), backlog), "listen")?;
         Ok(fd)
     }
@@ -55,19 +64,38 @@ fn listener(port: u16, backlog: i32) -> Result<OwnedFd> {
 fn connect(port: u16) -> Result<OwnedFd> {
     // SAFETY: plain syscalls; the fd is owned by the returned OwnedFd.
     unsafe {
-        let fd = OwnedFd::from_raw_fd(check(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0), "socket")?);
+        let fd = OwnedFd::from_raw_fd(check(
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+            "socket",
+        )?);
         let sin = sockaddr_v4(Ipv4Addr::LOCALHOST, port);
-        check(libc::connect(fd.as_raw_fd(), (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32), "connect")?;
+        check(
+            libc::connect(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            ),
+            "connect",
+        )?;
         Ok(fd)
     }
 }
 
 /// Close with a RST (SO_LINGER 0): no TIME_WAIT, so the loop never runs out of ports.
 fn close_rst(fd: OwnedFd) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt with a linger struct.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&l as *const libc::linger).cast(), size_of::<libc::linger>() as u32)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
     };
     drop(fd);
 }
@@ -91,18 +119,34 @@ pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -
     ns.run(move || {
         let l = listener(port, 4096)?;
         // accept() gives up every 100 ms so the server notices the end.
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         // SAFETY: setsockopt with a timeval.
         unsafe {
-            libc::setsockopt(l.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32)
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
         };
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
-            let stop = stop.clone();
+            let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     // SAFETY: accept on our listener; the new fd is closed right away.
-                    let fd = unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+                    let fd = unsafe {
+                        libc::accept4(
+                            l.as_raw_fd(),
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_CLOEXEC,
+                        )
+                    };
                     if fd >= 0 {
                         // SAFETY: fd was just returned by accept4.
                         unsafe { libc::close(fd) };
@@ -115,7 +159,7 @@ pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -
         let deadline = start + duration;
         let workers: Vec<_> = (0..clients)
             .map(|_| {
-                let total = total.clone();
+                let total = Arc::clone(&total);
                 std::thread::spawn(move || -> Result<()> {
                     let mut n = 0u64;
                     while Instant::now() < deadline && !sys::interrupted() {
@@ -129,7 +173,11 @@ pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -
             .collect();
         let mut first_err = None;
         for w in workers {
-            if let Err(e) = w.join().map_err(|_| anyhow::anyhow!("client thread panicked")).and_then(|r| r) {
+            if let Err(e) = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))
+                .and_then(|r| r)
+            {
                 first_err.get_or_insert(e);
             }
         }
@@ -140,7 +188,10 @@ pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -
         if let Some(e) = first_err {
             return Err(e.context("connect loop"));
         }
-        Ok(LoopRun { connections: total.load(Ordering::Relaxed), secs })
+        Ok(LoopRun {
+            connections: total.load(Ordering::Relaxed),
+            secs,
+        })
     })
 }
 
@@ -152,7 +203,17 @@ pub fn ping_pong(ns: &Netns, port: u16, duration: Duration) -> Result<u64> {
         let l = listener(port, 16)?;
         let c = connect(port)?;
         // SAFETY: accept on our listener; the fd is owned below.
-        let s = unsafe { OwnedFd::from_raw_fd(check(libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC), "accept")?) };
+        let s = unsafe {
+            OwnedFd::from_raw_fd(check(
+                libc::accept4(
+                    l.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                ),
+                "accept",
+            )?)
+        };
         set_int(c.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
         set_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
         let echo = std::thread::spawn(move || {
@@ -160,7 +221,9 @@ pub fn ping_pong(ns: &Netns, port: u16, duration: Duration) -> Result<u64> {
             loop {
                 // SAFETY: read/write on our connected socket with a local buffer.
                 let n = unsafe { libc::read(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n <= 0 || unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), n as usize) } != n {
+                if n <= 0
+                    || unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), n as usize) } != n
+                {
                     break;
                 }
             }
@@ -204,7 +267,10 @@ pub fn saturated_listener(ns: &Netns, port: u16) -> Result<SaturatedListener> {
     ns.run(move || {
         let l = listener(port, 0)?;
         let c = connect(port)?;
-        Ok(SaturatedListener { _listener: l, _client: c })
+        Ok(SaturatedListener {
+            _listener: l,
+            _client: c,
+        })
     })
 }
 
@@ -265,26 +331,56 @@ pub fn syn_packet(src: [u8; 4], sport: u16, dport: u16, seq: u32) -> [u8; 44] {
 /// `rate` packets/s in total (None: as fast as the machine goes). Sources are 127.1.x.y with
 /// varying ports, never the saturating connection's 127.0.0.1. The whole receive path of
 /// each SYN runs in the sender's syscall (loopback), so the sender's CPU time is the drop cost.
-pub fn syn_flood(ns: &Netns, dport: u16, rate: Option<u64>, threads: usize, duration: Duration) -> Result<FloodRun> {
+pub fn syn_flood(
+    ns: &Netns,
+    dport: u16,
+    rate: Option<u64>,
+    threads: usize,
+    duration: Duration,
+) -> Result<FloodRun> {
     ns.run(move || {
         let start = Instant::now();
         let deadline = start + duration;
         let per_thread = rate.map(|r| (r as f64 / threads as f64).max(1.0));
         let workers: Vec<_> = (0..threads)
-            .map(|t| std::thread::spawn(move || flood_thread(t as u32, dport, per_thread, start, deadline)))
+            .map(|t| {
+                std::thread::spawn(move || {
+                    flood_thread(t as u32, dport, per_thread, start, deadline)
+                })
+            })
             .collect();
         let mut sent = 0;
         for w in workers {
-            sent += w.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+            sent += w
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
         }
         sys::check_interrupted()?;
-        Ok(FloodRun { sent, secs: start.elapsed().as_secs_f64() })
+        Ok(FloodRun {
+            sent,
+            secs: start.elapsed().as_secs_f64(),
+        })
     })
 }
 
-fn flood_thread(t: u32, dport: u16, rate: Option<f64>, start: Instant, deadline: Instant) -> Result<u64> {
+fn flood_thread(
+    t: u32,
+    dport: u16,
+    rate: Option<f64>,
+    start: Instant,
+    deadline: Instant,
+) -> Result<u64> {
     // SAFETY: plain syscall; the fd is owned below. IPPROTO_RAW implies IP_HDRINCL.
-    let fd = unsafe { OwnedFd::from_raw_fd(check(libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW), "raw socket")?) };
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(check(
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            ),
+            "raw socket",
+        )?)
+    };
     let dst = sockaddr_v4(Ipv4Addr::LOCALHOST, dport);
     let mut packets = [[0u8; 44]; BATCH];
     let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -310,7 +406,10 @@ fn flood_thread(t: u32, dport: u16, rate: Option<f64>, start: Instant, deadline:
             let sport = 1024 + (k % 64_000) as u16;
             seq = seq.wrapping_add(0x9e37_79b9);
             *p = syn_packet(src, sport, dport, seq);
-            iovs[i] = libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() };
+            iovs[i] = libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            };
             msgs[i].msg_hdr.msg_iov = &mut iovs[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
@@ -344,7 +443,11 @@ mod tests {
         pseudo[4..8].copy_from_slice(&p[16..20]);
         pseudo[9] = 6;
         pseudo[10..12].copy_from_slice(&24u16.to_be_bytes());
-        assert_eq!(csum_fold(csum_add(csum_add(0, &pseudo), &p[20..])), 0, "TCP checksum");
+        assert_eq!(
+            csum_fold(csum_add(csum_add(0, &pseudo), &p[20..])),
+            0,
+            "TCP checksum"
+        );
         assert_eq!(p[33], 0x02, "SYN flag");
     }
 }

@@ -63,14 +63,21 @@ impl Sysctl {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         let old = fs::read_to_string(&path).with_context(|| format!("reading sysctl {key}"))?;
         fs::write(&path, value).with_context(|| format!("setting sysctl {key}={value}"))?;
-        Ok(Sysctl { path, old: old.trim().to_string() })
+        Ok(Sysctl {
+            path,
+            old: old.trim().to_string(),
+        })
     }
 }
 
 impl Drop for Sysctl {
     fn drop(&mut self) {
         if let Err(e) = fs::write(&self.path, &self.old) {
-            eprintln!("bench: could not restore {} to {}: {e}", self.path.display(), self.old);
+            eprintln!(
+                "bench: could not restore {} to {}: {e}",
+                self.path.display(),
+                self.old
+            );
         }
     }
 }
@@ -153,7 +160,10 @@ pub fn cpu_secs(pid: i32) -> Option<f64> {
 
 /// The 1-minute load average (other work on the machine skews every figure).
 pub fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "?".into())
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// A private network namespace `lqbench-PID-N`, deleted on drop.
@@ -166,9 +176,16 @@ const NETNS_DIR: &str = "/run/netns";
 const NETNS_PREFIX: &str = "lqbench";
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().with_context(|| format!("running ip {}", args.join(" ")))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -179,7 +196,9 @@ impl Netns {
         ip(&["netns", "add", &name])?;
         let mut ns = Netns { name, inum: 0 };
         use std::os::unix::fs::MetadataExt as _;
-        ns.inum = fs::metadata(ns.path()).context("stat of the new netns")?.ino() as u32;
+        ns.inum = fs::metadata(ns.path())
+            .context("stat of the new netns")?
+            .ino() as u32;
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -189,7 +208,10 @@ impl Netns {
     }
 
     /// Run `f` on a fresh thread inside the namespace (threads it spawns inherit the namespace).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let path = self.path();
         std::thread::spawn(move || -> Result<T> {
             enter(&path)?;
@@ -204,7 +226,10 @@ impl Netns {
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
         self.run(|| {
             let mut out = BTreeMap::new();
-            for file in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
+            for file in [
+                "/proc/thread-self/net/netstat",
+                "/proc/thread-self/net/snmp",
+            ] {
                 let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
                 parse_proc_net(&text, &mut out);
             }
@@ -214,10 +239,15 @@ impl Netns {
 
     /// Delete namespaces left behind by an earlier bench process that was SIGKILLed.
     pub fn remove_stale() {
-        let Ok(dir) = fs::read_dir(NETNS_DIR) else { return };
+        let Ok(dir) = fs::read_dir(NETNS_DIR) else {
+            return;
+        };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(&format!("{NETNS_PREFIX}-")).and_then(|r| r.split('-').next()) else {
+            let Some(pid) = name
+                .strip_prefix(&format!("{NETNS_PREFIX}-"))
+                .and_then(|r| r.split('-').next())
+            else {
                 continue;
             };
             if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -232,7 +262,11 @@ pub fn enter(path: &Path) -> Result<()> {
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: plain syscall on an fd we own.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns into {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns into {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -250,7 +284,9 @@ pub fn parse_proc_net(text: &str, out: &mut BTreeMap<String, u64>) {
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let [names, values] = pair else { continue };
-        let (Some((p1, n)), Some((p2, v))) = (names.split_once(':'), values.split_once(':')) else { continue };
+        let (Some((p1, n)), Some((p2, v))) = (names.split_once(':'), values.split_once(':')) else {
+            continue;
+        };
         if p1 != p2 {
             continue;
         }
@@ -264,7 +300,11 @@ pub fn parse_proc_net(text: &str, out: &mut BTreeMap<String, u64>) {
 
 /// `counter` after minus before.
 pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, counter: &str) -> u64 {
-    after.get(counter).copied().unwrap_or(0).saturating_sub(before.get(counter).copied().unwrap_or(0))
+    after
+        .get(counter)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(counter).copied().unwrap_or(0))
 }
 
 #[cfg(test)]

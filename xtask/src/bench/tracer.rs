@@ -56,9 +56,15 @@ impl Tracer {
     pub fn start(bin: &Path, args: &[&str], needles: Vec<String>) -> Result<Tracer> {
         let started = Instant::now();
         let mut cmd = Command::new(bin);
-        cmd.arg("-j").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-j")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         sys::die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let out = child.stdout.take().context("stdout")?;
         let err = child.stderr.take().context("stderr")?;
         let child = Guarded(Some(child));
@@ -75,13 +81,24 @@ impl Tracer {
             }
             text
         });
-        let mut t = Tracer { child, ready: Duration::ZERO, stdout: Some(stdout), stderr: Some(stderr) };
+        let mut t = Tracer {
+            child,
+            ready: Duration::ZERO,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(at) => t.ready = at - started,
             Err(_) => {
                 let status = t.child.wait(Duration::from_secs(1), "lqtrace").ok();
-                let err = t.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-                bail!("lqtrace {args:?} did not print its banner (status {status:?}); stderr:\n{err}");
+                let err = t
+                    .stderr
+                    .take()
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
+                bail!(
+                    "lqtrace {args:?} did not print its banner (status {status:?}); stderr:\n{err}"
+                );
             }
         }
         Ok(t)
@@ -97,17 +114,39 @@ impl Tracer {
         let cpu_secs = sys::cpu_secs(self.pid()).unwrap_or(0.0);
         self.child.signal(libc::SIGINT);
         let status = self.child.wait(STOP_TIMEOUT, "lqtrace after SIGINT")?;
-        let stdout = self.stdout.take().context("stdout reader")?.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
-        let stderr = self.stderr.take().context("stderr reader")?.join().unwrap_or_default();
+        let stdout = self
+            .stdout
+            .take()
+            .context("stdout reader")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
+        let stderr = self
+            .stderr
+            .take()
+            .context("stderr reader")?
+            .join()
+            .unwrap_or_default();
         if !status.success() {
             bail!("lqtrace exited with {status} after SIGINT; stderr:\n{stderr}");
         }
-        let summary = json::parse(&stdout.last_line)
-            .with_context(|| format!("lqtrace's last stdout line is not JSON: {:.200}", stdout.last_line))?;
+        let summary = json::parse(&stdout.last_line).with_context(|| {
+            format!(
+                "lqtrace's last stdout line is not JSON: {:.200}",
+                stdout.last_line
+            )
+        })?;
         if summary.get("kind").as_str() != Some("summary") {
-            bail!("lqtrace's last stdout line is not the summary: {:.200}", stdout.last_line);
+            bail!(
+                "lqtrace's last stdout line is not the summary: {:.200}",
+                stdout.last_line
+            );
         }
-        Ok(Finished { summary, stdout, vm_hwm_kib, cpu_secs })
+        Ok(Finished {
+            summary,
+            stdout,
+            vm_hwm_kib,
+            cpu_secs,
+        })
     }
 }
 
@@ -117,7 +156,10 @@ fn count_lines(mut out: impl std::io::Read, needles: Vec<String>) -> Stdout {
     let mut partial: Vec<u8> = Vec::new();
     let count = |line: &[u8], s: &mut Stdout| {
         s.lines += 1;
-        if !needles.is_empty() && std::str::from_utf8(line).is_ok_and(|l| needles.iter().all(|n| l.contains(n.as_str()))) {
+        if !needles.is_empty()
+            && std::str::from_utf8(line)
+                .is_ok_and(|l| needles.iter().all(|n| l.contains(n.as_str())))
+        {
             s.matching += 1;
         }
     };
@@ -162,12 +204,29 @@ pub struct ProgStat {
 pub fn prog_stats(pid: i32) -> Result<BTreeMap<u32, ProgStat>> {
     let mut out = BTreeMap::new();
     let dir = format!("/proc/{pid}/fdinfo");
-    for e in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?.flatten() {
-        let Ok(text) = fs::read_to_string(e.path()) else { continue };
-        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("reading {dir}"))?
+        .flatten()
+    {
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         // Program fds have run_cnt; link fds have prog_id but no run_cnt.
-        if let (Some(id), Some(run_time_ns), Some(run_cnt)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:")) {
-            out.insert(id as u32, ProgStat { run_time_ns, run_cnt });
+        if let (Some(id), Some(run_time_ns), Some(run_cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            out.insert(
+                id as u32,
+                ProgStat {
+                    run_time_ns,
+                    run_cnt,
+                },
+            );
         }
     }
     Ok(out)
@@ -175,16 +234,28 @@ pub fn prog_stats(pid: i32) -> Result<BTreeMap<u32, ProgStat>> {
 
 /// Names and types of BPF programs by id (`bpftool prog show -j`).
 pub fn prog_names() -> Result<BTreeMap<u32, (String, String)>> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("running bpftool prog show -j")?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool prog show -j")?;
     if !out.status.success() {
-        bail!("bpftool prog show -j: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "bpftool prog show -j: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let v = json::parse(&String::from_utf8_lossy(&out.stdout))?;
     Ok(v.as_array()
         .iter()
         .filter_map(|p| {
             let id = p.get("id").as_u64()? as u32;
-            Some((id, (p.get("name").as_str().unwrap_or("?").to_string(), p.get("type").as_str().unwrap_or("?").to_string())))
+            Some((
+                id,
+                (
+                    p.get("name").as_str().unwrap_or("?").to_string(),
+                    p.get("type").as_str().unwrap_or("?").to_string(),
+                ),
+            ))
         })
         .collect())
 }
@@ -194,10 +265,13 @@ pub fn prog_names() -> Result<BTreeMap<u32, (String, String)>> {
 pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64)> {
     let started = Instant::now();
     let mut cmd = Command::new("bpftrace");
-    cmd.args(["-e", "tracepoint:skb:kfree_skb { @[args->reason] = count(); }"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-e",
+        "tracepoint:skb:kfree_skb { @[args->reason] = count(); }",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     sys::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().context("starting bpftrace")?;
     let mut out = child.stdout.take().context("stdout")?;
@@ -217,7 +291,10 @@ pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64)> {
             }
         }
     });
-    let ready = rx.recv_timeout(START_TIMEOUT).map_err(|_| anyhow::anyhow!("bpftrace printed no \"Attaching N probes...\" line"))? - started;
+    let ready = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow::anyhow!("bpftrace printed no \"Attaching N probes...\" line"))?
+        - started;
     sys::sleep(hold)?;
     let hwm = sys::vm_hwm_kib(child.pid()).unwrap_or(0);
     child.signal(libc::SIGINT);
@@ -247,7 +324,11 @@ mod tests {
                 Ok(c.len())
             }
         }
-        let r = Chunks(vec![b"{\"netns\":1,\"a\"", b":1}\n{\"netns\":2}\n{\"net", b"ns\":1}\n{\"kind\":\"summary\"}"]);
+        let r = Chunks(vec![
+            b"{\"netns\":1,\"a\"",
+            b":1}\n{\"netns\":2}\n{\"net",
+            b"ns\":1}\n{\"kind\":\"summary\"}",
+        ]);
         let s = count_lines(r, vec!["\"netns\":1".into()]);
         assert_eq!(s.lines, 4);
         assert_eq!(s.matching, 2);

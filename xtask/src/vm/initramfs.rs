@@ -22,7 +22,11 @@ fn pad4(buf: &mut Vec<u8>) {
 
 impl Cpio {
     pub fn new() -> Cpio {
-        Cpio { buf: Vec::new(), ino: 1, dirs: HashSet::new() }
+        Cpio {
+            buf: Vec::new(),
+            ino: 1,
+            dirs: HashSet::new(),
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
@@ -87,7 +91,8 @@ impl Cpio {
     /// Adds the file at `src` as `name`, keeping its permission bits.
     pub fn copy(&mut self, name: &str, src: &Path) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        let data = fs::read(src).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+        let data = fs::read(src)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
         let perm = fs::metadata(src)?.permissions().mode() & 0o7777;
         self.file(name, perm, &data);
         Ok(())

@@ -45,13 +45,19 @@ pub const SPECS: &[Spec] = &[
     Spec {
         label: "5.10",
         aliases: &["bullseye"],
-        candidates: &[("bullseye-security", "linux-image-cloud-amd64"), ("bullseye", "linux-image-cloud-amd64")],
+        candidates: &[
+            ("bullseye-security", "linux-image-cloud-amd64"),
+            ("bullseye", "linux-image-cloud-amd64"),
+        ],
         prefix: Some("linux-image-5.10."),
     },
     Spec {
         label: "6.1",
         aliases: &["bookworm"],
-        candidates: &[("bookworm-security", "linux-image-cloud-amd64"), ("bookworm", "linux-image-cloud-amd64")],
+        candidates: &[
+            ("bookworm-security", "linux-image-cloud-amd64"),
+            ("bookworm", "linux-image-cloud-amd64"),
+        ],
         prefix: Some("linux-image-6.1."),
     },
     Spec {
@@ -74,7 +80,9 @@ pub const SPECS: &[Spec] = &[
 pub const DEFAULT: &[&str] = &["5.10", "6.1", "6.12", "sid"];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
-    SPECS.iter().find(|s| s.label == name || s.aliases.contains(&name))
+    SPECS
+        .iter()
+        .find(|s| s.label == name || s.aliases.contains(&name))
 }
 
 /// A kernel ready to boot.
@@ -93,7 +101,11 @@ pub struct Kernel {
 
 impl Kernel {
     fn to_text(&self) -> String {
-        let modules: Vec<String> = self.modules.iter().map(|p| p.display().to_string()).collect();
+        let modules: Vec<String> = self
+            .modules
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(
             "package={}\nversion={}\nsuite={}\nkver={}\nvmlinuz={}\nconfig={}\nmodules={}\n",
             self.package,
@@ -101,14 +113,21 @@ impl Kernel {
             self.suite,
             self.kver,
             self.vmlinuz.display(),
-            self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            self.config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             modules.join(",")
         )
     }
 
     /// Has every module of `names` (file stem before `.ko`).
     fn has_modules(&self, names: &[&str]) -> bool {
-        names.iter().all(|n| self.modules.iter().any(|m| module_name(m).as_deref() == Some(*n) && m.exists()))
+        names.iter().all(|n| {
+            self.modules
+                .iter()
+                .any(|m| module_name(m).as_deref() == Some(*n) && m.exists())
+        })
     }
 
     fn from_text(text: &str) -> Option<Kernel> {
@@ -137,7 +156,11 @@ impl Kernel {
 
     /// `CONFIG_X=y` values of interest, from the packaged config.
     pub fn config_summary(&self) -> String {
-        let Some(text) = self.config.as_ref().and_then(|p| fs::read_to_string(p).ok()) else {
+        let Some(text) = self
+            .config
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+        else {
             return "config: not packaged".into();
         };
         let keys = [
@@ -200,12 +223,15 @@ impl Apt {
         for o in self.options() {
             cmd.arg("-o").arg(o);
         }
-        cmd.env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
         cmd
     }
 
     fn has_lists(&self, suite: &str) -> bool {
-        let Some(&(_, url)) = SUITES.iter().find(|(s, _)| *s == suite) else { return false };
+        let Some(&(_, url)) = SUITES.iter().find(|(s, _)| *s == suite) else {
+            return false;
+        };
         let host_path = url.trim_start_matches("http://").replace('/', "_");
         self.lists()
             .join(format!("{host_path}_dists_{suite}_InRelease"))
@@ -245,9 +271,15 @@ impl Apt {
     fn output(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = self.cmd("apt-cache");
         cmd.args(args);
-        let out = cmd.output().with_context(|| format!("running {}", render(&cmd)))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", render(&cmd)))?;
         if !out.status.success() {
-            bail!("`{}` failed: {}", render(&cmd), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "`{}` failed: {}",
+                render(&cmd),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -269,10 +301,12 @@ impl Apt {
     fn download(&self, pkg: &str, version: &str, dest: &Path) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(dest)?;
         let mut cmd = self.cmd("apt-get");
-        cmd.current_dir(dest).args(["-q", "download", &format!("{pkg}={version}")]);
+        cmd.current_dir(dest)
+            .args(["-q", "download", &format!("{pkg}={version}")]);
         eprintln!("vm: {}", render(&cmd));
         util::run(&mut cmd)?;
-        find_deb(dest, pkg, version)?.with_context(|| format!("no {pkg} .deb in {} after download", dest.display()))
+        find_deb(dest, pkg, version)?
+            .with_context(|| format!("no {pkg} .deb in {} after download", dest.display()))
     }
 }
 
@@ -360,7 +394,13 @@ pub fn fetch_all(
             (!refresh)
                 .then(|| cached(s, &kdir, modules))
                 .flatten()
-                .map(|kernel| Ok(Fetched { kernel, cached: true, took: t.elapsed() }))
+                .map(|kernel| {
+                    Ok(Fetched {
+                        kernel,
+                        cached: true,
+                        took: t.elapsed(),
+                    })
+                })
         })
         .collect();
     let need: Vec<usize> = (0..specs.len()).filter(|&i| results[i].is_none()).collect();
@@ -369,11 +409,16 @@ pub fn fetch_all(
     }
     let t = Instant::now();
     let apt = Apt::new(cache.join("apt"));
-    let mut suites: Vec<&str> = need.iter().flat_map(|&i| specs[i].candidates.iter().map(|c| c.0)).collect();
+    let mut suites: Vec<&str> = need
+        .iter()
+        .flat_map(|&i| specs[i].candidates.iter().map(|c| c.0))
+        .collect();
     suites.sort_unstable();
     suites.dedup();
     let prepared = if util::is_root() {
-        fs::create_dir_all(&kdir).map_err(anyhow::Error::from).and_then(|()| apt.prepare(&suites, refresh))
+        fs::create_dir_all(&kdir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| apt.prepare(&suites, refresh))
     } else {
         Err(anyhow::anyhow!(
             "downloading kernels uses apt-get (root); run as root or fill {} first",
@@ -415,17 +460,28 @@ fn resolve_and_download(
         }
     }
     let (suite, meta, meta_version) = best.with_context(|| {
-        let c: Vec<String> = spec.candidates.iter().map(|(s, m)| format!("{m} in {s}")).collect();
+        let c: Vec<String> = spec
+            .candidates
+            .iter()
+            .map(|(s, m)| format!("{m} in {s}"))
+            .collect();
         format!("kernel {}: none of {} found", spec.label, c.join(", "))
     })?;
     let depends = apt.depends(meta, &meta_version)?;
-    let (package, version) = image_dependency(&depends)
-        .with_context(|| format!("{meta}={meta_version}: no linux-image dependency in {depends:?}"))?;
+    let (package, version) = image_dependency(&depends).with_context(|| {
+        format!("{meta}={meta_version}: no linux-image dependency in {depends:?}")
+    })?;
     let version = version.unwrap_or_else(|| meta_version.clone());
     if let Some(prefix) = spec.prefix.filter(|p| !package.starts_with(p)) {
-        bail!("kernel {}: {meta} in {suite} now depends on {package}, not {prefix}*", spec.label);
+        bail!(
+            "kernel {}: {meta} in {suite} now depends on {package}, not {prefix}*",
+            spec.label
+        );
     }
-    eprintln!("vm: kernel {}: {meta} {meta_version} ({suite}) -> {package} {version}", spec.label);
+    eprintln!(
+        "vm: kernel {}: {meta} {meta_version} ({suite}) -> {package} {version}",
+        spec.label
+    );
 
     let debs = cache.join("debs");
     let get = |pkg: &str, ver: &str| -> anyhow::Result<PathBuf> {
@@ -456,14 +512,19 @@ fn resolve_and_download(
             found.modules.extend(more.modules);
         }
     }
-    let (src, kver) = found
-        .vmlinuz
-        .take()
-        .with_context(|| format!("no vmlinuz in {package} {version} (nor in its linux-binary-* dependency)"))?;
-    let missing: Vec<&str> =
-        modules.iter().copied().filter(|m| !found.has_modules(std::slice::from_ref(m))).collect();
+    let (src, kver) = found.vmlinuz.take().with_context(|| {
+        format!("no vmlinuz in {package} {version} (nor in its linux-binary-* dependency)")
+    })?;
+    let missing: Vec<&str> = modules
+        .iter()
+        .copied()
+        .filter(|m| !found.has_modules(std::slice::from_ref(m)))
+        .collect();
     if !missing.is_empty() {
-        bail!("{package} {version}: module(s) {} not found (built in? then drop them from GUEST_MODULES)", missing.join(", "));
+        bail!(
+            "{package} {version}: module(s) {} not found (built in? then drop them from GUEST_MODULES)",
+            missing.join(", ")
+        );
     }
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(out.join("modules"))?;
@@ -489,8 +550,19 @@ fn resolve_and_download(
         kept.push(dst);
     }
     let _ = fs::remove_dir_all(&tmp);
-    let kernel = Kernel { package, version, suite: suite.to_string(), kver, vmlinuz, config, modules: kept };
-    fs::write(kdir.join(format!("{}.resolved", spec.label)), kernel.to_text())?;
+    let kernel = Kernel {
+        package,
+        version,
+        suite: suite.to_string(),
+        kver,
+        vmlinuz,
+        config,
+        modules: kept,
+    };
+    fs::write(
+        kdir.join(format!("{}.resolved", spec.label)),
+        kernel.to_text(),
+    )?;
     Ok(kernel)
 }
 
@@ -502,11 +574,21 @@ pub fn split_image_parts(depends: &str) -> Vec<(String, Option<String>)> {
         .filter_map(|d| {
             let d = d.split('|').next()?.trim();
             let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
-            let versioned = |p: &str| name.strip_prefix(p).is_some_and(|abi| abi.starts_with(|c: char| c.is_ascii_digit()));
-            if !["linux-binary-", "linux-base-", "linux-modules-"].iter().any(|p| versioned(p)) {
+            let versioned = |p: &str| {
+                name.strip_prefix(p)
+                    .is_some_and(|abi| abi.starts_with(|c: char| c.is_ascii_digit()))
+            };
+            if !["linux-binary-", "linux-base-", "linux-modules-"]
+                .iter()
+                .any(|p| versioned(p))
+            {
                 return None;
             }
-            let version = rest.trim().strip_prefix("(=").and_then(|v| v.strip_suffix(')')).map(|v| v.trim().to_string());
+            let version = rest
+                .trim()
+                .strip_prefix("(=")
+                .and_then(|v| v.strip_suffix(')'))
+                .map(|v| v.trim().to_string());
             Some((name.to_string(), version))
         })
         .collect()
@@ -522,7 +604,11 @@ struct BootFiles {
 
 impl BootFiles {
     fn has_modules(&self, names: &[&str]) -> bool {
-        names.iter().all(|n| self.modules.iter().any(|m| module_name(m).as_deref() == Some(*n)))
+        names.iter().all(|n| {
+            self.modules
+                .iter()
+                .any(|m| module_name(m).as_deref() == Some(*n))
+        })
     }
 }
 
@@ -547,7 +633,9 @@ pub fn boot_member(path: &str) -> Option<(bool, String)> {
     if let Some(kver) = p.strip_prefix("boot/config-") {
         return Some((false, kver.to_string()));
     }
-    let rest = p.strip_prefix("usr/lib/modules/").or_else(|| p.strip_prefix("lib/modules/"))?;
+    let rest = p
+        .strip_prefix("usr/lib/modules/")
+        .or_else(|| p.strip_prefix("lib/modules/"))?;
     let (kver, file) = rest.split_once('/')?;
     match file {
         "vmlinuz" => Some((true, kver.to_string())),
@@ -560,7 +648,9 @@ pub fn boot_member(path: &str) -> Option<(bool, String)> {
 fn extract_boot_files(deb: &Path, tmp: &Path, modules: &[&str]) -> anyhow::Result<BootFiles> {
     let mut list = command("dpkg-deb");
     list.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
-    let mut list_child = list.spawn().with_context(|| format!("running {}", render(&list)))?;
+    let mut list_child = list
+        .spawn()
+        .with_context(|| format!("running {}", render(&list)))?;
     let listing = command("tar")
         .arg("-t")
         .stdin(list_child.stdout.take().expect("piped"))
@@ -568,25 +658,40 @@ fn extract_boot_files(deb: &Path, tmp: &Path, modules: &[&str]) -> anyhow::Resul
         .with_context(|| format!("listing {}", deb.display()))?;
     let list_status = list_child.wait()?;
     if !list_status.success() || !listing.status.success() {
-        bail!("listing {} failed ({})", deb.display(), util::describe(list_status));
+        bail!(
+            "listing {} failed ({})",
+            deb.display(),
+            util::describe(list_status)
+        );
     }
     let text = String::from_utf8_lossy(&listing.stdout);
     let members: Vec<(String, bool, String)> = text
         .lines()
         .filter_map(|m| boot_member(m).map(|(v, k)| (m.to_string(), v, k)))
         .collect();
-    let module_members: Vec<&str> = text.lines().filter(|m| is_wanted_module(m, modules)).collect();
+    let module_members: Vec<&str> = text
+        .lines()
+        .filter(|m| is_wanted_module(m, modules))
+        .collect();
     let mut found = BootFiles::default();
     if members.is_empty() && module_members.is_empty() {
         return Ok(found);
     }
     let mut dpkg = command("dpkg-deb");
     dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
-    let mut dpkg_child = dpkg.spawn().with_context(|| format!("running {}", render(&dpkg)))?;
+    let mut dpkg_child = dpkg
+        .spawn()
+        .with_context(|| format!("running {}", render(&dpkg)))?;
     let mut tar = command("tar");
-    tar.arg("-x").arg("-C").arg(tmp).args(members.iter().map(|m| m.0.as_str())).args(&module_members);
+    tar.arg("-x")
+        .arg("-C")
+        .arg(tmp)
+        .args(members.iter().map(|m| m.0.as_str()))
+        .args(&module_members);
     tar.stdin(dpkg_child.stdout.take().expect("piped"));
-    let tar_status = tar.status().with_context(|| format!("running {}", render(&tar)))?;
+    let tar_status = tar
+        .status()
+        .with_context(|| format!("running {}", render(&tar)))?;
     let dpkg_status = dpkg_child.wait()?;
     if !dpkg_status.success() || !tar_status.success() {
         bail!(
@@ -644,12 +749,20 @@ mod tests {
     #[test]
     fn image_dependency_of_meta_packages() {
         assert_eq!(
-            image_dependency("linux-base-cloud-amd64 (= 7.2.13-1), linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)"),
-            Some(("linux-image-7.2.13+deb14-cloud-amd64".into(), Some("7.2.13-1".into())))
+            image_dependency(
+                "linux-base-cloud-amd64 (= 7.2.13-1), linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)"
+            ),
+            Some((
+                "linux-image-7.2.13+deb14-cloud-amd64".into(),
+                Some("7.2.13-1".into())
+            ))
         );
         assert_eq!(
             image_dependency("linux-image-5.10.0-46-cloud-amd64 (= 5.10.262-1)"),
-            Some(("linux-image-5.10.0-46-cloud-amd64".into(), Some("5.10.262-1".into())))
+            Some((
+                "linux-image-5.10.0-46-cloud-amd64".into(),
+                Some("5.10.262-1".into())
+            ))
         );
         assert_eq!(image_dependency("linux-base"), None);
     }
@@ -663,7 +776,10 @@ mod tests {
             kver: "6.1.0-41-cloud-amd64".into(),
             vmlinuz: "/x/vmlinuz".into(),
             config: None,
-            modules: vec!["/x/modules/inet_diag.ko.xz".into(), "/x/modules/tcp_diag.ko".into()],
+            modules: vec![
+                "/x/modules/inet_diag.ko.xz".into(),
+                "/x/modules/tcp_diag.ko".into(),
+            ],
         };
         assert_eq!(Kernel::from_text(&k.to_text()), Some(k));
         assert_eq!(deb_version("1:2.3"), "1%3a2.3");
@@ -671,8 +787,14 @@ mod tests {
 
     #[test]
     fn boot_members() {
-        assert_eq!(boot_member("./boot/vmlinuz-6.1.0-56-cloud-amd64"), Some((true, "6.1.0-56-cloud-amd64".into())));
-        assert_eq!(boot_member("./boot/config-6.1.0-56-cloud-amd64"), Some((false, "6.1.0-56-cloud-amd64".into())));
+        assert_eq!(
+            boot_member("./boot/vmlinuz-6.1.0-56-cloud-amd64"),
+            Some((true, "6.1.0-56-cloud-amd64".into()))
+        );
+        assert_eq!(
+            boot_member("./boot/config-6.1.0-56-cloud-amd64"),
+            Some((false, "6.1.0-56-cloud-amd64".into()))
+        );
         assert_eq!(
             boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/vmlinuz"),
             Some((true, "7.2.13+deb14-cloud-amd64".into()))
@@ -681,7 +803,10 @@ mod tests {
             boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/config"),
             Some((false, "7.2.13+deb14-cloud-amd64".into()))
         );
-        assert_eq!(boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/System.map"), None);
+        assert_eq!(
+            boot_member("./usr/lib/modules/7.2.13+deb14-cloud-amd64/System.map"),
+            None
+        );
         assert_eq!(boot_member("./boot/System.map-6.1"), None);
         assert_eq!(boot_member("./usr/lib/modules/x/kernel/fs/a.ko"), None);
     }
@@ -694,9 +819,18 @@ mod tests {
         assert_eq!(
             split_image_parts(deps),
             [
-                ("linux-base-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
-                ("linux-binary-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
-                ("linux-modules-7.2.13+deb14-cloud-amd64".to_string(), Some("7.2.13-1".to_string())),
+                (
+                    "linux-base-7.2.13+deb14-cloud-amd64".to_string(),
+                    Some("7.2.13-1".to_string())
+                ),
+                (
+                    "linux-binary-7.2.13+deb14-cloud-amd64".to_string(),
+                    Some("7.2.13-1".to_string())
+                ),
+                (
+                    "linux-modules-7.2.13+deb14-cloud-amd64".to_string(),
+                    Some("7.2.13-1".to_string())
+                ),
             ]
         );
         assert!(split_image_parts("linux-base (>= 4.17~)").is_empty());
@@ -705,13 +839,31 @@ mod tests {
     #[test]
     fn modules() {
         let names = ["inet_diag", "tcp_diag"];
-        assert!(is_wanted_module("./lib/modules/6.1.0-56-cloud-amd64/kernel/net/ipv4/inet_diag.ko", &names));
-        assert!(is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.ko.xz", &names));
-        assert!(!is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/udp_diag.ko.xz", &names));
+        assert!(is_wanted_module(
+            "./lib/modules/6.1.0-56-cloud-amd64/kernel/net/ipv4/inet_diag.ko",
+            &names
+        ));
+        assert!(is_wanted_module(
+            "./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.ko.xz",
+            &names
+        ));
+        assert!(!is_wanted_module(
+            "./usr/lib/modules/7.2/kernel/net/ipv4/udp_diag.ko.xz",
+            &names
+        ));
         assert!(!is_wanted_module("./usr/share/doc/tcp_diag.ko.txt", &names));
-        assert!(!is_wanted_module("./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.kox", &names));
-        assert_eq!(module_name(Path::new("/a/tcp_diag.ko.xz")).as_deref(), Some("tcp_diag"));
-        assert_eq!(module_name(Path::new("/a/inet_diag.ko")).as_deref(), Some("inet_diag"));
+        assert!(!is_wanted_module(
+            "./usr/lib/modules/7.2/kernel/net/ipv4/tcp_diag.kox",
+            &names
+        ));
+        assert_eq!(
+            module_name(Path::new("/a/tcp_diag.ko.xz")).as_deref(),
+            Some("tcp_diag")
+        );
+        assert_eq!(
+            module_name(Path::new("/a/inet_diag.ko")).as_deref(),
+            Some("inet_diag")
+        );
     }
 
     #[test]

@@ -11,9 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::util::{self, command};
-
 use super::report::{self, GuestReport};
+use crate::util::{self, command};
 
 /// The guest ends the VM by writing a code to this port (vm-guest `sys::vm_exit`).
 pub const DEBUG_EXIT_PORT: &str = "0xf4";
@@ -28,13 +27,24 @@ pub fn command_for(qemu: &Path, vmlinuz: &Path, initrd: &Path, smp: u32, mem_mb:
         .arg(mem_mb.to_string())
         .arg("-smp")
         .arg(smp.to_string())
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", APPEND])
-        .args(["-device", &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT},iosize=0x04")]);
+        .args([
+            "-device",
+            &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT},iosize=0x04"),
+        ]);
     cmd
 }
 
@@ -117,7 +127,9 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
     if let Some(f) = log.as_mut() {
         let _ = writeln!(f, "# {}", util::render(&cmd));
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -131,7 +143,11 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
     };
     let (tx, rx) = mpsc::channel();
     pipe_lines(child.stdout.take().expect("piped"), "", tx.clone());
-    pipe_lines(child.stderr.take().expect("piped"), if qemu { "qemu: " } else { "stderr: " }, tx);
+    pipe_lines(
+        child.stderr.take().expect("piped"),
+        if qemu { "qemu: " } else { "stderr: " },
+        tx,
+    );
     let deadline = start + timeout;
     let mut boot = None;
     let mut timed_out = false;
@@ -175,9 +191,19 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
         Err(e) => Exit::Other(format!("wait: {e}")),
     };
     if let Some(f) = log.as_mut() {
-        let _ = writeln!(f, "# {} after {:.2}s", exit.describe(), start.elapsed().as_secs_f64());
+        let _ = writeln!(
+            f,
+            "# {} after {:.2}s",
+            exit.describe(),
+            start.elapsed().as_secs_f64()
+        );
     }
-    Run { exit, boot, total: start.elapsed(), report }
+    Run {
+        exit,
+        boot,
+        total: start.elapsed(),
+        report,
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +219,10 @@ mod tests {
         assert_eq!(Exit::from_qemu(st(3)), Exit::Guest(1));
         assert_eq!(Exit::from_qemu(st(0)), Exit::NoExitCode);
         assert!(matches!(Exit::from_qemu(st(2)), Exit::Other(_)));
-        assert!(matches!(Exit::from_qemu(ExitStatus::from_raw(9)), Exit::Other(_)));
+        assert!(matches!(
+            Exit::from_qemu(ExitStatus::from_raw(9)),
+            Exit::Other(_)
+        ));
     }
 
     #[test]
@@ -202,7 +231,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("x.log");
         let mut cmd = command("/bin/sh");
-        cmd.args(["-c", "echo 'VMTEST-INFO uname=x'; echo 'VMTEST a PASS 0.1s ok'; echo 'VMTEST-DONE'; exit 0"]);
+        cmd.args([
+            "-c",
+            "echo 'VMTEST-INFO uname=x'; echo 'VMTEST a PASS 0.1s ok'; echo 'VMTEST-DONE'; exit 0",
+        ]);
         let run = follow("t", cmd, &log, Duration::from_secs(10), false);
         assert_eq!(run.exit, Exit::Guest(0));
         assert!(run.boot.is_some());

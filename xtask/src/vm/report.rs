@@ -31,9 +31,16 @@ pub fn is_protocol_line(line: &str) -> bool {
 }
 
 fn is_kernel_trouble(line: &str) -> bool {
-    ["Kernel panic", "BUG:", "Oops:", "WARNING:", "Call Trace:", "general protection fault"]
-        .iter()
-        .any(|p| line.contains(p))
+    [
+        "Kernel panic",
+        "BUG:",
+        "Oops:",
+        "WARNING:",
+        "Call Trace:",
+        "general protection fault",
+    ]
+    .iter()
+    .any(|p| line.contains(p))
 }
 
 impl GuestReport {
@@ -56,31 +63,43 @@ impl GuestReport {
             self.errors.push(line.to_string());
         } else if let Some(rest) = line.strip_prefix("VMTEST ") {
             let mut it = rest.splitn(4, ' ');
-            let (Some(name), Some(status), secs) = (it.next(), it.next(), it.next()) else { return };
+            let (Some(name), Some(status), secs) = (it.next(), it.next(), it.next()) else {
+                return;
+            };
             self.results.push(PayloadResult {
                 name: name.to_string(),
                 status: status.to_string(),
                 secs: secs.unwrap_or("").to_string(),
                 details: it.next().unwrap_or("").to_string(),
             });
-        } else if let Some((name, text)) =
-            line.split_once('|').filter(|(name, _)| self.started.iter().any(|s| s == name))
+        } else if let Some((name, text)) = line
+            .split_once('|')
+            .filter(|(name, _)| self.started.iter().any(|s| s == name))
         {
-            self.output.entry(name.to_string()).or_default().push(text.to_string());
+            self.output
+                .entry(name.to_string())
+                .or_default()
+                .push(text.to_string());
         } else if is_kernel_trouble(line) {
             self.errors.push(line.trim().to_string());
         }
     }
 
     pub fn status_of(&self, payload: &str) -> Option<&str> {
-        self.results.iter().find(|r| r.name == payload).map(|r| r.status.as_str())
+        self.results
+            .iter()
+            .find(|r| r.name == payload)
+            .map(|r| r.status.as_str())
     }
 
     /// All payloads reported, none failed, the guest said DONE, and the kernel printed no
     /// panic/BUG/Oops/WARNING (a splat while lqtrace runs is a failure even if the payload
     /// passed).
     pub fn all_passed(&self) -> bool {
-        self.done && self.errors.is_empty() && !self.results.is_empty() && self.results.iter().all(|r| r.status != "FAIL")
+        self.done
+            && self.errors.is_empty()
+            && !self.results.is_empty()
+            && self.results.iter().all(|r| r.status != "FAIL")
     }
 }
 
@@ -142,7 +161,10 @@ mod tests {
         assert_eq!(r.results[0].name, "smoke");
         assert_eq!(r.results[0].status, "FAIL");
         assert_eq!(r.results[0].secs, "2.50s");
-        assert_eq!(r.results[0].details, "exit status 2: lqtrace: loading listener_rx: EPERM");
+        assert_eq!(
+            r.results[0].details,
+            "exit status 2: lqtrace: loading listener_rx: EPERM"
+        );
         assert_eq!(r.status_of("version"), Some("PASS"));
         assert_eq!(r.output["smoke"], ["e attached skb_consumed"]);
         assert!(r.done);
@@ -166,7 +188,10 @@ mod tests {
     fn table_alignment() {
         let t = table(
             &["A".into(), "BB".into()],
-            &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
         );
         assert_eq!(t, "A    BB\nxyz  1\nq    22\n");
     }

@@ -1,0 +1,405 @@
+//! Loading the embedded eBPF object and attaching hooks: the listener bookkeeping, then for each
+//! group of drop kinds the best hook variant the running kernel accepts (`hooks::VARIANTS`).
+//! A variant is chosen by *trying* it (load + attach), after cheap pre-checks that give a clear
+//! reason; a failed variant is unloaded before the next is tried. Every step's error names the
+//! program and attach point, and carries the verifier log on `-v`.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader, VerifierLogLevel,
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, Program,
+        ProgramError, RawTracePoint, TracePoint,
+    },
+};
+use lqtrace_common::{CGROUP_ACK, CGROUP_SYN, Config, STAT_COUNT};
+
+use crate::bpf::hooks::{
+    Attach, Forced, Group, Hook, LISTENER_HOOKS, Method, Variant, describe, variants,
+};
+
+/// The kernel programs, built by build.rs (aya-build) and embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lqtrace"));
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub cgroup_root: PathBuf,
+    pub btf_path: PathBuf,
+    pub verbose: bool,
+    pub forced: Forced,
+    /// Functions present in /proc/kallsyms (for the kprobe pre-check).
+    pub kallsyms: HashSet<String>,
+    /// For each hooked function: None if its BTF prototype matches the programs, else why not
+    /// (fentry and kprobe pre-check).
+    pub probe_funcs: HashMap<String, Option<String>>,
+}
+
+/// What was tried for each group and why.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub chosen: BTreeMap<Group, Method>,
+    /// (group, method, why it was not used).
+    pub skipped: Vec<(Group, Method, String)>,
+}
+
+impl Selection {
+    pub fn uncovered(&self) -> Vec<Group> {
+        Group::ALL
+            .into_iter()
+            .filter(|g| !self.chosen.contains_key(g))
+            .collect()
+    }
+}
+
+pub struct Tracer {
+    pub ebpf: Ebpf,
+    pub selection: Selection,
+}
+
+/// Load the programs with `config` and attach them. With `require_all`, a group of drop kinds
+/// that no variant covers is an error (the tracer would miss drops); `lqtrace check` passes false
+/// to report instead.
+pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tracer> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this lqtrace binary was built without its eBPF object (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
+        );
+    }
+    let level = if opts.verbose {
+        VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
+    } else {
+        VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", config, true)
+        .verifier_log_level(level)
+        .load(OBJECT)
+        .map_err(|e| {
+            anyhow!(
+                "loading the eBPF object failed: {}",
+                first_line(&e.to_string(), opts.verbose)
+            )
+        })?;
+    let mut ctx = AttachCtx {
+        opts,
+        aya_btf: None,
+        attached: HashSet::new(),
+    };
+    for hook in LISTENER_HOOKS {
+        ctx.attach(&mut ebpf, hook)
+            .map_err(|e| anyhow!("{e} [listener bookkeeping]"))?;
+    }
+    let mut selection = Selection::default();
+    for group in Group::ALL {
+        for v in variants(group) {
+            if let Some(m) = opts.forced.get(group)
+                && m != v.method
+            {
+                continue;
+            }
+            match ctx.try_variant(&mut ebpf, v) {
+                Ok(()) => {
+                    selection.chosen.insert(group, v.method);
+                    if opts.verbose {
+                        eprintln!(
+                            "{} drops: using {} ({})",
+                            group.as_str(),
+                            v.method,
+                            v.relies_on
+                        );
+                    }
+                    break;
+                }
+                Err(why) => {
+                    if opts.verbose {
+                        eprintln!("{} drops: {} skipped: {why}", group.as_str(), v.method);
+                    }
+                    selection.skipped.push((group, v.method, why));
+                }
+            }
+        }
+    }
+    let mut stages = 0u32;
+    for (g, m) in &selection.chosen {
+        if *m == Method::Cgroup {
+            stages |= if *g == Group::Syn {
+                CGROUP_SYN
+            } else {
+                CGROUP_ACK
+            };
+        }
+    }
+    let mut map: Array<_, u32> = Array::try_from(
+        ebpf.map_mut("CGROUP_STAGES")
+            .context("map CGROUP_STAGES missing")?,
+    )?;
+    map.set(0, stages, 0).context("setting CGROUP_STAGES")?;
+    if require_all {
+        let missing = selection.uncovered();
+        if !missing.is_empty() {
+            let reasons: Vec<String> = selection
+                .skipped
+                .iter()
+                .filter(|(g, _, _)| missing.contains(g))
+                .map(|(g, m, why)| format!("{} {m}: {why}", g.as_str()))
+                .collect();
+            bail!(
+                "no usable hook for {} drops on this kernel ({}); run `lqtrace check` for details",
+                missing
+                    .iter()
+                    .map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                reasons.join("; ")
+            );
+        }
+    }
+    Ok(Tracer { ebpf, selection })
+}
+
+struct AttachCtx<'a> {
+    opts: &'a LoadOptions,
+    aya_btf: Option<Btf>,
+    /// Programs already attached (the cgroup variant serves both groups).
+    attached: HashSet<&'static str>,
+}
+
+impl AttachCtx<'_> {
+    fn try_variant(&mut self, ebpf: &mut Ebpf, v: &Variant) -> Result<(), String> {
+        self.precheck(v)?;
+        let mut done: Vec<&'static str> = Vec::new();
+        for hook in v.hooks {
+            if self.attached.contains(hook.program) {
+                continue;
+            }
+            if let Err(e) = self.attach(ebpf, hook) {
+                // Undo this variant's attachments before the next variant is tried.
+                for p in &done {
+                    if let Some(prog) = ebpf.program_mut(p) {
+                        let _ = unload(prog);
+                    }
+                    self.attached.remove(p);
+                }
+                return Err(e.to_string());
+            }
+            done.push(hook.program);
+        }
+        Ok(())
+    }
+
+    /// Cheap checks that explain a skip better than a failed load would.
+    fn precheck(&self, v: &Variant) -> Result<(), String> {
+        if v.method != Method::Cgroup {
+            for f in v.functions {
+                match self.opts.probe_funcs.get(*f) {
+                    Some(None) => {}
+                    Some(Some(why)) => return Err(why.clone()),
+                    None => return Err(format!("{f}(): prototype not checked")),
+                }
+            }
+        }
+        match v.method {
+            Method::Fentry => {}
+            Method::Kprobe => {
+                if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+                    return Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)".into());
+                }
+                for f in v.functions {
+                    if !self.opts.kallsyms.contains(*f) {
+                        return Err(format!(
+                            "{f}() is not in /proc/kallsyms (inlined or absent)"
+                        ));
+                    }
+                }
+            }
+            Method::Cgroup => {}
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+        let where_ = describe(hook.attach);
+        let ctx = || format!("program {} ({where_})", hook.program);
+        let verbose = self.opts.verbose;
+        let explain = |e: ProgramError, step: &str| {
+            anyhow!("{}: {step} failed: {}", ctx(), program_error(&e, verbose))
+        };
+        if matches!(hook.attach, Attach::Fentry(_) | Attach::Fexit(_)) && self.aya_btf.is_none() {
+            let btf = Btf::parse_file(&self.opts.btf_path, aya::Endianness::default())
+                .map_err(|e| anyhow!("{}: reading BTF for fentry: {e}", ctx()))?;
+            self.aya_btf = Some(btf);
+        }
+        let program = ebpf
+            .program_mut(hook.program)
+            .ok_or_else(|| anyhow!("{}: not found in the eBPF object", ctx()))?;
+        match hook.attach {
+            Attach::CgroupIngress => {
+                let p: &mut CgroupSkb = program.try_into().with_context(ctx)?;
+                p.load().map_err(|e| explain(e, "load"))?;
+                let root = &self.opts.cgroup_root;
+                let cgroup = File::open(root)
+                    .with_context(|| format!("{}: opening cgroup {}", ctx(), root.display()))?;
+                // aya uses BPF_LINK_CREATE here (kernel >= 5.7); cgroup links always coexist
+                // with other programs and the kernel rejects any flag (cgroup_bpf_link_attach:
+                // EINVAL), so the mode must be Single (flags 0) although the effect is "multi".
+                p.attach(
+                    cgroup,
+                    CgroupSkbAttachType::Ingress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(|e| explain(e, "attach"))?;
+            }
+            Attach::RawTracepoint(name) => {
+                let p: &mut RawTracePoint = program.try_into().with_context(ctx)?;
+                p.load().map_err(|e| explain(e, "load"))?;
+                p.attach(name).map_err(|e| explain(e, "attach"))?;
+            }
+            Attach::Tracepoint(category, name) => {
+                let p: &mut TracePoint = program.try_into().with_context(ctx)?;
+                p.load().map_err(|e| explain(e, "load"))?;
+                p.attach(category, name).map_err(|e| explain(e, "attach"))?;
+            }
+            Attach::Fentry(f) => {
+                let btf = self.aya_btf.as_ref().context("BTF")?;
+                let p: &mut FEntry = program.try_into().with_context(ctx)?;
+                p.load(f, btf).map_err(|e| explain(e, "load"))?;
+                p.attach().map_err(|e| explain(e, "attach"))?;
+            }
+            Attach::Fexit(f) => {
+                let btf = self.aya_btf.as_ref().context("BTF")?;
+                let p: &mut FExit = program.try_into().with_context(ctx)?;
+                p.load(f, btf).map_err(|e| explain(e, "load"))?;
+                p.attach().map_err(|e| explain(e, "attach"))?;
+            }
+            Attach::Kprobe(f) | Attach::Kretprobe(f) => {
+                let p: &mut KProbe = program.try_into().with_context(ctx)?;
+                p.load().map_err(|e| explain(e, "load"))?;
+                p.attach(f, 0).map_err(|e| explain(e, "attach"))?;
+            }
+        }
+        self.attached.insert(hook.program);
+        if verbose {
+            eprintln!("attached {:<18} {where_}", hook.program);
+        }
+        Ok(())
+    }
+}
+
+/// Detach and unload one program of a variant that failed part-way.
+fn unload(p: &mut Program) -> Result<(), ProgramError> {
+    match p {
+        Program::FEntry(x) => x.unload(),
+        Program::FExit(x) => x.unload(),
+        Program::KProbe(x) => x.unload(),
+        Program::CgroupSkb(x) => x.unload(),
+        Program::RawTracePoint(x) => x.unload(),
+        Program::TracePoint(x) => x.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// The verifier log is long: show it whole with -v, otherwise its last lines say why.
+fn program_error(e: &ProgramError, verbose: bool) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if verbose {
+                format!("BPF_PROG_LOAD: {io_error}; verifier log:\n{log}")
+            } else {
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(2)
+                    .collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                if tail.is_empty() {
+                    format!("BPF_PROG_LOAD: {io_error}")
+                } else {
+                    format!(
+                        "BPF_PROG_LOAD: {io_error} (verifier: {}; run with -v for the full log)",
+                        tail.join(" / ")
+                    )
+                }
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn first_line(s: &str, verbose: bool) -> String {
+    if verbose {
+        s.to_string()
+    } else {
+        s.lines().next().unwrap_or("").to_string()
+    }
+}
+
+/// Text function symbols of /proc/kallsyms (module suffixes stripped).
+pub fn read_kallsyms() -> HashSet<String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    parse_kallsyms(&text)
+}
+
+pub fn parse_kallsyms(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_addr, kind, name) = (it.next()?, it.next()?, it.next()?);
+            matches!(kind, "t" | "T").then(|| name.to_string())
+        })
+        .collect()
+}
+
+impl Tracer {
+    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS missing from the eBPF object")?;
+        RingBuf::try_from(map).context("map EVENTS is not a ring buffer")
+    }
+
+    /// The programs' own counters (`lqtrace_common::STAT_*`), summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
+        let map = self.ebpf.map("STATS").context("map STATS missing")?;
+        let arr: PerCpuArray<&aya::maps::MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut out = [0u64; STAT_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0).context("reading STATS")?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_text_symbols_only() {
+        let t = "ffffffff81000000 T _stext\nffffffff81aa0000 t tcp_check_req\nffffffff82000000 D init_net\nffffffffc0000000 t foo\t[mod]\n";
+        let s = parse_kallsyms(t);
+        assert!(s.contains("tcp_check_req") && s.contains("_stext") && s.contains("foo"));
+        assert!(!s.contains("init_net"));
+    }
+}

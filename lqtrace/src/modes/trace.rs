@@ -1,0 +1,78 @@
+//! The default mode: one line per drop, live, then the summary and the reconciliation.
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::Cli,
+    session::{Session, SessionOptions},
+    sink::Printer,
+};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let opts = SessionOptions::from_cli(&cli);
+    let mut session = Session::start(&opts).await?;
+    let mut printer = Printer::new(cli.json);
+    printer.banner().context("writing to stdout")?;
+
+    // Signal streams are created once, outside the loop: a stream created per iteration can
+    // miss a signal that arrives between iterations under load.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+
+    let mut output_closed = false;
+    loop {
+        tokio::select! {
+            events = session.next_events() => {
+                for e in events? {
+                    if printer.event(&e).is_err() {
+                        output_closed = true;
+                        break;
+                    }
+                }
+                // stdout closed (e.g. `| head`): stop, finish quietly.
+                if output_closed || printer.flush().is_err() {
+                    output_closed = true;
+                    break;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut sleep => break,
+        }
+    }
+
+    let (last, summary) = session.finish();
+    if !output_closed {
+        for e in &last {
+            if printer.event(e).is_err() {
+                break;
+            }
+        }
+        let _ = printer.summary(&summary);
+    }
+    if !printer.finish() {
+        // stdout is closed or not being read: the summary still belongs somewhere.
+        eprintln!("lqtrace: summary (stdout did not take it):");
+        summary_to_stderr(&summary, cli.json);
+    }
+    Ok(())
+}
+
+fn summary_to_stderr(summary: &crate::stats::summary::Summary, json: bool) {
+    if json {
+        eprintln!("{}", crate::sink::json::summary(summary));
+    } else {
+        for line in crate::sink::text::summary(summary) {
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `lqtrace run --report FILE.html`: a self-contained HTML report (inline CSS, plots as inline
+//! SVG) plus the plots as PNG files beside it (`FILE.drops.png`, `FILE.queue.png`).
+
+pub mod html;
+pub mod plots;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::stats::{summary::Summary, timeline::Timeline};
+
+/// What a report is made of.
+pub struct ReportInput<'a> {
+    /// The command that ran (argv).
+    pub command: &'a [String],
+    /// Wall clock at the start, ns since the Unix epoch.
+    pub started_unix_ns: i128,
+    pub duration_s: f64,
+    /// How the command ended, e.g. "exit status 0", "killed by signal 9".
+    pub exit: String,
+    /// Active filters as text ("" for none).
+    pub filters: String,
+    pub summary: &'a Summary,
+    pub timeline: &'a Timeline,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ReportFiles {
+    pub html: PathBuf,
+    /// The plot files: PNG, or SVG when PNG could not be written.
+    pub images: Vec<PathBuf>,
+    /// Why the images are not PNG, if they are not.
+    pub note: Option<String>,
+}
+
+/// `dir/name.html` -> `dir/name.<what>.<ext>` (the report's extension, if any, replaced).
+pub fn image_path(report: &Path, what: &str, ext: &str) -> PathBuf {
+    let stem = match report.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm") => report
+            .file_stem()
+            .map(|s| s.to_os_string())
+            .unwrap_or_default(),
+        _ => report
+            .file_name()
+            .map(|s| s.to_os_string())
+            .unwrap_or_default(),
+    };
+    let mut name = stem;
+    name.push(format!(".{what}.{ext}"));
+    report.with_file_name(name)
+}
+
+/// Write the HTML report and the plot images.
+pub fn write(path: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
+    let drops_svg = plots::drops_svg(input.timeline)?;
+    let queue_svg = plots::queue_svg(input.timeline)?;
+
+    let drops_png = image_path(path, "drops", "png");
+    let queue_png = image_path(path, "queue", "png");
+    let png = plots::drops_png(input.timeline, &drops_png)
+        .and_then(|()| plots::queue_png(input.timeline, &queue_png));
+    let (images, note) = match png {
+        Ok(()) => (vec![drops_png, queue_png], None),
+        Err(e) => {
+            // Fallback: the same plots as SVG files.
+            let _ = std::fs::remove_file(&drops_png);
+            let _ = std::fs::remove_file(&queue_png);
+            let drops_file = image_path(path, "drops", "svg");
+            let queue_file = image_path(path, "queue", "svg");
+            std::fs::write(&drops_file, &drops_svg)
+                .with_context(|| format!("writing {}", drops_file.display()))?;
+            std::fs::write(&queue_file, &queue_svg)
+                .with_context(|| format!("writing {}", queue_file.display()))?;
+            (
+                vec![drops_file, queue_file],
+                Some(format!(
+                    "PNG output failed ({e:#}); wrote SVG files instead"
+                )),
+            )
+        }
+    };
+    let names: Vec<String> = images
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let page = html::render(input, &drops_svg, &queue_svg, &names);
+    std::fs::write(path, page).with_context(|| format!("writing the report {}", path.display()))?;
+    Ok(ReportFiles {
+        html: path.to_path_buf(),
+        images,
+        note,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_paths_beside_the_report() {
+        assert_eq!(
+            image_path(Path::new("/tmp/x.html"), "drops", "png"),
+            Path::new("/tmp/x.drops.png")
+        );
+        assert_eq!(
+            image_path(Path::new("out/r.HTM"), "queue", "svg"),
+            Path::new("out/r.queue.svg")
+        );
+        assert_eq!(
+            image_path(Path::new("report"), "drops", "png"),
+            Path::new("report.drops.png")
+        );
+        assert_eq!(
+            image_path(Path::new("a.b.txt"), "drops", "png"),
+            Path::new("a.b.txt.drops.png")
+        );
+    }
+
+    #[test]
+    fn writes_html_and_pngs() {
+        let dir = std::env::temp_dir().join(format!("lqtrace-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tl = plots::tests::synthetic();
+        let summary = Summary {
+            duration_s: 12.0,
+            ..Default::default()
+        };
+        let argv = vec!["true".to_string()];
+        let input = ReportInput {
+            command: &argv,
+            started_unix_ns: 0,
+            duration_s: 12.0,
+            exit: "exit status 0".into(),
+            filters: String::new(),
+            summary: &summary,
+            timeline: &tl,
+        };
+        let files = write(&dir.join("r.html"), &input).unwrap();
+        assert!(files.note.is_none(), "{:?}", files.note);
+        assert_eq!(
+            files.images,
+            vec![dir.join("r.drops.png"), dir.join("r.queue.png")]
+        );
+        let page = std::fs::read_to_string(dir.join("r.html")).unwrap();
+        assert_eq!(page.matches("<svg").count(), 2);
+        for img in &files.images {
+            assert_eq!(&std::fs::read(img).unwrap()[..4], b"\x89PNG");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,215 @@
+//! Text output: fixed-width columns, in the style of the BCC/bpftrace tools.
+
+use crate::{
+    attribution::owners::Owner,
+    event::{DropEvent, local_hms},
+    stats::summary::Summary,
+};
+
+const COLUMNS: &str = "TIME         PID     COMM             LADDR:LPORT                     RADDR:RPORT                     STAGE REASON                           ACCQ/MAX    SYNQ";
+
+pub fn header() -> &'static str {
+    COLUMNS
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// First owner's pid and comm, with "+N" when several processes hold the socket.
+fn owner_cols(owners: &[Owner]) -> (String, String) {
+    match owners.first() {
+        None => ("-".into(), "?".into()),
+        Some(o) if owners.len() == 1 => (o.pid.to_string(), o.comm.clone()),
+        Some(o) => (
+            o.pid.to_string(),
+            format!("{}+{}", o.comm, owners.len() - 1),
+        ),
+    }
+}
+
+pub fn event(e: &DropEvent) -> String {
+    let (pid, comm) = owner_cols(&e.owners);
+    let mut reason = e.reason.as_str().to_string();
+    if e.rst_sent {
+        reason.push_str(",rst");
+    }
+    if e.count > 1 {
+        reason.push_str(&format!(" x{}", e.count));
+    }
+    format!(
+        "{:<12} {:<7} {:<16.16} {:<31} {:<31} {:<5} {:<32} {:<11} {}",
+        local_hms(e.unix_ns),
+        pid,
+        comm,
+        endpoint(&e.laddr, e.lport),
+        endpoint(&e.raddr, e.rport),
+        e.stage.as_str(),
+        reason,
+        format!("{}/{}", e.accept_queue, e.accept_queue_max),
+        e.syn_queue
+    )
+}
+
+pub fn summary(s: &Summary) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        format!("Summary after {:.1}s:", s.duration_s),
+    ];
+    if s.listeners.is_empty() {
+        out.push("  no listen-queue drops seen".into());
+    } else {
+        out.push(format!(
+            "  {:<31} {:<10} {:<12} {:<22} {:>7}  {:<11} {:<8} {}",
+            "LISTENER", "SOCK_INO", "NETNS", "OWNER", "DROPS", "PEAK_ACCQ", "BACKLOG", "BY REASON"
+        ));
+        for l in &s.listeners {
+            let (pid, comm) = owner_cols(&l.owners);
+            let backlog = match l.requested_backlog {
+                Some(b) => b.to_string(),
+                None => "?".into(),
+            };
+            let mut reasons: Vec<String> = l
+                .by_reason
+                .iter()
+                .map(|(r, n)| format!("{}={n}", r.as_str()))
+                .collect();
+            if l.syncookies > 0 {
+                reasons.push(format!("syncookies_sent={}", l.syncookies));
+            }
+            out.push(format!(
+                "  {:<31} {:<10} {:<12} {:<22} {:>7}  {:<11} {:<8} {}",
+                endpoint(&l.laddr, l.lport),
+                l.sock_ino,
+                l.netns,
+                format!("{pid}/{comm}"),
+                l.drops,
+                format!("{}/{}", l.peak_accept_queue, l.accept_queue_max),
+                backlog,
+                reasons.join(" ")
+            ));
+        }
+    }
+    out.push("Reconciliation with the kernel (TcpExt ListenDrops delta over the run):".into());
+    if s.reconciliation.is_empty() {
+        out.push("  no namespace had listen drops".into());
+    }
+    for r in &s.reconciliation {
+        let line = match (r.kernel_listen_drops, r.percent()) {
+            (Some(k), Some(p)) => format!(
+                "  netns {:<12} recorded {:>7}  kernel {:>7}  {}",
+                r.label,
+                r.recorded,
+                k,
+                if r.matches() {
+                    "match (100%)".to_string()
+                } else {
+                    format!("MISMATCH ({p:.1}%)")
+                }
+            ),
+            _ => format!(
+                "  netns {:<12} recorded {:>7}  kernel ?        (namespace gone before the end)",
+                r.label, r.recorded
+            ),
+        };
+        out.push(line);
+    }
+    out.push(format!(
+        "Lost records: {} (standing for {} drops), other lost: {}, undecodable: {}, unbracketed packets: {}",
+        s.lost_records, s.lost_drops, s.lost_other, s.undecodable, s.unbracketed
+    ));
+    if !s.hooks.is_empty() {
+        let hooks: Vec<String> = s
+            .hooks
+            .iter()
+            .map(|(g, m)| format!("{g} drops via {m}"))
+            .collect();
+        out.push(format!("Hooks: {}", hooks.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::event::{Reason, Stage};
+
+    pub(crate) fn sample() -> DropEvent {
+        DropEvent {
+            syncookie: false,
+            reason: Reason::SynAcceptQueueFull,
+            stage: Stage::Syn,
+            ts_ns: 1,
+            unix_ns: 1_795_914_123_456_789_000,
+            netns: 4026531840,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport: 8080,
+            raddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            rport: 50000,
+            sock_ino: 1234,
+            cookie: 9,
+            accept_queue: 51,
+            accept_queue_max: 50,
+            syn_queue: 0,
+            somaxconn: 4096,
+            requested_backlog: Some(50),
+            rst_sent: true,
+            count: 1,
+            cpu: 0,
+            late: false,
+            owners: vec![Owner {
+                pid: 42,
+                comm: "java".into(),
+                cmdline: "java -jar app.jar".into(),
+                cgroup: "/system.slice/app.service".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn event_line_has_the_columns() {
+        let line = event(&sample());
+        for part in [
+            "42",
+            "java",
+            "127.0.0.1:8080",
+            "[::1]:50000",
+            "syn",
+            "syn_accept_queue_full,rst",
+            "51/50",
+        ] {
+            assert!(line.contains(part), "{part} missing in {line}");
+        }
+        // Columns line up with the header.
+        let h = header();
+        assert_eq!(line.find("127.0.0.1:8080"), h.find("LADDR"));
+        assert_eq!(line.find(" syn ").map(|i| i + 1), h.find("STAGE"));
+    }
+
+    #[test]
+    fn unknown_owner_and_several_owners() {
+        let mut e = sample();
+        e.owners.clear();
+        assert!(event(&e).contains(" -       ?"));
+        e.owners = vec![
+            Owner {
+                pid: 1,
+                comm: "a".into(),
+                cmdline: String::new(),
+                cgroup: String::new(),
+            },
+            Owner {
+                pid: 2,
+                comm: "b".into(),
+                cmdline: String::new(),
+                cgroup: String::new(),
+            },
+        ];
+        assert!(event(&e).contains("a+1"));
+    }
+}

@@ -1,0 +1,689 @@
+//! Time series of a session for live views and reports: per-bucket (initially one second) drop
+//! counts by reason, host-wide and per listener, and per-listener accept-queue occupancy.
+//!
+//! Memory is bounded two ways:
+//! - duration: at most `max_buckets` buckets (default 3600); past that, adjacent buckets are
+//!   merged pairwise and the bucket width doubles (1 s, 2 s, 4 s, ...), so a long run keeps its
+//!   whole history at a coarser resolution;
+//! - listeners: per-listener series are kept for at most `2 × max_listeners` listeners (default
+//!   50); when that is exceeded the set is pruned back to the `max_listeners` with the most drops
+//!   (then the fullest accept queue). Host-wide counts always include every drop; pruned
+//!   listeners are counted in [`Timeline::evicted`]. Per-listener buckets are sparse (only
+//!   buckets with a drop or a sample are stored).
+//!
+//! Times are kernel CLOCK_MONOTONIC nanoseconds, the clock of `DropEvent::ts_ns`.
+//!
+//! Queue samples come from the drop records themselves (the accept-queue length at the drop) and
+//! from periodic `sock_diag` snapshots of every listener ([`QueueSampler`]).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use crate::{
+    event::{DropEvent, Reason},
+    kernel::sockdiag::{self, ListenerSnapshot},
+};
+
+/// Every reason, in the order used for indexing [`ReasonCounts`] (and for plot legends).
+pub const REASONS: [Reason; 8] = [
+    Reason::SynAcceptQueueFull,
+    Reason::SynQueueFull,
+    Reason::SynOther,
+    Reason::AckAcceptQueueFull,
+    Reason::AckSyncookieAcceptQueueFull,
+    Reason::AckOther,
+    Reason::Other,
+    Reason::SyncookieSent,
+];
+
+pub const N_REASONS: usize = REASONS.len();
+
+pub fn reason_index(r: Reason) -> usize {
+    match r {
+        Reason::SynAcceptQueueFull => 0,
+        Reason::SynQueueFull => 1,
+        Reason::SynOther => 2,
+        Reason::AckAcceptQueueFull => 3,
+        Reason::AckSyncookieAcceptQueueFull => 4,
+        Reason::AckOther => 5,
+        Reason::Other => 6,
+        Reason::SyncookieSent => 7,
+    }
+}
+
+/// Short reason names for narrow columns (`lqtrace top`).
+pub fn reason_short(r: Reason) -> &'static str {
+    match r {
+        Reason::SynAcceptQueueFull => "syn_acc",
+        Reason::SynQueueFull => "syn_q",
+        Reason::SynOther => "syn_oth",
+        Reason::AckAcceptQueueFull => "ack",
+        Reason::AckSyncookieAcceptQueueFull => "ack_ck",
+        Reason::AckOther => "ack_oth",
+        Reason::Other => "oth",
+        Reason::SyncookieSent => "cookie",
+    }
+}
+
+/// Identity of a listener: (netns, socket inode, local port) — as in `output::summary::Totals`.
+pub type ListenerKey = (u32, u64, u16);
+
+pub fn key_of(e: &DropEvent) -> ListenerKey {
+    (e.netns, e.sock_ino, e.lport)
+}
+
+/// Counts per reason. Drops are counted with the record's `count`; syncookie records (not drops)
+/// count one each under [`Reason::SyncookieSent`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonCounts(pub [u64; N_REASONS]);
+
+impl ReasonCounts {
+    pub fn add(&mut self, r: Reason, n: u64) {
+        self.0[reason_index(r)] += n;
+    }
+    pub fn get(&self, r: Reason) -> u64 {
+        self.0[reason_index(r)]
+    }
+    /// Drops (every reason but `SyncookieSent`).
+    pub fn drops(&self) -> u64 {
+        self.0
+            .iter()
+            .zip(REASONS)
+            .filter(|(_, r)| *r != Reason::SyncookieSent)
+            .map(|(n, _)| n)
+            .sum()
+    }
+    pub fn merge(&mut self, other: &ReasonCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
+    }
+}
+
+/// Accept-queue occupancy seen in a bucket: the largest length, and the limit (sk_max_ack_backlog).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSample {
+    pub max: u32,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerBucket {
+    pub drops: ReasonCounts,
+    pub queue: Option<QueueSample>,
+}
+
+impl ListenerBucket {
+    fn merge(&mut self, other: &ListenerBucket) {
+        self.drops.merge(&other.drops);
+        self.queue = match (self.queue, other.queue) {
+            (Some(a), Some(b)) => Some(QueueSample {
+                max: a.max.max(b.max),
+                limit: a.limit.max(b.limit),
+            }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// One listener's series.
+#[derive(Debug, Clone)]
+pub struct ListenerSeries {
+    pub key: ListenerKey,
+    pub laddr: IpAddr,
+    /// "pid/comm" of the first owner seen, if any.
+    pub owner: Option<String>,
+    /// Drops since it is tracked (syncookies excluded).
+    pub total_drops: u64,
+    pub peak_queue: u32,
+    /// Latest accept-queue limit seen.
+    pub limit: u32,
+    /// Latest accept-queue sample: (time, length).
+    pub last_queue: Option<(u64, u32)>,
+    /// Bucket index -> bucket, only buckets with something in them.
+    buckets: BTreeMap<usize, ListenerBucket>,
+}
+
+impl ListenerSeries {
+    fn new(key: ListenerKey, laddr: IpAddr) -> ListenerSeries {
+        ListenerSeries {
+            key,
+            laddr,
+            owner: None,
+            total_drops: 0,
+            peak_queue: 0,
+            limit: 0,
+            last_queue: None,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    pub fn netns(&self) -> u32 {
+        self.key.0
+    }
+    pub fn sock_ino(&self) -> u64 {
+        self.key.1
+    }
+    pub fn lport(&self) -> u16 {
+        self.key.2
+    }
+
+    /// "addr:port" (IPv6 in brackets).
+    pub fn endpoint(&self) -> String {
+        endpoint(&self.laddr, self.lport())
+    }
+
+    pub fn bucket(&self, i: usize) -> Option<&ListenerBucket> {
+        self.buckets.get(&i)
+    }
+
+    /// Non-empty buckets in time order.
+    pub fn buckets(&self) -> impl Iterator<Item = (usize, &ListenerBucket)> {
+        self.buckets.iter().map(|(i, b)| (*i, b))
+    }
+
+    /// Ranking used for pruning and for "top N" views: drops, then queue fullness.
+    fn score(&self) -> (u64, u64) {
+        let fill = if self.limit == 0 {
+            0
+        } else {
+            self.peak_queue as u64 * 1000 / self.limit as u64
+        };
+        (self.total_drops, fill)
+    }
+
+    fn bucket_mut(&mut self, i: usize) -> &mut ListenerBucket {
+        self.buckets.entry(i).or_default()
+    }
+
+    fn merge_pairs(&mut self) {
+        let old = std::mem::take(&mut self.buckets);
+        for (i, b) in old {
+            self.buckets.entry(i / 2).or_default().merge(&b);
+        }
+    }
+}
+
+pub fn endpoint(addr: &IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+pub const DEFAULT_MAX_BUCKETS: usize = 3600;
+pub const DEFAULT_MAX_LISTENERS: usize = 50;
+
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    start_ns: u64,
+    bucket_ns: u64,
+    max_buckets: usize,
+    max_listeners: usize,
+    host: Vec<ReasonCounts>,
+    listeners: HashMap<ListenerKey, ListenerSeries>,
+    evicted: u64,
+}
+
+impl Timeline {
+    /// A timeline starting at `start_ns` (CLOCK_MONOTONIC ns, e.g. [`monotonic_ns`]).
+    pub fn new(start_ns: u64) -> Timeline {
+        Timeline::with_limits(start_ns, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_LISTENERS)
+    }
+
+    pub fn with_limits(start_ns: u64, max_buckets: usize, max_listeners: usize) -> Timeline {
+        Timeline {
+            start_ns,
+            bucket_ns: 1_000_000_000,
+            max_buckets: max_buckets.max(2),
+            max_listeners: max_listeners.max(1),
+            host: Vec::new(),
+            listeners: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    /// Width of one bucket in seconds (1, then 2, 4, ... after merges).
+    pub fn bucket_secs(&self) -> f64 {
+        self.bucket_ns as f64 / 1e9
+    }
+
+    /// Number of buckets so far (host-wide series length).
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+
+    /// Seconds since start at which bucket `i` begins.
+    pub fn bucket_start_secs(&self, i: usize) -> f64 {
+        i as f64 * self.bucket_secs()
+    }
+
+    /// Host-wide counts per bucket (every drop added, whatever listener).
+    pub fn host(&self) -> &[ReasonCounts] {
+        &self.host
+    }
+
+    /// Host-wide totals over the whole timeline.
+    pub fn host_totals(&self) -> ReasonCounts {
+        let mut t = ReasonCounts::default();
+        for b in &self.host {
+            t.merge(b);
+        }
+        t
+    }
+
+    /// Reasons with at least one count, in [`REASONS`] order.
+    pub fn reasons_seen(&self) -> Vec<Reason> {
+        let t = self.host_totals();
+        REASONS.into_iter().filter(|r| t.get(*r) > 0).collect()
+    }
+
+    pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerSeries> {
+        self.listeners.get(key)
+    }
+
+    /// Tracked listeners, most drops first (then fullest queue, then port).
+    pub fn listeners_ranked(&self) -> Vec<&ListenerSeries> {
+        let mut v: Vec<&ListenerSeries> = self.listeners.values().collect();
+        v.sort_by(|a, b| b.score().cmp(&a.score()).then(a.key.cmp(&b.key)));
+        v
+    }
+
+    /// Listeners whose series were dropped to bound memory.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Bucket index of a time; merges buckets first if it would be past the cap.
+    fn index(&mut self, ts_ns: u64) -> usize {
+        loop {
+            let idx = (ts_ns.saturating_sub(self.start_ns) / self.bucket_ns) as usize;
+            if idx < self.max_buckets {
+                return idx;
+            }
+            self.merge_pairs();
+        }
+    }
+
+    /// Halve the resolution: bucket width doubles, adjacent buckets are combined.
+    fn merge_pairs(&mut self) {
+        self.bucket_ns *= 2;
+        let old = std::mem::take(&mut self.host);
+        self.host = old
+            .chunks(2)
+            .map(|c| {
+                let mut b = c[0];
+                if let Some(n) = c.get(1) {
+                    b.merge(n);
+                }
+                b
+            })
+            .collect();
+        for l in self.listeners.values_mut() {
+            l.merge_pairs();
+        }
+    }
+
+    fn host_bucket(&mut self, idx: usize) -> &mut ReasonCounts {
+        if self.host.len() <= idx {
+            self.host.resize(idx + 1, ReasonCounts::default());
+        }
+        &mut self.host[idx]
+    }
+
+    /// Make the series reach `ts_ns` (trailing quiet seconds show as zeros).
+    pub fn extend_to(&mut self, ts_ns: u64) {
+        let idx = self.index(ts_ns);
+        self.host_bucket(idx);
+    }
+
+    fn series(&mut self, key: ListenerKey, laddr: IpAddr) -> &mut ListenerSeries {
+        if !self.listeners.contains_key(&key) && self.listeners.len() >= 2 * self.max_listeners {
+            self.prune();
+        }
+        self.listeners
+            .entry(key)
+            .or_insert_with(|| ListenerSeries::new(key, laddr))
+    }
+
+    /// Keep the `max_listeners` best-ranked series.
+    fn prune(&mut self) {
+        let keep: Vec<ListenerKey> = self
+            .listeners_ranked()
+            .into_iter()
+            .take(self.max_listeners)
+            .map(|l| l.key)
+            .collect();
+        let before = self.listeners.len();
+        self.listeners.retain(|k, _| keep.contains(k));
+        self.evicted += (before - self.listeners.len()) as u64;
+    }
+
+    /// Count a drop (or syncookie) event and take its accept-queue sample.
+    pub fn add_event(&mut self, e: &DropEvent) {
+        let idx = self.index(e.ts_ns);
+        let n = if e.syncookie { 1 } else { e.count as u64 };
+        self.host_bucket(idx).add(e.reason, n);
+        let l = self.series(key_of(e), e.laddr);
+        if l.owner.is_none() {
+            l.owner = e.owners.first().map(|o| format!("{}/{}", o.pid, o.comm));
+        }
+        if !e.syncookie {
+            l.total_drops += n;
+        }
+        l.bucket_mut(idx).drops.add(e.reason, n);
+        self.sample_queue(
+            e.ts_ns,
+            key_of(e),
+            e.laddr,
+            e.accept_queue,
+            e.accept_queue_max,
+        );
+    }
+
+    /// An accept-queue length seen at `ts_ns` (at a drop, or from a periodic socket snapshot).
+    /// Samples of a listener not tracked yet are kept only when its queue is not empty, so idle
+    /// listeners of a periodic snapshot do not take slots.
+    pub fn sample_queue(
+        &mut self,
+        ts_ns: u64,
+        key: ListenerKey,
+        laddr: IpAddr,
+        len: u32,
+        limit: u32,
+    ) {
+        if len == 0 && !self.listeners.contains_key(&key) {
+            return;
+        }
+        let idx = self.index(ts_ns);
+        self.host_bucket(idx);
+        let l = self.series(key, laddr);
+        l.peak_queue = l.peak_queue.max(len);
+        l.limit = limit;
+        if l.last_queue.is_none_or(|(t, _)| ts_ns >= t) {
+            l.last_queue = Some((ts_ns, len));
+        }
+        let b = l.bucket_mut(idx);
+        b.queue = Some(match b.queue {
+            Some(q) => QueueSample {
+                max: q.max.max(len),
+                limit: q.limit.max(limit),
+            },
+            None => QueueSample { max: len, limit },
+        });
+    }
+}
+
+/// Periodic accept-queue sampling of every listener on the host (`sockdiag::snapshot_all`, run
+/// on tokio's blocking pool: it walks /proc and enters every namespace). At most one snapshot is
+/// in flight; [`QueueSampler::done`] is cancel-safe (the task handle is kept across polls).
+#[derive(Default)]
+pub struct QueueSampler {
+    inflight: Option<tokio::task::JoinHandle<(u64, Vec<ListenerSnapshot>)>>,
+}
+
+impl QueueSampler {
+    pub fn new() -> QueueSampler {
+        QueueSampler::default()
+    }
+
+    /// Start a snapshot unless one is running.
+    pub fn kick(&mut self) {
+        if self.inflight.is_none() {
+            self.inflight = Some(tokio::task::spawn_blocking(|| {
+                (monotonic_ns(), sockdiag::snapshot_all())
+            }));
+        }
+    }
+
+    /// The next finished snapshot (time taken, listeners); pending while none is running.
+    pub async fn done(&mut self) -> (u64, Vec<ListenerSnapshot>) {
+        let Some(handle) = self.inflight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = handle.await;
+        self.inflight = None;
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("accept-queue snapshot failed: {e}");
+                (monotonic_ns(), Vec::new())
+            }
+        }
+    }
+}
+
+impl Timeline {
+    /// Record every listener's accept queue from a snapshot taken at `ts_ns`.
+    pub fn add_snapshot(&mut self, ts_ns: u64, snapshot: &[ListenerSnapshot]) {
+        for l in snapshot {
+            self.sample_queue(
+                ts_ns,
+                (l.netns, l.sock_ino, l.lport),
+                l.laddr,
+                l.accept_queue,
+                l.accept_queue_max,
+            );
+        }
+    }
+}
+
+pub use crate::event::monotonic_ns;
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{attribution::owners::Owner, event::Stage};
+
+    const S: u64 = 1_000_000_000;
+    const T0: u64 = 1_000 * S;
+
+    fn ev(at_ms: u64, port: u16, reason: Reason, aq: u32) -> DropEvent {
+        DropEvent {
+            syncookie: reason == Reason::SyncookieSent,
+            reason,
+            stage: Stage::Syn,
+            ts_ns: T0 + at_ms * 1_000_000,
+            unix_ns: 0,
+            netns: 7,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport: port,
+            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rport: 40000,
+            sock_ino: port as u64 * 10,
+            cookie: 0,
+            accept_queue: aq,
+            accept_queue_max: 4,
+            syn_queue: 0,
+            somaxconn: 4096,
+            requested_backlog: None,
+            rst_sent: false,
+            count: 1,
+            cpu: 0,
+            late: false,
+            owners: vec![Owner {
+                pid: 9,
+                comm: "srv".into(),
+                cmdline: String::new(),
+                cgroup: String::new(),
+            }],
+        }
+    }
+
+    fn key(port: u16) -> ListenerKey {
+        (7, port as u64 * 10, port)
+    }
+
+    #[test]
+    fn per_second_buckets_by_reason() {
+        let mut t = Timeline::new(T0);
+        t.add_event(&ev(500, 80, Reason::SynAcceptQueueFull, 5));
+        t.add_event(&ev(1200, 80, Reason::SynAcceptQueueFull, 5));
+        t.add_event(&ev(1700, 80, Reason::AckAcceptQueueFull, 3));
+        t.add_event(&ev(1800, 81, Reason::SynQueueFull, 0));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.bucket_secs(), 1.0);
+        assert_eq!(t.host()[0].get(Reason::SynAcceptQueueFull), 1);
+        assert_eq!(t.host()[1].get(Reason::SynAcceptQueueFull), 1);
+        assert_eq!(t.host()[1].get(Reason::AckAcceptQueueFull), 1);
+        assert_eq!(t.host()[1].drops(), 3);
+        assert_eq!(t.host_totals().drops(), 4);
+        assert_eq!(
+            t.reasons_seen(),
+            vec![
+                Reason::SynAcceptQueueFull,
+                Reason::SynQueueFull,
+                Reason::AckAcceptQueueFull
+            ]
+        );
+
+        let l = t.listener(&key(80)).unwrap();
+        assert_eq!(l.total_drops, 3);
+        assert_eq!(l.owner.as_deref(), Some("9/srv"));
+        assert_eq!(l.endpoint(), "127.0.0.1:80");
+        assert_eq!(l.bucket(0).unwrap().drops.drops(), 1);
+        assert_eq!(
+            l.bucket(1).unwrap().drops.get(Reason::AckAcceptQueueFull),
+            1
+        );
+        // Queue: the max seen in the bucket, with the limit.
+        assert_eq!(
+            l.bucket(1).unwrap().queue,
+            Some(QueueSample { max: 5, limit: 4 })
+        );
+        assert_eq!(l.peak_queue, 5);
+        assert_eq!(l.last_queue, Some((T0 + 1_700_000_000, 3)));
+        assert_eq!(t.listener(&key(81)).unwrap().total_drops, 1);
+        assert_eq!(t.listeners_ranked()[0].lport(), 80);
+    }
+
+    #[test]
+    fn syncookies_and_counts() {
+        let mut t = Timeline::new(T0);
+        let mut e = ev(0, 80, Reason::AckAcceptQueueFull, 4);
+        e.count = 3;
+        t.add_event(&e);
+        t.add_event(&ev(10, 80, Reason::SyncookieSent, 0));
+        assert_eq!(t.host()[0].drops(), 3);
+        assert_eq!(t.host()[0].get(Reason::SyncookieSent), 1);
+        assert_eq!(t.listener(&key(80)).unwrap().total_drops, 3);
+    }
+
+    #[test]
+    fn early_events_and_extend() {
+        let mut t = Timeline::new(T0);
+        let mut e = ev(0, 80, Reason::SynOther, 0);
+        e.ts_ns = T0 - S; // recorded before the timeline started
+        t.add_event(&e);
+        assert_eq!(t.len(), 1);
+        t.extend_to(T0 + 4 * S + 1);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.host()[4], ReasonCounts::default());
+        assert_eq!(t.bucket_start_secs(3), 3.0);
+    }
+
+    #[test]
+    fn queue_samples_without_drops() {
+        let mut t = Timeline::new(T0);
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // An idle listener of a periodic snapshot is not tracked...
+        t.sample_queue(T0, key(90), ip, 0, 128);
+        assert!(t.listener(&key(90)).is_none());
+        // ...a busy one is, and later empty samples count once it is.
+        t.sample_queue(T0 + 100, key(90), ip, 12, 128);
+        t.sample_queue(T0 + 200, key(90), ip, 3, 128);
+        t.sample_queue(T0 + S + 5, key(90), ip, 0, 128);
+        let l = t.listener(&key(90)).unwrap();
+        assert_eq!(
+            l.bucket(0).unwrap().queue,
+            Some(QueueSample {
+                max: 12,
+                limit: 128
+            })
+        );
+        assert_eq!(
+            l.bucket(1).unwrap().queue,
+            Some(QueueSample { max: 0, limit: 128 })
+        );
+        assert_eq!(l.total_drops, 0);
+        assert_eq!(l.last_queue, Some((T0 + S + 5, 0)));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn long_runs_merge_buckets() {
+        let mut t = Timeline::with_limits(T0, 10, 50);
+        for s in 0..10u64 {
+            t.add_event(&ev(s * 1000 + 1, 80, Reason::SynAcceptQueueFull, s as u32));
+        }
+        assert_eq!(t.len(), 10);
+        assert_eq!(t.bucket_secs(), 1.0);
+        // Second 10 does not fit: buckets merge pairwise, width 2 s.
+        t.add_event(&ev(10_500, 80, Reason::SynAcceptQueueFull, 1));
+        assert_eq!(t.bucket_secs(), 2.0);
+        assert_eq!(t.len(), 6);
+        assert_eq!(t.host_totals().drops(), 11);
+        assert_eq!(t.host()[0].drops(), 2);
+        assert_eq!(t.host()[5].drops(), 1);
+        let l = t.listener(&key(80)).unwrap();
+        assert_eq!(
+            l.bucket(4).unwrap().queue.unwrap().max,
+            9,
+            "max of seconds 8 and 9"
+        );
+        assert_eq!(l.buckets().map(|(_, b)| b.drops.drops()).sum::<u64>(), 11);
+        // Far in the future: several merges at once, still within the cap.
+        t.add_event(&ev(100_000, 80, Reason::SynAcceptQueueFull, 1));
+        assert!(t.len() <= 10, "{}", t.len());
+        assert_eq!(t.bucket_secs(), 16.0);
+        assert_eq!(t.host_totals().drops(), 12);
+        assert!(t.listener(&key(80)).unwrap().buckets().all(|(i, _)| i < 10));
+    }
+
+    #[test]
+    fn listeners_are_capped_keeping_the_busiest() {
+        let mut t = Timeline::with_limits(T0, 3600, 3);
+        // Port 1 is busy; ports 2..=20 get one drop each.
+        for i in 0..50 {
+            t.add_event(&ev(i, 1, Reason::SynAcceptQueueFull, 1));
+        }
+        for port in 2..=20u16 {
+            t.add_event(&ev(100, port, Reason::SynAcceptQueueFull, 1));
+            assert!(t.listeners.len() <= 6);
+        }
+        assert!(
+            t.listener(&key(1)).is_some(),
+            "the busiest listener survives pruning"
+        );
+        assert!(t.evicted() > 0);
+        assert_eq!(
+            t.host_totals().drops(),
+            50 + 19,
+            "host-wide counts keep every drop"
+        );
+        assert_eq!(t.listeners_ranked()[0].lport(), 1);
+    }
+
+    #[test]
+    fn short_names() {
+        for r in REASONS {
+            assert!(reason_short(r).len() <= 7);
+            assert_eq!(REASONS[reason_index(r)], r);
+        }
+    }
+}
