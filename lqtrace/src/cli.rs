@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{event::DropEvent, kernel::preflight::DEFAULT_BTF};
+use crate::{
+    attribution::owners::Owner,
+    event::DropEvent,
+    kernel::{preflight::DEFAULT_BTF, sockdiag::ListenerSnapshot},
+};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -145,31 +149,7 @@ pub struct DemoArgs {
     pub length: Duration,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}`: expected e.g. 30s, 5m, 500ms"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit `{unit}` in `{s}`: use ms, s, m or h"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
-        return Err(format!("duration `{s}` out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use crate::event::time::parse_duration;
 
 /// Which drops to show. Empty lists mean "all".
 #[derive(Debug, Clone, Default)]
@@ -188,47 +168,36 @@ impl Filter {
         }
     }
 
+    pub fn port_matches(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+
+    /// A listener on `port` held by `owners` passes the filters.
+    pub fn listener_matches(&self, port: u16, owners: &[Owner]) -> bool {
+        self.port_matches(port)
+            && (self.pids.is_empty() || owners.iter().any(|o| self.pids.contains(&o.pid)))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| owners.iter().any(|o| &o.comm == c))
+    }
+
     /// Listener snapshots passing the port filter (snapshots carry no owners, so the pid and
-    /// comm filters apply to drops only).
-    pub fn listeners(
-        &self,
-        snap: Vec<crate::kernel::sockdiag::ListenerSnapshot>,
-    ) -> Vec<crate::kernel::sockdiag::ListenerSnapshot> {
-        if self.ports.is_empty() {
-            return snap;
-        }
+    /// comm filters apply where owners are known).
+    pub fn listeners(&self, snap: Vec<ListenerSnapshot>) -> Vec<ListenerSnapshot> {
         snap.into_iter()
-            .filter(|l| self.ports.contains(&l.lport))
+            .filter(|l| self.port_matches(l.lport))
             .collect()
     }
 
     pub fn matches(&self, e: &DropEvent) -> bool {
-        (self.ports.is_empty() || self.ports.contains(&e.lport))
-            && (self.pids.is_empty() || e.owners.iter().any(|o| self.pids.contains(&o.pid)))
-            && self
-                .comm
-                .as_ref()
-                .is_none_or(|c| e.owners.iter().any(|o| &o.comm == c))
+        self.listener_matches(e.lport, &e.owners)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::owners::Owner;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "10x", "-1s", "0s", "abc", "1e9h"] {
-            assert!(parse_duration(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn flag_lists_parse() {
@@ -294,7 +263,7 @@ mod tests {
 
     #[test]
     fn filters() {
-        let mut e = crate::sink::text::tests::sample();
+        let mut e = crate::event::tests::sample();
         let all = Filter::default();
         assert!(all.matches(&e));
         assert!(
@@ -339,12 +308,7 @@ mod tests {
             }
             .matches(&e)
         );
-        e.owners.push(Owner {
-            pid: 7,
-            comm: "nginx".into(),
-            cmdline: String::new(),
-            cgroup: String::new(),
-        });
+        e.owners.push(Owner::test(7, "nginx"));
         assert!(
             Filter {
                 pids: vec![7],

@@ -1,8 +1,37 @@
 use clap::Parser as _;
 use lqtrace::cli::{Cli, Command};
 
+/// Messages go to stderr as `lqtrace: ...` (warnings and errors say so). Default level `warn`
+/// (so aya's warnings show), `-v` gives `info` (hooks, attach steps, timings); `RUST_LOG`
+/// overrides both, e.g. `RUST_LOG=lqtrace=debug`.
+fn install_logger(verbose: bool) {
+    use std::io::Write as _;
+    let default = if verbose { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(|f, r| match r.level() {
+            log::Level::Info => writeln!(f, "lqtrace: {}", r.args()),
+            log::Level::Error | log::Level::Warn => {
+                writeln!(
+                    f,
+                    "lqtrace: {}: {}",
+                    r.level().as_str().to_lowercase(),
+                    r.args()
+                )
+            }
+            _ => writeln!(
+                f,
+                "lqtrace: {} [{}] {}",
+                r.level().as_str().to_lowercase(),
+                r.target(),
+                r.args()
+            ),
+        })
+        .init();
+}
+
 fn main() {
     let cli = Cli::parse();
+    install_logger(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,4 +1,4 @@
-//! The one table of hook variants: for each group of drop kinds, the ways lqtrace can observe
+//! The one table of hook variants: for each stage (SYN, final ACK), the ways lqtrace can observe
 //! them, best first, with the kernel functions each relies on. All variants feed the same
 //! counter engine (lqtrace-ebpf/src/bracket.rs) and produce the same records.
 //!
@@ -12,7 +12,9 @@
 //! CONFIG_KPROBES), cgroup (cgroup_skb ingress + skb free tracepoints: no function hooks at all;
 //! the development host's only option).
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
+
+pub use crate::event::Stage;
 
 /// How a program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,68 +38,36 @@ pub struct Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Method {
+pub enum Variant {
     Fentry,
     Kprobe,
     Cgroup,
 }
 
-impl Method {
-    pub const ALL: [Method; 3] = [Method::Fentry, Method::Kprobe, Method::Cgroup];
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Fentry, Variant::Kprobe, Variant::Cgroup];
     pub fn as_str(self) -> &'static str {
         match self {
-            Method::Fentry => "fentry",
-            Method::Kprobe => "kprobe",
-            Method::Cgroup => "cgroup",
+            Variant::Fentry => "fentry",
+            Variant::Kprobe => "kprobe",
+            Variant::Cgroup => "cgroup",
         }
     }
-    pub fn parse(s: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    pub fn parse(s: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 
-impl fmt::Display for Method {
+impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Group {
-    Syn,
-    Ack,
-}
-
-impl Group {
-    pub const ALL: [Group; 2] = [Group::Syn, Group::Ack];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Group::Syn => "syn",
-            Group::Ack => "ack",
-        }
-    }
-    /// The drop kinds (JSON `reason` values) this group observes.
-    pub fn kinds(self) -> &'static [&'static str] {
-        match self {
-            Group::Syn => &[
-                "syn_accept_queue_full",
-                "syn_queue_full",
-                "syn_other",
-                "syncookie (not a drop)",
-            ],
-            Group::Ack => &[
-                "ack_accept_queue_full",
-                "ack_accept_queue_full + rst",
-                "ack_syncookie_accept_queue_full",
-            ],
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
-pub struct Variant {
-    pub group: Group,
-    pub method: Method,
+pub struct VariantHooks {
+    pub stage: Stage,
+    pub variant: Variant,
     pub hooks: &'static [Hook],
     /// Kernel functions that must exist (BTF for fentry, kallsyms for kprobe).
     pub functions: &'static [&'static str],
@@ -109,17 +79,17 @@ const fn h(program: &'static str, attach: Attach) -> Hook {
     Hook { program, attach }
 }
 
-/// The cgroup variant's programs are shared by both groups (attached once).
+/// The cgroup variant's programs are shared by both stages (attached once).
 const CGROUP_HOOKS: &[Hook] = &[
     h("skb_consumed", Attach::RawTracepoint("consume_skb")),
     h("skb_dropped", Attach::RawTracepoint("kfree_skb")),
     h("listener_rx", Attach::CgroupIngress),
 ];
 
-pub const VARIANTS: &[Variant] = &[
-    Variant {
-        group: Group::Syn,
-        method: Method::Fentry,
+pub const VARIANTS: &[VariantHooks] = &[
+    VariantHooks {
+        stage: Stage::Syn,
+        variant: Variant::Fentry,
         hooks: &[
             h("syn_fentry", Attach::Fentry("tcp_conn_request")),
             h("syn_fexit", Attach::Fexit("tcp_conn_request")),
@@ -127,9 +97,9 @@ pub const VARIANTS: &[Variant] = &[
         functions: &["tcp_conn_request"],
         relies_on: "BPF trampolines (fentry/fexit) on tcp_conn_request()",
     },
-    Variant {
-        group: Group::Syn,
-        method: Method::Kprobe,
+    VariantHooks {
+        stage: Stage::Syn,
+        variant: Variant::Kprobe,
         hooks: &[
             h("syn_kprobe", Attach::Kprobe("tcp_conn_request")),
             h("syn_kretprobe", Attach::Kretprobe("tcp_conn_request")),
@@ -137,16 +107,16 @@ pub const VARIANTS: &[Variant] = &[
         functions: &["tcp_conn_request"],
         relies_on: "CONFIG_KPROBES; tcp_conn_request() not inlined",
     },
-    Variant {
-        group: Group::Syn,
-        method: Method::Cgroup,
+    VariantHooks {
+        stage: Stage::Syn,
+        variant: Variant::Cgroup,
         hooks: CGROUP_HOOKS,
         functions: &[],
         relies_on: "cgroup v2 + cgroup_skb ingress (tcp_filter() runs it with skb->sk = the listener); tcp_rcv_state_process() consume_skb()s every SYN",
     },
-    Variant {
-        group: Group::Ack,
-        method: Method::Fentry,
+    VariantHooks {
+        stage: Stage::Ack,
+        variant: Variant::Fentry,
         hooks: &[
             h("ack_fentry", Attach::Fentry("tcp_check_req")),
             h("ack_fexit", Attach::Fexit("tcp_check_req")),
@@ -158,9 +128,9 @@ pub const VARIANTS: &[Variant] = &[
         functions: &["tcp_check_req", "cookie_v4_check", "cookie_v6_check"],
         relies_on: "BPF trampolines on tcp_check_req(), cookie_v4_check(), cookie_v6_check()",
     },
-    Variant {
-        group: Group::Ack,
-        method: Method::Kprobe,
+    VariantHooks {
+        stage: Stage::Ack,
+        variant: Variant::Kprobe,
         hooks: &[
             h("ack_kprobe", Attach::Kprobe("tcp_check_req")),
             h("ack_kretprobe", Attach::Kretprobe("tcp_check_req")),
@@ -172,9 +142,9 @@ pub const VARIANTS: &[Variant] = &[
         functions: &["tcp_check_req", "cookie_v4_check", "cookie_v6_check"],
         relies_on: "CONFIG_KPROBES; tcp_check_req()/cookie_v4_check()/cookie_v6_check() not inlined",
     },
-    Variant {
-        group: Group::Ack,
-        method: Method::Cgroup,
+    VariantHooks {
+        stage: Stage::Ack,
+        variant: Variant::Cgroup,
         hooks: CGROUP_HOOKS,
         functions: &[],
         relies_on: "cgroup v2 + cgroup_skb ingress; tcp_v4_rcv()/cookie_v4_check() kfree_skb() the dropped ACK",
@@ -210,8 +180,34 @@ pub fn all_hooks() -> Vec<Hook> {
     out
 }
 
-pub fn variants(group: Group) -> impl Iterator<Item = &'static Variant> {
-    VARIANTS.iter().filter(move |v| v.group == group)
+/// The programs attached for `chosen` (stage -> variant names, as `Session::hooks()` gives):
+/// listener bookkeeping, then each chosen variant's programs, each program once.
+pub fn in_use(chosen: &BTreeMap<String, String>) -> Vec<Hook> {
+    let mut out: Vec<Hook> = LISTENER_HOOKS.to_vec();
+    for v in VARIANTS {
+        if chosen.get(v.stage.as_str()).map(String::as_str) != Some(v.variant.as_str()) {
+            continue;
+        }
+        for h in v.hooks {
+            if !out.iter().any(|x| x.program == h.program) {
+                out.push(*h);
+            }
+        }
+    }
+    out
+}
+
+/// The reasons (JSON `reason` values) a stage's hooks observe.
+pub fn kinds(stage: Stage) -> Vec<&'static str> {
+    crate::event::Reason::ALL
+        .into_iter()
+        .filter(|r| r.stage() == stage)
+        .map(crate::event::Reason::as_str)
+        .collect()
+}
+
+pub fn variants(stage: Stage) -> impl Iterator<Item = &'static VariantHooks> {
+    VARIANTS.iter().filter(move |v| v.stage == stage)
 }
 
 pub fn describe(attach: Attach) -> String {
@@ -229,15 +225,16 @@ pub fn describe(attach: Attach) -> String {
 /// `--hooks` value: one method for both groups (`kprobe`), or per group (`syn=fentry,ack=cgroup`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forced {
-    pub syn: Option<Method>,
-    pub ack: Option<Method>,
+    pub syn: Option<Variant>,
+    pub ack: Option<Variant>,
 }
 
 impl Forced {
-    pub fn get(&self, g: Group) -> Option<Method> {
+    pub fn get(&self, g: Stage) -> Option<Variant> {
         match g {
-            Group::Syn => self.syn,
-            Group::Ack => self.ack,
+            Stage::Syn => self.syn,
+            Stage::Ack => self.ack,
+            Stage::Other => None,
         }
     }
 }
@@ -245,19 +242,19 @@ impl Forced {
 pub fn parse_forced(s: &str) -> Result<Forced, String> {
     let bad = |what: &str| {
         format!(
-            "invalid --hooks `{what}`: use fentry, kprobe or cgroup, optionally per group: syn=kprobe,ack=cgroup"
+            "invalid --hooks `{what}`: use fentry, kprobe or cgroup, optionally per stage: syn=kprobe,ack=cgroup"
         )
     };
     let mut f = Forced::default();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('=') {
             None => {
-                let m = Method::parse(part).ok_or_else(|| bad(part))?;
+                let m = Variant::parse(part).ok_or_else(|| bad(part))?;
                 f.syn = Some(m);
                 f.ack = Some(m);
             }
             Some((g, m)) => {
-                let m = Method::parse(m.trim()).ok_or_else(|| bad(part))?;
+                let m = Variant::parse(m.trim()).ok_or_else(|| bad(part))?;
                 match g.trim() {
                     "syn" => f.syn = Some(m),
                     "ack" => f.ack = Some(m),
@@ -278,11 +275,11 @@ mod tests {
 
     #[test]
     fn every_group_has_all_methods_best_first() {
-        for g in Group::ALL {
-            let methods: Vec<Method> = variants(g).map(|v| v.method).collect();
+        for g in Stage::HOOKED {
+            let methods: Vec<Variant> = variants(g).map(|v| v.variant).collect();
             assert_eq!(
                 methods,
-                vec![Method::Fentry, Method::Kprobe, Method::Cgroup]
+                vec![Variant::Fentry, Variant::Kprobe, Variant::Cgroup]
             );
         }
     }
@@ -307,22 +304,22 @@ mod tests {
         assert_eq!(
             parse_forced("kprobe"),
             Ok(Forced {
-                syn: Some(Method::Kprobe),
-                ack: Some(Method::Kprobe)
+                syn: Some(Variant::Kprobe),
+                ack: Some(Variant::Kprobe)
             })
         );
         assert_eq!(
             parse_forced("syn=fentry,ack=cgroup"),
             Ok(Forced {
-                syn: Some(Method::Fentry),
-                ack: Some(Method::Cgroup)
+                syn: Some(Variant::Fentry),
+                ack: Some(Variant::Cgroup)
             })
         );
         assert_eq!(
             parse_forced("ack=cgroup"),
             Ok(Forced {
                 syn: None,
-                ack: Some(Method::Cgroup)
+                ack: Some(Variant::Cgroup)
             })
         );
         for bad in ["", "x", "syn=x", "foo=kprobe", ","] {

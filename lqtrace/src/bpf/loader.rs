@@ -1,5 +1,5 @@
 //! Loading the embedded eBPF object and attaching hooks: the listener bookkeeping, then for each
-//! group of drop kinds the best hook variant the running kernel accepts (`hooks::VARIANTS`).
+//! stage (SYN, final ACK) the best hook variant the running kernel accepts (`hooks::VARIANTS`).
 //! A variant is chosen by *trying* it (load + attach), after cheap pre-checks that give a clear
 //! reason; a failed variant is unloaded before the next is tried. Every step's error names the
 //! program and attach point, and carries the verifier log on `-v`.
@@ -22,7 +22,7 @@ use aya::{
 use lqtrace_common::{CGROUP_ACK, CGROUP_SYN, Config, STAT_COUNT};
 
 use crate::bpf::hooks::{
-    Attach, Forced, Group, Hook, LISTENER_HOOKS, Method, Variant, describe, variants,
+    Attach, Forced, Hook, LISTENER_HOOKS, Stage, Variant, VariantHooks, describe, variants,
 };
 
 /// The kernel programs, built by build.rs (aya-build) and embedded in the binary.
@@ -41,17 +41,17 @@ pub struct LoadOptions {
     pub probe_funcs: HashMap<String, Option<String>>,
 }
 
-/// What was tried for each group and why.
+/// What was tried for each stage and why.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    pub chosen: BTreeMap<Group, Method>,
-    /// (group, method, why it was not used).
-    pub skipped: Vec<(Group, Method, String)>,
+    pub chosen: BTreeMap<Stage, Variant>,
+    /// (stage, variant, why it was not used).
+    pub skipped: Vec<(Stage, Variant, String)>,
 }
 
 impl Selection {
-    pub fn uncovered(&self) -> Vec<Group> {
-        Group::ALL
+    pub fn uncovered(&self) -> Vec<Stage> {
+        Stage::HOOKED
             .into_iter()
             .filter(|g| !self.chosen.contains_key(g))
             .collect()
@@ -63,7 +63,7 @@ pub struct Tracer {
     pub selection: Selection,
 }
 
-/// Load the programs with `config` and attach them. With `require_all`, a group of drop kinds
+/// Load the programs with `config` and attach them. With `require_all`, a stage
 /// that no variant covers is an error (the tracer would miss drops); `lqtrace check` passes false
 /// to report instead.
 pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tracer> {
@@ -97,39 +97,35 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
             .map_err(|e| anyhow!("{e} [listener bookkeeping]"))?;
     }
     let mut selection = Selection::default();
-    for group in Group::ALL {
-        for v in variants(group) {
-            if let Some(m) = opts.forced.get(group)
-                && m != v.method
+    for stage in Stage::HOOKED {
+        for v in variants(stage) {
+            if let Some(m) = opts.forced.get(stage)
+                && m != v.variant
             {
                 continue;
             }
             match ctx.try_variant(&mut ebpf, v) {
                 Ok(()) => {
-                    selection.chosen.insert(group, v.method);
-                    if opts.verbose {
-                        eprintln!(
-                            "{} drops: using {} ({})",
-                            group.as_str(),
-                            v.method,
-                            v.relies_on
-                        );
-                    }
+                    selection.chosen.insert(stage, v.variant);
+                    log::info!(
+                        "{} stage: using {} ({})",
+                        stage.as_str(),
+                        v.variant,
+                        v.relies_on
+                    );
                     break;
                 }
                 Err(why) => {
-                    if opts.verbose {
-                        eprintln!("{} drops: {} skipped: {why}", group.as_str(), v.method);
-                    }
-                    selection.skipped.push((group, v.method, why));
+                    log::info!("{} stage: {} skipped: {why}", stage.as_str(), v.variant);
+                    selection.skipped.push((stage, v.variant, why));
                 }
             }
         }
     }
     let mut stages = 0u32;
     for (g, m) in &selection.chosen {
-        if *m == Method::Cgroup {
-            stages |= if *g == Group::Syn {
+        if *m == Variant::Cgroup {
+            stages |= if *g == Stage::Syn {
                 CGROUP_SYN
             } else {
                 CGROUP_ACK
@@ -167,12 +163,12 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
 struct AttachCtx<'a> {
     opts: &'a LoadOptions,
     aya_btf: Option<Btf>,
-    /// Programs already attached (the cgroup variant serves both groups).
+    /// Programs already attached (the cgroup variant serves both stages).
     attached: HashSet<&'static str>,
 }
 
 impl AttachCtx<'_> {
-    fn try_variant(&mut self, ebpf: &mut Ebpf, v: &Variant) -> Result<(), String> {
+    fn try_variant(&mut self, ebpf: &mut Ebpf, v: &VariantHooks) -> Result<(), String> {
         self.precheck(v)?;
         let mut done: Vec<&'static str> = Vec::new();
         for hook in v.hooks {
@@ -195,8 +191,8 @@ impl AttachCtx<'_> {
     }
 
     /// Cheap checks that explain a skip better than a failed load would.
-    fn precheck(&self, v: &Variant) -> Result<(), String> {
-        if v.method != Method::Cgroup {
+    fn precheck(&self, v: &VariantHooks) -> Result<(), String> {
+        if v.variant != Variant::Cgroup {
             for f in v.functions {
                 match self.opts.probe_funcs.get(*f) {
                     Some(None) => {}
@@ -205,9 +201,9 @@ impl AttachCtx<'_> {
                 }
             }
         }
-        match v.method {
-            Method::Fentry => {}
-            Method::Kprobe => {
+        match v.variant {
+            Variant::Fentry => {}
+            Variant::Kprobe => {
                 if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
                     return Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)".into());
                 }
@@ -219,7 +215,7 @@ impl AttachCtx<'_> {
                     }
                 }
             }
-            Method::Cgroup => {}
+            Variant::Cgroup => {}
         }
         Ok(())
     }
@@ -285,9 +281,7 @@ impl AttachCtx<'_> {
             }
         }
         self.attached.insert(hook.program);
-        if verbose {
-            eprintln!("attached {:<18} {where_}", hook.program);
-        }
+        log::info!("attached {:<18} {where_}", hook.program);
         Ok(())
     }
 }

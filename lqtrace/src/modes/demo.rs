@@ -127,7 +127,9 @@ below as it happens (this namespace only), then the reconciliation with the name
     }
     let accepted = server.stop();
 
-    let (last, mut summary) = session.finish();
+    let crate::session::Finished {
+        last, mut summary, ..
+    } = session.finish().await;
     if !output_closed {
         for e in last.iter().filter(|e| e.netns == ns.inum()) {
             printer.event(e)?;

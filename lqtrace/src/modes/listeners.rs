@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     advice::{self, Facts},
-    attribution::owners::{Owner, OwnerIndex},
+    attribution::owners::{Owner, OwnerIndex, Scan, owners_label},
     cli::{Cli, ListenersArgs},
     kernel::sockdiag::{self, ListenerSnapshot},
 };
@@ -77,14 +77,6 @@ fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
     }
 }
 
-fn owners_col(owners: &[Owner]) -> String {
-    match owners.first() {
-        None => "-".into(),
-        Some(o) if owners.len() == 1 => format!("{}/{}", o.pid, o.comm),
-        Some(o) => format!("{}/{}+{}", o.pid, o.comm, owners.len() - 1),
-    }
-}
-
 pub fn header() -> String {
     format!(
         "{:<11} {:<30} {:<24} {:<11} {:>7} {:>10} {:>6} {:>6} {:>9}  {}",
@@ -113,7 +105,7 @@ pub fn text_line(r: &Row) -> String {
         "{:<11} {:<30} {:<24.24} {:<11} {:>7} {:>10} {:>6} {:>6} {:>9}  {}",
         s.netns,
         endpoint(&s.laddr, s.lport),
-        owners_col(&r.owners),
+        owners_label(&r.owners),
         backlog,
         s.accept_queue_max,
         s.somaxconn,
@@ -154,12 +146,12 @@ const FOOTNOTE: &[&str] = &[
 pub fn collect(cli: &Cli, busy: bool) -> Vec<Row> {
     let snaps = sockdiag::snapshot_all();
     let mut index = OwnerIndex::new();
-    index.rescan();
+    index.apply(Scan::take());
     let mut rows: Vec<Row> = snaps
         .into_iter()
         .map(|s| {
             let owners = if s.sock_ino != 0 {
-                index.owners_of(s.sock_ino)
+                index.lookup(s.sock_ino).owners
             } else {
                 Vec::new()
             };
@@ -268,12 +260,7 @@ mod tests {
     }
 
     fn owner(pid: u32, comm: &str) -> Owner {
-        Owner {
-            pid,
-            comm: comm.into(),
-            cmdline: String::new(),
-            cgroup: String::new(),
-        }
+        Owner::new(pid, comm.into(), String::new(), String::new())
     }
 
     #[test]

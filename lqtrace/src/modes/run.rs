@@ -21,16 +21,13 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution::owners::Owner,
     cli::{Cli, Filter, RunArgs},
-    event::DropEvent,
-    session::{Session, SessionOptions},
+    event::{DropEvent, WallTime, endpoint},
+    session::{Finished, Session, SessionOptions},
     sink::{
         BANNER, Printer,
         report::{self, ReportInput},
-    },
-    stats::{
-        summary::Summary,
-        timeline::{QueueSampler, Timeline, endpoint, monotonic_ns},
     },
 };
 
@@ -53,8 +50,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         .context("no command given after `--`")?;
 
     let mut session = Session::start(&opts).await?;
-    let started_unix_ns = unix_now_ns();
-    let mut timeline = Timeline::new(monotonic_ns());
+    let started = WallTime::now();
     let mut printer = Printer::new(cli.json);
     eprintln!("{BANNER}");
 
@@ -69,7 +65,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         Err(e) => {
             // As a shell would: 127 not found, 126 found but not runnable.
             eprintln!("lqtrace: cannot run `{program}`: {e}");
-            let _ = session.finish();
+            let _ = session.finish().await;
             return Ok(if e.kind() == io::ErrorKind::NotFound {
                 127
             } else {
@@ -101,7 +97,6 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut sampler = QueueSampler::new();
 
     let mut out = Output {
         printer: &mut printer,
@@ -115,12 +110,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            events = session.next_events() => {
-                let events = events?;
-                out.events(&events, &mut timeline);
-            }
-            (ts, snap) = sampler.done() => timeline.add_snapshot(ts, &filter.listeners(snap)),
-            _ = sample_tick.tick() => sampler.kick(),
+            events = session.next_events() => out.events(&events?),
+            _ = sample_tick.tick() => session.sample_queues(),
             _ = progress.tick() => {
                 let line = status_line(&session);
                 if tty {
@@ -151,23 +142,23 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     tokio::pin!(linger);
     loop {
         tokio::select! {
-            events = session.next_events() => {
-                let events = events?;
-                out.events(&events, &mut timeline);
-            }
+            events = session.next_events() => out.events(&events?),
             _ = &mut linger => break,
         }
     }
     let elapsed = session.elapsed();
-    let (last, summary) = session.finish();
-    out.events(&last, &mut timeline);
-    timeline.extend_to(monotonic_ns());
+    let Finished {
+        last,
+        summary,
+        timeline,
+    } = session.finish().await;
+    out.events(&last);
     if !out.closed {
         printer.summary(&summary).context("writing the summary")?;
     }
 
     let mut code = exit_code(status);
-    let drops = shown_drops(&summary);
+    let drops = summary.shown_drops();
     if args.fail_on_drop && drops > 0 {
         if code == 0 {
             eprintln!(
@@ -192,7 +183,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         }
         let input = ReportInput {
             command: &args.cmd,
-            started_unix_ns,
+            started,
             duration_s: elapsed.as_secs_f64(),
             exit,
             filters: describe_filter(&filter),
@@ -226,9 +217,8 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
-    fn events(&mut self, events: &[DropEvent], timeline: &mut Timeline) {
+    fn events(&mut self, events: &[DropEvent]) {
         for e in events {
-            timeline.add_event(e);
             if self.json && !self.closed && self.printer.event(e).is_err() {
                 self.closed = true;
             }
@@ -256,21 +246,19 @@ fn clear_status(tty: bool, shown: &mut bool) {
 
 /// "lqtrace: 12.3s  drops 456  worst 127.0.0.1:8080 1234/nginx (400)"
 pub fn status_line(session: &Session) -> String {
-    let listeners = session.totals().listeners();
-    let drops: u64 = listeners.iter().map(|l| l.drops).sum();
+    let agg = session.aggregate();
+    let listeners = agg.listeners();
     let mut line = format!(
-        "lqtrace: {:.1}s  drops {drops}",
-        session.elapsed().as_secs_f64()
+        "lqtrace: {:.1}s  drops {}",
+        session.elapsed().as_secs_f64(),
+        agg.shown_drops()
     );
-    if let Some(w) = listeners.first().filter(|l| l.drops > 0) {
-        let owner = match w.owners.first() {
-            Some(o) => format!("{}/{}", o.pid, o.comm),
-            None => "?".into(),
-        };
+    if let Some(w) = listeners.first().filter(|l| l.drops() > 0) {
+        let owner = w.owners.first().map_or_else(|| "?".into(), Owner::label);
         line.push_str(&format!(
             "  worst {} {owner} ({})",
-            endpoint(&w.laddr, w.lport),
-            w.drops
+            endpoint(&w.laddr, w.id.lport),
+            w.drops()
         ));
     }
     line
@@ -326,13 +314,6 @@ pub fn describe_filter(f: &Filter) -> String {
         parts.push(format!("comm {c}"));
     }
     parts.join("; ")
-}
-
-use crate::event::unix_now_ns;
-
-/// Summary figures used by callers that gate on drops.
-pub fn shown_drops(summary: &Summary) -> u64 {
-    summary.listeners.iter().map(|l| l.drops).sum()
 }
 
 #[cfg(test)]

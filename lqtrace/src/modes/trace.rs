@@ -50,7 +50,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 
-    let (last, summary) = session.finish();
+    let crate::session::Finished { last, summary, .. } = session.finish().await;
     if !output_closed {
         for e in &last {
             if printer.event(e).is_err() {
@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 fn summary_to_stderr(summary: &crate::stats::summary::Summary, json: bool) {
     if json {
-        eprintln!("{}", crate::sink::json::summary(summary));
+        eprintln!("{}", crate::sink::json::summary_line(summary));
     } else {
         for line in crate::sink::text::summary(summary) {
             eprintln!("{line}");

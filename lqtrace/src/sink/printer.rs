@@ -84,7 +84,7 @@ impl Printer {
 
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         if self.json {
-            self.line(json::summary(s).to_string());
+            self.line(json::summary_line(s));
         } else {
             for line in text::summary(s) {
                 self.line(line);

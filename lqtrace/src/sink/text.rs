@@ -2,7 +2,7 @@
 
 use crate::{
     attribution::owners::Owner,
-    event::{DropEvent, local_hms},
+    event::{DropEvent, endpoint},
     stats::summary::Summary,
 };
 
@@ -10,13 +10,6 @@ const COLUMNS: &str = "TIME         PID     COMM             LADDR:LPORT        
 
 pub fn header() -> &'static str {
     COLUMNS
-}
-
-fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
 }
 
 /// First owner's pid and comm, with "+N" when several processes hold the socket.
@@ -42,7 +35,7 @@ pub fn event(e: &DropEvent) -> String {
     }
     format!(
         "{:<12} {:<7} {:<16.16} {:<31} {:<31} {:<5} {:<32} {:<11} {}",
-        local_hms(e.unix_ns),
+        e.ts.local_hms(),
         pid,
         comm,
         endpoint(&e.laddr, e.lport),
@@ -133,43 +126,9 @@ pub fn summary(s: &Summary) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
+mod tests {
     use super::*;
-    use crate::event::{Reason, Stage};
-
-    pub(crate) fn sample() -> DropEvent {
-        DropEvent {
-            syncookie: false,
-            reason: Reason::SynAcceptQueueFull,
-            stage: Stage::Syn,
-            ts_ns: 1,
-            unix_ns: 1_795_914_123_456_789_000,
-            netns: 4026531840,
-            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            lport: 8080,
-            raddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            rport: 50000,
-            sock_ino: 1234,
-            cookie: 9,
-            accept_queue: 51,
-            accept_queue_max: 50,
-            syn_queue: 0,
-            somaxconn: 4096,
-            requested_backlog: Some(50),
-            rst_sent: true,
-            count: 1,
-            cpu: 0,
-            late: false,
-            owners: vec![Owner {
-                pid: 42,
-                comm: "java".into(),
-                cmdline: "java -jar app.jar".into(),
-                cgroup: "/system.slice/app.service".into(),
-            }],
-        }
-    }
+    use crate::event::tests::sample;
 
     #[test]
     fn event_line_has_the_columns() {
@@ -196,20 +155,7 @@ pub(crate) mod tests {
         let mut e = sample();
         e.owners.clear();
         assert!(event(&e).contains(" -       ?"));
-        e.owners = vec![
-            Owner {
-                pid: 1,
-                comm: "a".into(),
-                cmdline: String::new(),
-                cgroup: String::new(),
-            },
-            Owner {
-                pid: 2,
-                comm: "b".into(),
-                cmdline: String::new(),
-                cgroup: String::new(),
-            },
-        ];
+        e.owners = vec![Owner::test(1, "a"), Owner::test(2, "b")];
         assert!(event(&e).contains("a+1"));
     }
 }

@@ -1,4 +1,5 @@
-//! What the events add up to: the aggregate every view reads, the summary and the timeline.
+//! What the events add up to: the one aggregate every view reads, the summary and the timeline.
 
+pub mod aggregate;
 pub mod summary;
 pub mod timeline;

@@ -1,16 +1,15 @@
-//! Per-listener totals and the per-namespace reconciliation with the kernel's counters.
+//! The end-of-run summary: per-listener totals and the per-namespace reconciliation with the
+//! kernel's counters, as read from the aggregate. It serializes as the JSON summary line (keys
+//! documented in README.md); `sink::text` draws the same struct as a table.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
-use crate::{
-    attribution::owners::Owner,
-    event::{DropEvent, Reason},
-};
+use serde::{Serialize, Serializer};
 
-#[derive(Debug, Clone)]
+use crate::{attribution::owners::Owner, event::Reason};
+
+/// One listening socket that had drops or syncookies (and passed the filters).
+#[derive(Debug, Clone, Serialize)]
 pub struct ListenerTotals {
     pub netns: u32,
     pub laddr: IpAddr,
@@ -18,7 +17,9 @@ pub struct ListenerTotals {
     pub sock_ino: u64,
     pub owners: Vec<Owner>,
     pub drops: u64,
+    /// Drops by reason (drop reasons only).
     pub by_reason: BTreeMap<Reason, u64>,
+    /// SYNs answered with a SYN cookie.
     pub syncookies: u64,
     pub peak_accept_queue: u32,
     pub accept_queue_max: u32,
@@ -40,105 +41,126 @@ impl Reconciliation {
     pub fn matches(&self) -> bool {
         self.kernel_listen_drops == Some(self.recorded)
     }
-    /// recorded / kernel in percent (100 when both are 0).
+
+    /// recorded / kernel in percent (100 when both are 0; None when the kernel figure is
+    /// unknown or 0 while lqtrace recorded some).
     pub fn percent(&self) -> Option<f64> {
         let k = self.kernel_listen_drops?;
-        Some(if k == 0 {
-            if self.recorded == 0 {
-                100.0
-            } else {
-                f64::INFINITY
-            }
-        } else {
-            self.recorded as f64 * 100.0 / k as f64
-        })
+        match (k, self.recorded) {
+            (0, 0) => Some(100.0),
+            (0, _) => None,
+            (k, r) => Some(r as f64 * 100.0 / k as f64),
+        }
     }
 }
 
-#[derive(Debug, Clone, Default)]
+impl Serialize for Reconciliation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            netns: u32,
+            label: &'a str,
+            recorded: u64,
+            kernel_listen_drops: Option<u64>,
+            #[serde(rename = "match")]
+            matches: bool,
+            percent: Option<f64>,
+        }
+        Line {
+            netns: self.netns,
+            label: &self.label,
+            recorded: self.recorded,
+            kernel_listen_drops: self.kernel_listen_drops,
+            matches: self.matches(),
+            percent: self.percent(),
+        }
+        .serialize(s)
+    }
+}
+
+/// The summary object (JSON `kind: "summary"`).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
+    #[serde(serialize_with = "summary_kind")]
+    pub kind: (),
+    #[serde(serialize_with = "millis")]
     pub duration_s: f64,
     /// Listeners with at least one drop or syncookie that passed the filters, most drops first.
     pub listeners: Vec<ListenerTotals>,
     pub reconciliation: Vec<Reconciliation>,
-    /// Drop records the kernel could not write (ring buffer full) and the drops they stood for.
+    /// Drop records lost on the way (kernel ring buffer full, or the enricher's queue full) and
+    /// the listen drops they stood for.
     pub lost_records: u64,
     pub lost_drops: u64,
-    /// Other records lost (syncookie, listen bookkeeping).
+    /// Other records lost (syncookie, listener bookkeeping).
     pub lost_other: u64,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// Listener packets the programs could not bracket (kernel read failed): drops in them
     /// would be missed, so they are reported.
     pub unbracketed: u64,
+    #[serde(rename = "late_brackets")]
     pub late: u64,
     pub brackets: u64,
-    /// Hook variant per group of drop kinds ("syn" -> "cgroup", ...).
+    /// Hook variant per stage ("syn" -> "cgroup", ...).
     pub hooks: BTreeMap<String, String>,
 }
 
-/// Accumulates events while tracing.
-#[derive(Debug, Default)]
-pub struct Totals {
-    listeners: HashMap<(u32, u64, u16), ListenerTotals>,
-    /// Drops recorded per netns, filters ignored: what reconciles with the kernel.
-    pub recorded_by_netns: BTreeMap<u32, u64>,
-    pub total_drops: u64,
+impl Summary {
+    /// Drops at the listeners in the summary (those passing the filters).
+    pub fn shown_drops(&self) -> u64 {
+        self.listeners.iter().map(|l| l.drops).sum()
+    }
 }
 
-impl Totals {
-    /// Count every drop for reconciliation; `shown` says whether the event passed the filters
-    /// (only those appear in the per-listener table).
-    pub fn add(&mut self, e: &DropEvent, shown: bool) {
-        if !e.syncookie {
-            *self.recorded_by_netns.entry(e.netns).or_default() += e.count as u64;
-            self.total_drops += e.count as u64;
-        }
-        if !shown {
-            return;
-        }
-        // Listener identity: the socket inode; port too, because a socket whose file is gone
-        // has inode 0 and must not merge with others.
-        let key = (e.netns, e.sock_ino, e.lport);
-        let t = self.listeners.entry(key).or_insert_with(|| ListenerTotals {
-            netns: e.netns,
-            laddr: e.laddr,
-            lport: e.lport,
-            sock_ino: e.sock_ino,
-            owners: Vec::new(),
-            drops: 0,
-            by_reason: BTreeMap::new(),
-            syncookies: 0,
-            peak_accept_queue: 0,
-            accept_queue_max: 0,
-            requested_backlog: None,
-            somaxconn: 0,
-        });
-        if !e.owners.is_empty() {
-            t.owners = e.owners.clone();
-        }
-        if e.syncookie {
-            t.syncookies += e.count as u64;
-        } else {
-            t.drops += e.count as u64;
-            *t.by_reason.entry(e.reason).or_default() += e.count as u64;
-        }
-        t.peak_accept_queue = t.peak_accept_queue.max(e.accept_queue);
-        t.accept_queue_max = e.accept_queue_max;
-        t.somaxconn = e.somaxconn;
-        if e.requested_backlog.is_some() {
-            t.requested_backlog = e.requested_backlog;
-        }
+fn summary_kind<S: Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("summary")
+}
+
+fn millis<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * 1000.0).round() / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_percent_and_json() {
+        let r = Reconciliation {
+            netns: 1,
+            label: "x".into(),
+            recorded: 2,
+            kernel_listen_drops: Some(4),
+        };
+        assert_eq!(r.percent(), Some(50.0));
+        assert!(!r.matches());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["match"], false);
+        assert_eq!(v["percent"], 50.0);
+        let gone = Reconciliation {
+            kernel_listen_drops: None,
+            ..r.clone()
+        };
+        assert!(serde_json::to_value(&gone).unwrap()["percent"].is_null());
+        let zero = Reconciliation {
+            kernel_listen_drops: Some(0),
+            recorded: 0,
+            ..r
+        };
+        assert_eq!(zero.percent(), Some(100.0));
+        assert!(zero.matches());
     }
 
-    pub fn listeners(&self) -> Vec<ListenerTotals> {
-        let mut v: Vec<ListenerTotals> = self.listeners.values().cloned().collect();
-        v.sort_by(|a, b| {
-            b.drops
-                .cmp(&a.drops)
-                .then(a.lport.cmp(&b.lport))
-                .then(a.sock_ino.cmp(&b.sock_ino))
-        });
-        v
+    #[test]
+    fn summary_kind_and_rounding() {
+        let s = Summary {
+            duration_s: 1.23456,
+            ..Summary::default()
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["kind"], "summary");
+        assert_eq!(v["duration_s"], 1.235);
+        assert!(v.get("late_brackets").is_some());
     }
 }

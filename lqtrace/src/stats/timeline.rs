@@ -21,93 +21,11 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{
-    event::{DropEvent, Reason},
-    kernel::sockdiag::{self, ListenerSnapshot},
-};
-
-/// Every reason, in the order used for indexing [`ReasonCounts`] (and for plot legends).
-pub const REASONS: [Reason; 8] = [
-    Reason::SynAcceptQueueFull,
-    Reason::SynQueueFull,
-    Reason::SynOther,
-    Reason::AckAcceptQueueFull,
-    Reason::AckSyncookieAcceptQueueFull,
-    Reason::AckOther,
-    Reason::Other,
-    Reason::SyncookieSent,
-];
-
-pub const N_REASONS: usize = REASONS.len();
-
-pub fn reason_index(r: Reason) -> usize {
-    match r {
-        Reason::SynAcceptQueueFull => 0,
-        Reason::SynQueueFull => 1,
-        Reason::SynOther => 2,
-        Reason::AckAcceptQueueFull => 3,
-        Reason::AckSyncookieAcceptQueueFull => 4,
-        Reason::AckOther => 5,
-        Reason::Other => 6,
-        Reason::SyncookieSent => 7,
-    }
-}
-
-/// Short reason names for narrow columns (`lqtrace top`).
-pub fn reason_short(r: Reason) -> &'static str {
-    match r {
-        Reason::SynAcceptQueueFull => "syn_acc",
-        Reason::SynQueueFull => "syn_q",
-        Reason::SynOther => "syn_oth",
-        Reason::AckAcceptQueueFull => "ack",
-        Reason::AckSyncookieAcceptQueueFull => "ack_ck",
-        Reason::AckOther => "ack_oth",
-        Reason::Other => "oth",
-        Reason::SyncookieSent => "cookie",
-    }
-}
-
-/// Identity of a listener: (netns, socket inode, local port) — as in `output::summary::Totals`.
-pub type ListenerKey = (u32, u64, u16);
-
-pub fn key_of(e: &DropEvent) -> ListenerKey {
-    (e.netns, e.sock_ino, e.lport)
-}
-
-/// Counts per reason. Drops are counted with the record's `count`; syncookie records (not drops)
-/// count one each under [`Reason::SyncookieSent`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReasonCounts(pub [u64; N_REASONS]);
-
-impl ReasonCounts {
-    pub fn add(&mut self, r: Reason, n: u64) {
-        self.0[reason_index(r)] += n;
-    }
-    pub fn get(&self, r: Reason) -> u64 {
-        self.0[reason_index(r)]
-    }
-    /// Drops (every reason but `SyncookieSent`).
-    pub fn drops(&self) -> u64 {
-        self.0
-            .iter()
-            .zip(REASONS)
-            .filter(|(_, r)| *r != Reason::SyncookieSent)
-            .map(|(n, _)| n)
-            .sum()
-    }
-    pub fn merge(&mut self, other: &ReasonCounts) {
-        for (a, b) in self.0.iter_mut().zip(other.0) {
-            *a += b;
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&n| n == 0)
-    }
-}
+use crate::event::{DropEvent, ListenerId, QueueSnapshot, Reason, ReasonCounts, endpoint};
 
 /// Accept-queue occupancy seen in a bucket: the largest length, and the limit (sk_max_ack_backlog).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueSample {
+pub struct QueueLevel {
     pub max: u32,
     pub limit: u32,
 }
@@ -115,14 +33,14 @@ pub struct QueueSample {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerBucket {
     pub drops: ReasonCounts,
-    pub queue: Option<QueueSample>,
+    pub queue: Option<QueueLevel>,
 }
 
 impl ListenerBucket {
     fn merge(&mut self, other: &ListenerBucket) {
         self.drops.merge(&other.drops);
         self.queue = match (self.queue, other.queue) {
-            (Some(a), Some(b)) => Some(QueueSample {
+            (Some(a), Some(b)) => Some(QueueLevel {
                 max: a.max.max(b.max),
                 limit: a.limit.max(b.limit),
             }),
@@ -134,12 +52,10 @@ impl ListenerBucket {
 /// One listener's series.
 #[derive(Debug, Clone)]
 pub struct ListenerSeries {
-    pub key: ListenerKey,
+    pub key: ListenerId,
     pub laddr: IpAddr,
     /// "pid/comm" of the first owner seen, if any.
     pub owner: Option<String>,
-    /// Drops since it is tracked (syncookies excluded).
-    pub total_drops: u64,
     pub peak_queue: u32,
     /// Latest accept-queue limit seen.
     pub limit: u32,
@@ -150,12 +66,11 @@ pub struct ListenerSeries {
 }
 
 impl ListenerSeries {
-    fn new(key: ListenerKey, laddr: IpAddr) -> ListenerSeries {
+    fn new(key: ListenerId, laddr: IpAddr) -> ListenerSeries {
         ListenerSeries {
             key,
             laddr,
             owner: None,
-            total_drops: 0,
             peak_queue: 0,
             limit: 0,
             last_queue: None,
@@ -164,13 +79,13 @@ impl ListenerSeries {
     }
 
     pub fn netns(&self) -> u32 {
-        self.key.0
+        self.key.netns
     }
     pub fn sock_ino(&self) -> u64 {
-        self.key.1
+        self.key.sock_ino
     }
     pub fn lport(&self) -> u16 {
-        self.key.2
+        self.key.lport
     }
 
     /// "addr:port" (IPv6 in brackets).
@@ -187,14 +102,19 @@ impl ListenerSeries {
         self.buckets.iter().map(|(i, b)| (*i, b))
     }
 
+    /// Drops in the series (syncookies excluded), summed over its buckets.
+    pub fn drops(&self) -> u64 {
+        self.buckets.values().map(|b| b.drops.drops()).sum()
+    }
+
     /// Ranking used for pruning and for "top N" views: drops, then queue fullness.
     fn score(&self) -> (u64, u64) {
         let fill = if self.limit == 0 {
             0
         } else {
-            self.peak_queue as u64 * 1000 / self.limit as u64
+            u64::from(self.peak_queue) * 1000 / u64::from(self.limit)
         };
-        (self.total_drops, fill)
+        (self.drops(), fill)
     }
 
     fn bucket_mut(&mut self, i: usize) -> &mut ListenerBucket {
@@ -209,13 +129,6 @@ impl ListenerSeries {
     }
 }
 
-pub fn endpoint(addr: &IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 pub const DEFAULT_MAX_BUCKETS: usize = 3600;
 pub const DEFAULT_MAX_LISTENERS: usize = 50;
 
@@ -226,7 +139,7 @@ pub struct Timeline {
     max_buckets: usize,
     max_listeners: usize,
     host: Vec<ReasonCounts>,
-    listeners: HashMap<ListenerKey, ListenerSeries>,
+    listeners: HashMap<ListenerId, ListenerSeries>,
     evicted: u64,
 }
 
@@ -287,11 +200,10 @@ impl Timeline {
 
     /// Reasons with at least one count, in [`REASONS`] order.
     pub fn reasons_seen(&self) -> Vec<Reason> {
-        let t = self.host_totals();
-        REASONS.into_iter().filter(|r| t.get(*r) > 0).collect()
+        self.host_totals().nonzero().map(|(r, _)| r).collect()
     }
 
-    pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerSeries> {
+    pub fn listener(&self, key: &ListenerId) -> Option<&ListenerSeries> {
         self.listeners.get(key)
     }
 
@@ -350,7 +262,7 @@ impl Timeline {
         self.host_bucket(idx);
     }
 
-    fn series(&mut self, key: ListenerKey, laddr: IpAddr) -> &mut ListenerSeries {
+    fn series(&mut self, key: ListenerId, laddr: IpAddr) -> &mut ListenerSeries {
         if !self.listeners.contains_key(&key) && self.listeners.len() >= 2 * self.max_listeners {
             self.prune();
         }
@@ -361,7 +273,7 @@ impl Timeline {
 
     /// Keep the `max_listeners` best-ranked series.
     fn prune(&mut self) {
-        let keep: Vec<ListenerKey> = self
+        let keep: Vec<ListenerId> = self
             .listeners_ranked()
             .into_iter()
             .take(self.max_listeners)
@@ -375,19 +287,19 @@ impl Timeline {
     /// Count a drop (or syncookie) event and take its accept-queue sample.
     pub fn add_event(&mut self, e: &DropEvent) {
         let idx = self.index(e.ts_ns);
-        let n = if e.syncookie { 1 } else { e.count as u64 };
+        let n = u64::from(e.count);
         self.host_bucket(idx).add(e.reason, n);
-        let l = self.series(key_of(e), e.laddr);
+        let l = self.series(e.listener(), e.laddr);
         if l.owner.is_none() {
-            l.owner = e.owners.first().map(|o| format!("{}/{}", o.pid, o.comm));
-        }
-        if !e.syncookie {
-            l.total_drops += n;
+            l.owner = e
+                .owners
+                .first()
+                .map(crate::attribution::owners::Owner::label);
         }
         l.bucket_mut(idx).drops.add(e.reason, n);
         self.sample_queue(
             e.ts_ns,
-            key_of(e),
+            e.listener(),
             e.laddr,
             e.accept_queue,
             e.accept_queue_max,
@@ -400,7 +312,7 @@ impl Timeline {
     pub fn sample_queue(
         &mut self,
         ts_ns: u64,
-        key: ListenerKey,
+        key: ListenerId,
         laddr: IpAddr,
         len: u32,
         limit: u32,
@@ -418,61 +330,22 @@ impl Timeline {
         }
         let b = l.bucket_mut(idx);
         b.queue = Some(match b.queue {
-            Some(q) => QueueSample {
+            Some(q) => QueueLevel {
                 max: q.max.max(len),
                 limit: q.limit.max(limit),
             },
-            None => QueueSample { max: len, limit },
+            None => QueueLevel { max: len, limit },
         });
     }
 }
 
-/// Periodic accept-queue sampling of every listener on the host (`sockdiag::snapshot_all`, run
-/// on tokio's blocking pool: it walks /proc and enters every namespace). At most one snapshot is
-/// in flight; [`QueueSampler::done`] is cancel-safe (the task handle is kept across polls).
-#[derive(Default)]
-pub struct QueueSampler {
-    inflight: Option<tokio::task::JoinHandle<(u64, Vec<ListenerSnapshot>)>>,
-}
-
-impl QueueSampler {
-    pub fn new() -> QueueSampler {
-        QueueSampler::default()
-    }
-
-    /// Start a snapshot unless one is running.
-    pub fn kick(&mut self) {
-        if self.inflight.is_none() {
-            self.inflight = Some(tokio::task::spawn_blocking(|| {
-                (monotonic_ns(), sockdiag::snapshot_all())
-            }));
-        }
-    }
-
-    /// The next finished snapshot (time taken, listeners); pending while none is running.
-    pub async fn done(&mut self) -> (u64, Vec<ListenerSnapshot>) {
-        let Some(handle) = self.inflight.as_mut() else {
-            return std::future::pending().await;
-        };
-        let result = handle.await;
-        self.inflight = None;
-        match result {
-            Ok(r) => r,
-            Err(e) => {
-                log::debug!("accept-queue snapshot failed: {e}");
-                (monotonic_ns(), Vec::new())
-            }
-        }
-    }
-}
-
 impl Timeline {
-    /// Record every listener's accept queue from a snapshot taken at `ts_ns`.
-    pub fn add_snapshot(&mut self, ts_ns: u64, snapshot: &[ListenerSnapshot]) {
-        for l in snapshot {
+    /// Record every listener's accept queue from a snapshot.
+    pub fn add_snapshot(&mut self, snap: &QueueSnapshot) {
+        for l in &snap.listeners {
             self.sample_queue(
-                ts_ns,
-                (l.netns, l.sock_ino, l.lport),
+                snap.ts_ns,
+                l.listener,
                 l.laddr,
                 l.accept_queue,
                 l.accept_queue_max,
@@ -481,52 +354,40 @@ impl Timeline {
     }
 }
 
-pub use crate::event::monotonic_ns;
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{attribution::owners::Owner, event::Stage};
+    use crate::{attribution::owners::Owner, event::DropKind};
 
     const S: u64 = 1_000_000_000;
     const T0: u64 = 1_000 * S;
 
     fn ev(at_ms: u64, port: u16, reason: Reason, aq: u32) -> DropEvent {
-        DropEvent {
-            syncookie: reason == Reason::SyncookieSent,
-            reason,
-            stage: Stage::Syn,
-            ts_ns: T0 + at_ms * 1_000_000,
-            unix_ns: 0,
-            netns: 7,
-            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            lport: port,
-            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            rport: 40000,
-            sock_ino: port as u64 * 10,
-            cookie: 0,
-            accept_queue: aq,
-            accept_queue_max: 4,
-            syn_queue: 0,
-            somaxconn: 4096,
-            requested_backlog: None,
-            rst_sent: false,
-            count: 1,
-            cpu: 0,
-            late: false,
-            owners: vec![Owner {
-                pid: 9,
-                comm: "srv".into(),
-                cmdline: String::new(),
-                cgroup: String::new(),
-            }],
-        }
+        let mut e = crate::event::tests::sample();
+        e.kind = if reason.is_drop() {
+            DropKind::Drop
+        } else {
+            DropKind::Syncookie
+        };
+        e.reason = reason;
+        e.ts_ns = T0 + at_ms * 1_000_000;
+        e.netns = 7;
+        e.lport = port;
+        e.sock_ino = u64::from(port) * 10;
+        e.accept_queue = aq;
+        e.accept_queue_max = 4;
+        e.owners = vec![Owner::test(9, "srv")];
+        e
     }
 
-    fn key(port: u16) -> ListenerKey {
-        (7, port as u64 * 10, port)
+    fn key(port: u16) -> ListenerId {
+        ListenerId {
+            netns: 7,
+            sock_ino: u64::from(port) * 10,
+            lport: port,
+        }
     }
 
     #[test]
@@ -553,7 +414,7 @@ mod tests {
         );
 
         let l = t.listener(&key(80)).unwrap();
-        assert_eq!(l.total_drops, 3);
+        assert_eq!(l.drops(), 3);
         assert_eq!(l.owner.as_deref(), Some("9/srv"));
         assert_eq!(l.endpoint(), "127.0.0.1:80");
         assert_eq!(l.bucket(0).unwrap().drops.drops(), 1);
@@ -564,11 +425,11 @@ mod tests {
         // Queue: the max seen in the bucket, with the limit.
         assert_eq!(
             l.bucket(1).unwrap().queue,
-            Some(QueueSample { max: 5, limit: 4 })
+            Some(QueueLevel { max: 5, limit: 4 })
         );
         assert_eq!(l.peak_queue, 5);
         assert_eq!(l.last_queue, Some((T0 + 1_700_000_000, 3)));
-        assert_eq!(t.listener(&key(81)).unwrap().total_drops, 1);
+        assert_eq!(t.listener(&key(81)).unwrap().drops(), 1);
         assert_eq!(t.listeners_ranked()[0].lport(), 80);
     }
 
@@ -581,7 +442,7 @@ mod tests {
         t.add_event(&ev(10, 80, Reason::SyncookieSent, 0));
         assert_eq!(t.host()[0].drops(), 3);
         assert_eq!(t.host()[0].get(Reason::SyncookieSent), 1);
-        assert_eq!(t.listener(&key(80)).unwrap().total_drops, 3);
+        assert_eq!(t.listener(&key(80)).unwrap().drops(), 3);
     }
 
     #[test]
@@ -611,16 +472,16 @@ mod tests {
         let l = t.listener(&key(90)).unwrap();
         assert_eq!(
             l.bucket(0).unwrap().queue,
-            Some(QueueSample {
+            Some(QueueLevel {
                 max: 12,
                 limit: 128
             })
         );
         assert_eq!(
             l.bucket(1).unwrap().queue,
-            Some(QueueSample { max: 0, limit: 128 })
+            Some(QueueLevel { max: 0, limit: 128 })
         );
-        assert_eq!(l.total_drops, 0);
+        assert_eq!(l.drops(), 0);
         assert_eq!(l.last_queue, Some((T0 + S + 5, 0)));
         assert_eq!(t.len(), 2);
     }
@@ -677,13 +538,5 @@ mod tests {
             "host-wide counts keep every drop"
         );
         assert_eq!(t.listeners_ranked()[0].lport(), 1);
-    }
-
-    #[test]
-    fn short_names() {
-        for r in REASONS {
-            assert!(reason_short(r).len() <= 7);
-            assert_eq!(REASONS[reason_index(r)], r);
-        }
     }
 }

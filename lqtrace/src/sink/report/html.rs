@@ -9,8 +9,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::ReportInput;
 use crate::{
     attribution::owners::Owner,
-    event::{Reason, rfc3339},
-    stats::{summary::ListenerTotals, timeline::endpoint},
+    event::{Reason, endpoint},
+    stats::summary::ListenerTotals,
 };
 
 const CSS: &str = "
@@ -146,7 +146,7 @@ pub fn render(
     let _ = writeln!(
         h,
         "<tr><th>Started</th><td>{}</td></tr>",
-        esc(&rfc3339(input.started_unix_ns))
+        esc(&input.started.rfc3339())
     );
     let _ = writeln!(
         h,
@@ -340,7 +340,8 @@ fn strip_xml_decl(svg: &str) -> &str {
 mod tests {
     use super::*;
     use crate::stats::{
-        summary::{Reconciliation, Summary, Totals},
+        aggregate::Aggregate,
+        summary::{Reconciliation, Summary},
         timeline::Timeline,
     };
 
@@ -361,16 +362,17 @@ mod tests {
     }
 
     fn sample_input_parts() -> (Summary, Timeline) {
-        let mut e = crate::sink::text::tests::sample();
+        let mut e = crate::event::tests::sample();
         e.owners[0].comm = "<evil>".into();
-        let mut totals = Totals::default();
-        totals.add(&e, true);
+        let mut agg = Aggregate::new(0);
+        agg.add_drop(&e, true);
+        let totals = agg.summary(&Default::default(), &Default::default(), Default::default());
         let mut tl = Timeline::new(0);
         e.ts_ns = 1_500_000_000;
         tl.add_event(&e);
         let s = Summary {
             duration_s: 2.0,
-            listeners: totals.listeners(),
+            listeners: totals.listeners,
             reconciliation: vec![
                 Reconciliation {
                     netns: 4026531840,
@@ -396,7 +398,7 @@ mod tests {
         let argv = vec!["wrk".to_string(), "-c".into(), "10".into()];
         let input = ReportInput {
             command: &argv,
-            started_unix_ns: 1_795_914_123_456_789_000,
+            started: crate::event::WallTime(1_795_914_123_456_789_000),
             duration_s: 2.0,
             exit: "exit status 0".into(),
             filters: String::new(),

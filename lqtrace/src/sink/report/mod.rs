@@ -15,7 +15,7 @@ pub struct ReportInput<'a> {
     /// The command that ran (argv).
     pub command: &'a [String],
     /// Wall clock at the start, ns since the Unix epoch.
-    pub started_unix_ns: i128,
+    pub started: crate::event::WallTime,
     pub duration_s: f64,
     /// How the command ended, e.g. "exit status 0", "killed by signal 9".
     pub exit: String,
@@ -130,7 +130,7 @@ mod tests {
         let argv = vec!["true".to_string()];
         let input = ReportInput {
             command: &argv,
-            started_unix_ns: 0,
+            started: crate::event::WallTime(0),
             duration_s: 12.0,
             exit: "exit status 0".into(),
             filters: String::new(),

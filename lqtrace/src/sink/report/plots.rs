@@ -323,7 +323,7 @@ pub(crate) mod tests {
     pub(crate) fn synthetic() -> Timeline {
         let s = 1_000_000_000u64;
         let mut tl = Timeline::new(10 * s);
-        let base = crate::sink::text::tests::sample();
+        let base = crate::event::tests::sample();
         for sec in 0..12u64 {
             for (port, n, limit) in [(8080u16, 5 + sec * 3, 128u32), (9090, sec % 4, 16)] {
                 for k in 0..n {
@@ -339,19 +339,23 @@ pub(crate) mod tests {
                         Reason::SynAcceptQueueFull
                     };
                     e.stage = if k % 3 == 0 { Stage::Ack } else { Stage::Syn };
-                    e.owners = vec![Owner {
-                        pid: port as u32,
-                        comm: format!("srv{port}"),
-                        cmdline: String::new(),
-                        cgroup: String::new(),
-                    }];
+                    e.owners = vec![Owner::new(
+                        u32::from(port),
+                        format!("srv{port}"),
+                        String::new(),
+                        String::new(),
+                    )];
                     tl.add_event(&e);
                 }
             }
             // Periodic samples between drops.
             tl.sample_queue(
                 10 * s + sec * s + s / 2,
-                (base.netns, 8080, 8080),
+                crate::event::ListenerId {
+                    netns: base.netns,
+                    sock_ino: 8080,
+                    lport: 8080,
+                },
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 (sec as u32 * 11).min(128),
                 128,

@@ -1,0 +1,459 @@
+//! The one aggregate: every complete event is added here once, and every view reads it — the
+//! summary and its reconciliation, the timeline of `run --report`, the rows of `top`, the
+//! Prometheus metrics, the status line of `run`.
+//!
+//! Two tallies, because the filters (`-p`, `-P`, `--comm`) choose what is *shown* while the
+//! reconciliation with the kernel must count *everything*:
+//! - per network namespace, every drop (filters ignored), split by where it falls against the
+//!   namespace's start and end counter readings, so that only drops inside the window are
+//!   compared with the kernel's ListenDrops delta over that window;
+//! - per listening socket, the shown drops and syncookies by reason, queue figures and owners
+//!   (and the timeline, per bucket).
+//!
+//! Memory: listeners are kept until there are more than [`MAX_LISTENERS`]; then those idle for
+//! [`LISTENER_IDLE`] are forgotten (counted in `evicted_listeners`). The timeline bounds itself.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use lqtrace_common::STAT_COUNT;
+
+use super::{
+    summary::{ListenerTotals, Reconciliation, Summary},
+    timeline::Timeline,
+};
+use crate::{
+    attribution::owners::Owner,
+    event::{DropEvent, Event, ListenerId, QueueSnapshot, ReasonCounts, monotonic_ns},
+    session::namespaces::Reading,
+};
+
+/// Listeners kept before idle ones are forgotten.
+pub const MAX_LISTENERS: usize = 10_000;
+/// How long a listener must have had no drop to be forgotten when there are too many.
+pub const LISTENER_IDLE: u64 = 3600 * 1_000_000_000;
+
+/// The programs' own counters (`lqtrace_common::STAT_*`), summed over CPUs, as last read.
+pub type TracerStats = [u64; STAT_COUNT as usize];
+
+/// What the userspace pipeline itself counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Records the reader could not decode.
+    pub undecodable: u64,
+    /// Records the enricher's queue had no room for, and the listen drops among them.
+    pub queue_full_records: u64,
+    pub queue_full_drops: u64,
+}
+
+/// Drops recorded in one network namespace (filters ignored), against its counter readings.
+#[derive(Debug, Clone, Default)]
+pub struct NetnsTally {
+    pub label: Arc<str>,
+    /// Before the start reading (the programs were attached first).
+    pub before: u64,
+    /// Between the start and end readings: what reconciles with the kernel.
+    pub in_window: u64,
+    /// After the end reading (drained at the end).
+    pub after: u64,
+}
+
+impl NetnsTally {
+    pub fn total(&self) -> u64 {
+        self.before + self.in_window + self.after
+    }
+}
+
+/// One listening socket's shown drops and state.
+#[derive(Debug, Clone)]
+pub struct ListenerStats {
+    pub id: ListenerId,
+    pub laddr: IpAddr,
+    /// Owners at the last event that named any.
+    pub owners: Vec<Owner>,
+    /// Drops by reason, and syncookies under `Reason::SyncookieSent`.
+    pub counts: ReasonCounts,
+    pub peak_accept_queue: u32,
+    /// Accept queue length and limit at the last drop.
+    pub accept_queue: u32,
+    pub accept_queue_max: u32,
+    pub somaxconn: u32,
+    pub requested_backlog: Option<i32>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl ListenerStats {
+    pub fn drops(&self) -> u64 {
+        self.counts.drops()
+    }
+
+    fn totals(&self) -> ListenerTotals {
+        ListenerTotals {
+            netns: self.id.netns,
+            laddr: self.laddr,
+            lport: self.id.lport,
+            sock_ino: self.id.sock_ino,
+            owners: self.owners.clone(),
+            drops: self.drops(),
+            by_reason: self.counts.nonzero().filter(|(r, _)| r.is_drop()).collect(),
+            syncookies: self.counts.syncookies(),
+            peak_accept_queue: self.peak_accept_queue,
+            accept_queue_max: self.accept_queue_max,
+            requested_backlog: self.requested_backlog,
+            somaxconn: self.somaxconn,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Aggregate {
+    started_ns: u64,
+    pub timeline: Timeline,
+    listeners: HashMap<ListenerId, ListenerStats>,
+    netns: BTreeMap<u32, NetnsTally>,
+    start_ns: HashMap<u32, u64>,
+    end_ns: Option<HashMap<u32, u64>>,
+    queues: Option<QueueSnapshot>,
+    pub tracer: TracerStats,
+    pub pipeline: PipelineStats,
+    evicted_listeners: u64,
+}
+
+impl Aggregate {
+    pub fn new(started_ns: u64) -> Aggregate {
+        Aggregate {
+            started_ns,
+            timeline: Timeline::new(started_ns),
+            listeners: HashMap::new(),
+            netns: BTreeMap::new(),
+            start_ns: HashMap::new(),
+            end_ns: None,
+            queues: None,
+            tracer: [0; STAT_COUNT as usize],
+            pipeline: PipelineStats::default(),
+            evicted_listeners: 0,
+        }
+    }
+
+    /// Counter readings taken at the start: drops before a namespace's reading are outside
+    /// its window. A namespace without a start reading (created later) counts from zero.
+    pub fn set_start(&mut self, start: &BTreeMap<u32, Reading>) {
+        self.start_ns = start.iter().map(|(n, r)| (*n, r.at_ns)).collect();
+    }
+
+    /// Counter readings taken at the end: drops after a namespace's reading are outside.
+    pub fn set_end(&mut self, end: &BTreeMap<u32, Reading>) {
+        self.end_ns = Some(end.iter().map(|(n, r)| (*n, r.at_ns)).collect());
+    }
+
+    /// Add one event. `shown`: it passed the filters (only those reach the per-listener tallies).
+    pub fn add(&mut self, e: &Event, shown: bool) {
+        match e {
+            Event::Drop(d) => self.add_drop(d, shown),
+            Event::Listen(l) => {
+                if let Some(b) = l.requested_backlog {
+                    for s in self.listeners.values_mut() {
+                        if s.id.netns == l.netns && s.id.sock_ino == l.sock_ino {
+                            s.requested_backlog = Some(b);
+                        }
+                    }
+                }
+            }
+            Event::ListenClose(_) => {}
+            Event::Queues(q) => {
+                if shown {
+                    self.timeline.add_snapshot(q);
+                    self.queues = Some(q.clone());
+                }
+            }
+        }
+    }
+
+    /// Add one drop (or syncookie) event; see [`add`](Self::add).
+    pub fn add_drop(&mut self, e: &DropEvent, shown: bool) {
+        let drops = e.drops();
+        if drops > 0 {
+            let place = self.window_place(e.netns, e.ts_ns);
+            let t = self.netns.entry(e.netns).or_default();
+            if t.label.is_empty() {
+                t.label = Arc::clone(&e.netns_label);
+            }
+            match place {
+                Place::Before => t.before += drops,
+                Place::In => t.in_window += drops,
+                Place::After => t.after += drops,
+            }
+        }
+        if !shown {
+            return;
+        }
+        self.timeline.add_event(e);
+        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&e.listener()) {
+            self.evict_idle(e.ts_ns);
+        }
+        let s = self
+            .listeners
+            .entry(e.listener())
+            .or_insert_with(|| ListenerStats {
+                id: e.listener(),
+                laddr: e.laddr,
+                owners: Vec::new(),
+                counts: ReasonCounts::default(),
+                peak_accept_queue: 0,
+                accept_queue: 0,
+                accept_queue_max: 0,
+                somaxconn: 0,
+                requested_backlog: None,
+                first_ns: e.ts_ns,
+                last_ns: e.ts_ns,
+            });
+        if !e.owners.is_empty() {
+            s.owners.clone_from(&e.owners);
+        }
+        s.counts.add(e.reason, u64::from(e.count));
+        s.peak_accept_queue = s.peak_accept_queue.max(e.accept_queue);
+        s.accept_queue = e.accept_queue;
+        s.accept_queue_max = e.accept_queue_max;
+        s.somaxconn = e.somaxconn;
+        if e.requested_backlog.is_some() {
+            s.requested_backlog = e.requested_backlog;
+        }
+        s.last_ns = s.last_ns.max(e.ts_ns);
+    }
+
+    fn evict_idle(&mut self, now_ns: u64) {
+        let before = self.listeners.len();
+        self.listeners
+            .retain(|_, s| now_ns.saturating_sub(s.last_ns) < LISTENER_IDLE);
+        self.evicted_listeners += (before - self.listeners.len()) as u64;
+    }
+
+    fn window_place(&self, netns: u32, ts_ns: u64) -> Place {
+        if self.start_ns.get(&netns).is_some_and(|&s| ts_ns < s) {
+            return Place::Before;
+        }
+        match &self.end_ns {
+            Some(end) if end.get(&netns).is_some_and(|&e| ts_ns > e) => Place::After,
+            _ => Place::In,
+        }
+    }
+
+    /// Listeners with shown drops or syncookies, most drops first (then port, inode).
+    pub fn listeners(&self) -> Vec<&ListenerStats> {
+        let mut v: Vec<&ListenerStats> = self.listeners.values().collect();
+        v.sort_by(|a, b| {
+            b.drops()
+                .cmp(&a.drops())
+                .then(a.id.lport.cmp(&b.id.lport))
+                .then(a.id.sock_ino.cmp(&b.id.sock_ino))
+        });
+        v
+    }
+
+    pub fn listener(&self, id: &ListenerId) -> Option<&ListenerStats> {
+        self.listeners.get(id)
+    }
+
+    /// Listeners forgotten to bound memory.
+    pub fn evicted_listeners(&self) -> u64 {
+        self.evicted_listeners
+    }
+
+    /// Every drop recorded, filters ignored.
+    pub fn total_drops(&self) -> u64 {
+        self.netns.values().map(NetnsTally::total).sum()
+    }
+
+    /// Drops at listeners that passed the filters.
+    pub fn shown_drops(&self) -> u64 {
+        self.listeners.values().map(ListenerStats::drops).sum()
+    }
+
+    pub fn netns(&self) -> &BTreeMap<u32, NetnsTally> {
+        &self.netns
+    }
+
+    /// The latest accept-queue snapshot (listeners passing the port filter).
+    pub fn queues(&self) -> Option<&QueueSnapshot> {
+        self.queues.as_ref()
+    }
+
+    /// Seconds since the session started.
+    pub fn elapsed_s(&self) -> f64 {
+        monotonic_ns().saturating_sub(self.started_ns) as f64 / 1e9
+    }
+
+    /// Per namespace: drops recorded inside its window against its ListenDrops delta.
+    /// Namespaces with neither are left out.
+    pub fn reconciliation(
+        &self,
+        start: &BTreeMap<u32, Reading>,
+        end: &BTreeMap<u32, Reading>,
+    ) -> Vec<Reconciliation> {
+        let mut namespaces: Vec<u32> = end.keys().chain(self.netns.keys()).copied().collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let tally = self.netns.get(&ns);
+            let recorded = tally.map_or(0, |t| t.in_window);
+            let kernel = end.get(&ns).map(|e| {
+                let before = start
+                    .get(&ns)
+                    .map_or(0, |s| s.stat.get("TcpExt.ListenDrops"));
+                e.stat.get("TcpExt.ListenDrops").saturating_sub(before)
+            });
+            if recorded == 0 && kernel.unwrap_or(0) == 0 {
+                continue;
+            }
+            let label = tally
+                .map(|t| t.label.to_string())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| crate::kernel::netns::label(ns));
+            out.push(Reconciliation {
+                netns: ns,
+                label,
+                recorded,
+                kernel_listen_drops: kernel,
+            });
+        }
+        out
+    }
+
+    /// The summary at the end of a run.
+    pub fn summary(
+        &self,
+        start: &BTreeMap<u32, Reading>,
+        end: &BTreeMap<u32, Reading>,
+        hooks: BTreeMap<String, String>,
+    ) -> Summary {
+        use lqtrace_common::{
+            STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
+            STAT_UNBRACKETED,
+        };
+        let t = &self.tracer;
+        let p = &self.pipeline;
+        Summary {
+            kind: (),
+            duration_s: self.elapsed_s(),
+            listeners: self
+                .listeners()
+                .into_iter()
+                .map(ListenerStats::totals)
+                .collect(),
+            reconciliation: self.reconciliation(start, end),
+            lost_records: t[STAT_LOST_DROP_RECORDS as usize] + p.queue_full_records,
+            lost_drops: t[STAT_LOST_DROPS as usize] + p.queue_full_drops,
+            lost_other: t[STAT_LOST_OTHER as usize],
+            undecodable: p.undecodable,
+            unbracketed: t[STAT_UNBRACKETED as usize],
+            late: t[STAT_LATE as usize],
+            brackets: t[STAT_BRACKETS as usize],
+            hooks,
+        }
+    }
+}
+
+enum Place {
+    Before,
+    In,
+    After,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{DropKind, ListenEvent, Reason},
+        kernel::netstat::NetStat,
+    };
+
+    fn drop_at(ts_ns: u64, netns: u32, port: u16) -> Event {
+        let mut e = crate::event::tests::sample();
+        e.ts_ns = ts_ns;
+        e.netns = netns;
+        e.lport = port;
+        e.requested_backlog = None;
+        Event::Drop(e)
+    }
+
+    fn reading(at_ns: u64, drops: u64) -> Reading {
+        let mut stat = NetStat::default();
+        stat.0.insert("TcpExt.ListenDrops".into(), drops);
+        Reading { at_ns, stat }
+    }
+
+    #[test]
+    fn filters_choose_listeners_not_reconciliation() {
+        let mut a = Aggregate::new(0);
+        a.add(&drop_at(10, 1, 80), true);
+        a.add(&drop_at(11, 1, 81), false);
+        assert_eq!((a.total_drops(), a.shown_drops()), (2, 1));
+        assert_eq!(a.listeners().len(), 1);
+        let start = BTreeMap::from([(1, reading(5, 100))]);
+        let end = BTreeMap::from([(1, reading(20, 102))]);
+        let r = a.reconciliation(&start, &end);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].matches(), "{r:?}");
+    }
+
+    #[test]
+    fn window_excludes_drops_outside_the_readings() {
+        let mut a = Aggregate::new(0);
+        a.set_start(&BTreeMap::from([(1, reading(10, 0))]));
+        a.add(&drop_at(5, 1, 80), true); // before the start reading
+        a.add(&drop_at(15, 1, 80), true);
+        a.set_end(&BTreeMap::from([(1, reading(20, 1))]));
+        a.add(&drop_at(25, 1, 80), true); // after the end reading
+        let t = &a.netns()[&1];
+        assert_eq!((t.before, t.in_window, t.after), (1, 1, 1));
+        assert_eq!(a.listeners()[0].drops(), 3, "shown counts keep every drop");
+        // A namespace without a start reading counts from zero.
+        a.add(&drop_at(15, 2, 80), true);
+        assert_eq!(a.netns()[&2].in_window, 1);
+    }
+
+    #[test]
+    fn listen_event_sets_the_backlog_of_a_known_listener() {
+        let mut a = Aggregate::new(0);
+        a.add(&drop_at(10, 1, 80), true);
+        let Event::Drop(d) = drop_at(10, 1, 80) else {
+            unreachable!()
+        };
+        assert_eq!(a.listener(&d.listener()).unwrap().requested_backlog, None);
+        a.add(
+            &Event::Listen(ListenEvent {
+                netns: 1,
+                sock_ino: d.sock_ino,
+                ts_ns: 11,
+                requested_backlog: Some(7),
+                pid: 1,
+                comm: "x".into(),
+            }),
+            true,
+        );
+        assert_eq!(
+            a.listener(&d.listener()).unwrap().requested_backlog,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn syncookies_are_not_drops() {
+        let mut a = Aggregate::new(0);
+        let mut e = crate::event::tests::sample();
+        e.kind = DropKind::Syncookie;
+        e.reason = Reason::SyncookieSent;
+        e.count = 2;
+        a.add(&Event::Drop(e), true);
+        assert_eq!(a.total_drops(), 0);
+        let s = a.summary(&BTreeMap::new(), &BTreeMap::new(), BTreeMap::new());
+        assert_eq!((s.listeners[0].drops, s.listeners[0].syncookies), (0, 2));
+        assert!(s.listeners[0].by_reason.is_empty());
+        assert!(s.reconciliation.is_empty());
+    }
+}
