@@ -308,7 +308,7 @@ mod tests {
             }
             .matches(&e)
         );
-        e.owners.push(Owner::test(7, "nginx"));
+        e.owners = [e.owners[0].clone(), Owner::test(7, "nginx")].into();
         assert!(
             Filter {
                 pids: vec![7],

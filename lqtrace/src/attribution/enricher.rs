@@ -13,14 +13,14 @@
 //! Output: batches of [`Event`]s to the session over a bounded tokio channel, then `Output::End`.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -28,7 +28,7 @@ use lqtrace_common::{KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord
 
 use super::{
     backlog::Backlogs,
-    owners::{MIN_STALE_RESCAN_INTERVAL, OwnerIndex, Scan, Want},
+    owners::{MIN_STALE_RESCAN_INTERVAL, OwnerIndex, Owners, Scan, Want},
 };
 use crate::{
     bpf::records::Record,
@@ -40,10 +40,14 @@ use crate::{
     session::namespaces::Namespaces,
 };
 
+/// A namespace not found is looked for again after this.
+const NETNS_RETRY: Duration = Duration::from_millis(200);
 /// Items that may wait behind a drop whose owners need a scan.
 pub const MAX_PARKED: usize = 1 << 16;
-/// Batches of events in flight to the session.
-const OUT_BATCHES: usize = 256;
+/// Batches of events in flight to the session, and events in a batch, at most: together they
+/// bound what waits for the session (past that the enricher waits, and its own queue fills).
+const OUT_BATCHES: usize = 16;
+const BATCH_EVENTS: usize = 1024;
 
 pub enum Input {
     /// Decoded records, in ring order.
@@ -106,6 +110,8 @@ pub fn start(clock: Clock, namespaces: Arc<Mutex<Namespaces>>) -> Result<Handle>
         batch: Vec::new(),
         queued: Arc::clone(&queued),
         ending: false,
+        labels: HashMap::new(),
+        held: HashSet::new(),
     };
     e.request_scan();
     let enricher = std::thread::Builder::new()
@@ -155,6 +161,8 @@ struct Enricher {
     batch: Vec<Event>,
     queued: Arc<Backlog>,
     ending: bool,
+    labels: HashMap<u32, (Arc<str>, Instant)>,
+    held: HashSet<u32>,
 }
 
 impl Enricher {
@@ -185,8 +193,7 @@ impl Enricher {
                 }
                 Input::End => self.ending = true,
             }
-            self.drain();
-            if !self.flush() {
+            if !self.drain() || !self.flush() {
                 return;
             }
             if self.ending && self.queue.is_empty() {
@@ -196,21 +203,23 @@ impl Enricher {
         }
     }
 
-    /// Handle queued items from the head until one must wait for a scan.
-    fn drain(&mut self) {
+    /// Handle queued items from the head until one must wait for a scan; false when the
+    /// session is gone.
+    fn drain(&mut self) -> bool {
         while let Some(item) = self.queue.front() {
-            let Pending::Record(Record::Bracket(b)) = &item.what else {
-                let item = self.queue.pop_front().expect("front exists");
-                self.handle(item.what);
-                continue;
-            };
-            let (ino, arrived) = (b.sock_ino, item.arrived);
-            if ino != 0 && !self.owners_ready(ino, arrived) {
-                return;
+            if let Pending::Record(Record::Bracket(b)) = &item.what {
+                let (ino, arrived) = (b.sock_ino, item.arrived);
+                if ino != 0 && !self.owners_ready(ino, arrived) {
+                    return true;
+                }
             }
             let item = self.queue.pop_front().expect("front exists");
             self.handle(item.what);
+            if self.batch.len() >= BATCH_EVENTS && !self.flush() {
+                return false;
+            }
         }
+        true
     }
 
     /// Whether the drop that arrived at `arrived` at socket `ino` can be attributed now; asks
@@ -291,7 +300,7 @@ impl Enricher {
                             }
                             found.owners
                         } else {
-                            Vec::new()
+                            Owners::default()
                         },
                     })
                     .collect();
@@ -302,11 +311,7 @@ impl Enricher {
     }
 
     fn attribution(&mut self, netns: u32, ino: u64) -> Attribution {
-        let netns_label = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .saw(netns);
+        let netns_label = self.netns_label(netns);
         if ino == 0 {
             return Attribution {
                 netns_label,
@@ -318,6 +323,31 @@ impl Enricher {
             requested_backlog: self.backlogs.requested(ino),
             netns_label,
         }
+    }
+
+    /// The namespace's label; the first record from a namespace also makes the session hold it
+    /// for the end-of-run reconciliation (looked up again after RETRY if it was not found).
+    fn netns_label(&mut self, netns: u32) -> Arc<str> {
+        if let Some((label, at)) = self.labels.get(&netns)
+            && (self.held.contains(&netns) || at.elapsed() < NETNS_RETRY)
+        {
+            return Arc::clone(label);
+        }
+        let mut ns = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let label = ns.saw(netns);
+        if ns.holds(netns) {
+            self.held.insert(netns);
+        }
+        drop(ns);
+        if self.labels.len() > 4096 {
+            self.labels.clear();
+        }
+        self.labels
+            .insert(netns, (Arc::clone(&label), Instant::now()));
+        label
     }
 
     fn listen(&mut self, l: &ListenRecord) {

@@ -70,6 +70,10 @@ impl Owner {
     }
 }
 
+/// The processes holding a socket, sorted by pid: shared, since every event at a listener
+/// carries the same list.
+pub type Owners = Arc<[Owner]>;
+
 /// "pid/comm", "pid/comm+N" for several holders, "-" for none.
 pub fn owners_label(owners: &[Owner]) -> String {
     match owners {
@@ -104,7 +108,7 @@ pub enum Want {
 /// A lookup's answer.
 #[derive(Debug, Clone)]
 pub struct Lookup {
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     pub want: Want,
 }
 
@@ -175,6 +179,9 @@ pub struct OwnerIndex {
     identities: HashMap<u32, Identity>,
     last_scan: Option<Instant>,
     max_age: Duration,
+    /// The owner list last built for an inode (its pids, when): reused while the pids are the
+    /// same, so that a burst of drops at one listener shares one list.
+    lists: HashMap<u64, (Vec<u32>, Instant, Owners)>,
 }
 
 impl Default for OwnerIndex {
@@ -195,6 +202,7 @@ impl OwnerIndex {
             identities: HashMap::new(),
             last_scan: None,
             max_age,
+            lists: HashMap::new(),
         }
     }
 
@@ -228,6 +236,7 @@ impl OwnerIndex {
         self.by_inode = by_inode;
         let live: HashSet<u32> = scan.live.into_iter().collect();
         self.identities.retain(|pid, _| live.contains(pid));
+        self.lists.clear();
         self.last_scan = Some(started);
     }
 
@@ -240,7 +249,18 @@ impl OwnerIndex {
             .get(&ino)
             .map(|h| h.pids.iter().map(|(p, _)| *p).collect())
             .unwrap_or_default();
-        let owners = pids.into_iter().filter_map(|p| self.identity(p)).collect();
+        if let Some((cached, at, owners)) = self.lists.get(&ino)
+            && *cached == pids
+            && at.elapsed() < MIN_STALE_RESCAN_INTERVAL
+        {
+            return Lookup {
+                owners: Arc::clone(owners),
+                want,
+            };
+        }
+        let owners: Owners = pids.iter().filter_map(|p| self.identity(*p)).collect();
+        self.lists
+            .insert(ino, (pids, Instant::now(), Arc::clone(&owners)));
         Lookup { owners, want }
     }
 
@@ -257,7 +277,7 @@ impl OwnerIndex {
 
     /// Owners of a socket inode, scanning /proc in place when the index cannot answer (for
     /// one-shot users; the tracer's enricher uses [`lookup`](Self::lookup) and a scanner thread).
-    pub fn owners_of(&mut self, ino: u64) -> Vec<Owner> {
+    pub fn owners_of(&mut self, ino: u64) -> Owners {
         let first = self.lookup(ino);
         let due = match first.want {
             Want::Nothing => false,

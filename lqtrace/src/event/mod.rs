@@ -18,7 +18,7 @@ pub use reason::{Reason, ReasonCounts, Stage};
 use serde::Serialize;
 pub use time::{Clock, WallTime, monotonic_ns};
 
-use crate::attribution::owners::Owner;
+use crate::attribution::owners::Owners;
 
 /// What a drop record is: a listen drop, or a SYN answered with a cookie (not a drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,7 +41,7 @@ pub struct ListenerId {
 #[derive(Debug, Clone, Default)]
 pub struct Attribution {
     /// Processes holding the socket now, sorted by pid.
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     /// The backlog passed to `listen()`, when lqtrace saw the call.
     pub requested_backlog: Option<i32>,
     /// A readable name for the network namespace (`ip netns` name, or the inode number).
@@ -75,7 +75,7 @@ pub struct DropEvent {
     pub count: u32,
     pub cpu: u32,
     pub late: bool,
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     #[serde(skip)]
     pub netns_label: Arc<str>,
 }
@@ -174,7 +174,7 @@ pub struct QueueSample {
     pub laddr: IpAddr,
     pub accept_queue: u32,
     pub accept_queue_max: u32,
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
 }
 
 /// Every listener's accept queue at `ts_ns`.
@@ -214,6 +214,7 @@ pub(crate) mod tests {
     use lqtrace_common::{KIND_DROP, KIND_SYNCOOKIE, STAGE_ACK, STAGE_SYN};
 
     use super::*;
+    use crate::attribution::owners::Owner;
 
     /// A drop event as the text and JSON tests use it.
     pub(crate) fn sample() -> DropEvent {
@@ -239,7 +240,7 @@ pub(crate) mod tests {
             count: 1,
             cpu: 0,
             late: false,
-            owners: vec![Owner::test(42, "java")],
+            owners: [Owner::test(42, "java")].into(),
             netns_label: "4026531840".into(),
         }
     }

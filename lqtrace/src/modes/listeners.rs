@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     advice::{self, Facts},
-    attribution::owners::{Owner, OwnerIndex, Scan, owners_label},
+    attribution::owners::{OwnerIndex, Owners, Scan, owners_label},
     cli::{Cli, ListenersArgs},
     kernel::sockdiag::{self, ListenerSnapshot},
 };
@@ -23,7 +23,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Row {
     pub snap: ListenerSnapshot,
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     pub requested_backlog: Option<i32>,
     /// `requested_backlog` was derived from the limit (not seen at listen()).
     pub requested_backlog_derived: bool,
@@ -38,7 +38,7 @@ pub fn derive_backlog(accept_queue_max: u32, somaxconn: u32) -> Option<i32> {
         .flatten()
 }
 
-pub fn row(snap: ListenerSnapshot, owners: Vec<Owner>) -> Row {
+pub fn row(snap: ListenerSnapshot, owners: Owners) -> Row {
     let requested_backlog = derive_backlog(snap.accept_queue_max, snap.somaxconn);
     let advice = advice::advise(&Facts {
         accept_queue: snap.accept_queue,
@@ -153,7 +153,7 @@ pub fn collect(cli: &Cli, busy: bool) -> Vec<Row> {
             let owners = if s.sock_ino != 0 {
                 index.lookup(s.sock_ino).owners
             } else {
-                Vec::new()
+                Owners::default()
             };
             row(s, owners)
         })
@@ -242,6 +242,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
+    use crate::attribution::owners::Owner;
 
     fn snap(port: u16, q: u32, max: u32, drops: u32) -> ListenerSnapshot {
         ListenerSnapshot {
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(derive_backlog(0, 4096), Some(0));
         assert_eq!(derive_backlog(4096, 4096), None);
         assert_eq!(derive_backlog(5000, 4096), None);
-        let r = row(snap(80, 4, 3, 9), vec![]);
+        let r = row(snap(80, 4, 3, 9), Owners::default());
         assert_eq!(
             (r.requested_backlog, r.requested_backlog_derived),
             (Some(3), true)
@@ -280,7 +281,7 @@ mod tests {
             r.advice
         );
         assert!(text_line(&r).contains("3=limit"));
-        let r = row(snap(80, 0, 4096, 0), vec![]);
+        let r = row(snap(80, 0, 4096, 0), Owners::default());
         assert_eq!(
             (r.requested_backlog, r.requested_backlog_derived),
             (None, false)
@@ -293,7 +294,7 @@ mod tests {
         let cli = |args: &[&str]| {
             Cli::try_parse_from([&["lqtrace"], args, &["listeners"]].concat()).unwrap()
         };
-        let r = row(snap(8080, 0, 128, 0), vec![owner(42, "java")]);
+        let r = row(snap(8080, 0, 128, 0), [owner(42, "java")].into());
         assert!(keep(&r, &cli(&[]), false));
         assert!(keep(&r, &cli(&["-P", "80,8080"]), false));
         assert!(!keep(&r, &cli(&["-P", "80"]), false));
@@ -302,15 +303,23 @@ mod tests {
         assert!(keep(&r, &cli(&["--comm", "java"]), false));
         assert!(!keep(&r, &cli(&["--comm", "nginx"]), false));
         assert!(!keep(&r, &cli(&[]), true), "--busy hides idle listeners");
-        assert!(keep(&row(snap(8080, 1, 128, 0), vec![]), &cli(&[]), true));
-        assert!(keep(&row(snap(8080, 0, 128, 2), vec![]), &cli(&[]), true));
+        assert!(keep(
+            &row(snap(8080, 1, 128, 0), Owners::default()),
+            &cli(&[]),
+            true
+        ));
+        assert!(keep(
+            &row(snap(8080, 0, 128, 2), Owners::default()),
+            &cli(&[]),
+            true
+        ));
     }
 
     #[test]
     fn columns_line_up_and_json_keys() {
         let r = row(
             snap(8080, 4, 3, 9),
-            vec![owner(42, "java"), owner(43, "java")],
+            [owner(42, "java"), owner(43, "java")].into(),
         );
         let line = text_line(&r);
         let h = header();
@@ -337,7 +346,7 @@ mod tests {
         }
         assert_eq!(v["owners"][1]["pid"], 43);
         assert_eq!(v["requested_backlog"], 3);
-        let r = row(snap(1, 0, 4096, 0), vec![]);
+        let r = row(snap(1, 0, 4096, 0), Owners::default());
         assert!(json_line(&r)["requested_backlog"].is_null());
     }
 }

@@ -110,7 +110,6 @@ impl Session {
     /// and take the start readings. Must run inside a tokio runtime.
     pub async fn start(opts: &SessionOptions) -> Result<Session> {
         let started = Instant::now();
-        let started_ns = monotonic_ns();
         let mut tracer = load_tracer(opts, true)?;
         let ring = tracer.take_events()?;
         let namespaces = Arc::new(Mutex::new(Namespaces::default()));
@@ -126,7 +125,8 @@ impl Session {
         })
         .await
         .context("reading the namespaces' counters")?;
-        let mut aggregate = Aggregate::new(started_ns);
+        // The run starts now, with everything attached and the start readings taken.
+        let mut aggregate = Aggregate::new(monotonic_ns());
         aggregate.set_start(&start);
         let aggregate = Arc::new(Mutex::new(aggregate));
         log::info!(

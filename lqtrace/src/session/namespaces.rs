@@ -60,6 +60,10 @@ impl Namespaces {
         self.label(inum)
     }
 
+    pub fn holds(&self, inum: u32) -> bool {
+        self.held.contains_key(&inum)
+    }
+
     /// The `ip netns` name of a namespace, or its inode number; cached.
     pub fn label(&mut self, inum: u32) -> Arc<str> {
         if self.labels.len() > MAX_HELD {

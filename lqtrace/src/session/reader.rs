@@ -31,7 +31,7 @@ use crate::{
 
 const POLL: Duration = Duration::from_millis(20);
 /// Records waiting for the enricher, at most.
-pub const MAX_QUEUED: usize = 1 << 18;
+pub const MAX_QUEUED: usize = 1 << 16;
 
 /// What the reader counted: records it could not decode, and records the enricher's queue had
 /// no room for (and the listen drops among them).

@@ -128,7 +128,7 @@ pub fn summary(s: &Summary) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::sample;
+    use crate::{attribution::owners::Owners, event::tests::sample};
 
     #[test]
     fn event_line_has_the_columns() {
@@ -153,9 +153,9 @@ mod tests {
     #[test]
     fn unknown_owner_and_several_owners() {
         let mut e = sample();
-        e.owners.clear();
+        e.owners = Owners::default();
         assert!(event(&e).contains(" -       ?"));
-        e.owners = vec![Owner::test(1, "a"), Owner::test(2, "b")];
+        e.owners = [Owner::test(1, "a"), Owner::test(2, "b")].into();
         assert!(event(&e).contains("a+1"));
     }
 }

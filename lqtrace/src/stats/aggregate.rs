@@ -26,7 +26,7 @@ use super::{
     timeline::Timeline,
 };
 use crate::{
-    attribution::owners::Owner,
+    attribution::owners::Owners,
     event::{DropEvent, Event, ListenerId, QueueSnapshot, ReasonCounts, monotonic_ns},
     session::namespaces::Reading,
 };
@@ -73,7 +73,7 @@ pub struct ListenerStats {
     pub id: ListenerId,
     pub laddr: IpAddr,
     /// Owners at the last event that named any.
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     /// Drops by reason, and syncookies under `Reason::SyncookieSent`.
     pub counts: ReasonCounts,
     pub peak_accept_queue: u32,
@@ -97,7 +97,7 @@ impl ListenerStats {
             laddr: self.laddr,
             lport: self.id.lport,
             sock_ino: self.id.sock_ino,
-            owners: self.owners.clone(),
+            owners: Arc::clone(&self.owners),
             drops: self.drops(),
             by_reason: self.counts.nonzero().filter(|(r, _)| r.is_drop()).collect(),
             syncookies: self.counts.syncookies(),
@@ -201,7 +201,7 @@ impl Aggregate {
             .or_insert_with(|| ListenerStats {
                 id: e.listener(),
                 laddr: e.laddr,
-                owners: Vec::new(),
+                owners: Owners::default(),
                 counts: ReasonCounts::default(),
                 peak_accept_queue: 0,
                 accept_queue: 0,
@@ -212,7 +212,7 @@ impl Aggregate {
                 last_ns: e.ts_ns,
             });
         if !e.owners.is_empty() {
-            s.owners.clone_from(&e.owners);
+            s.owners = Arc::clone(&e.owners);
         }
         s.counts.add(e.reason, u64::from(e.count));
         s.peak_accept_queue = s.peak_accept_queue.max(e.accept_queue);

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Serialize, Serializer};
 
-use crate::{attribution::owners::Owner, event::Reason};
+use crate::{attribution::owners::Owners, event::Reason};
 
 /// One listening socket that had drops or syncookies (and passed the filters).
 #[derive(Debug, Clone, Serialize)]
@@ -15,7 +15,7 @@ pub struct ListenerTotals {
     pub laddr: IpAddr,
     pub lport: u16,
     pub sock_ino: u64,
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     pub drops: u64,
     /// Drops by reason (drop reasons only).
     pub by_reason: BTreeMap<Reason, u64>,

@@ -378,7 +378,7 @@ mod tests {
         e.sock_ino = u64::from(port) * 10;
         e.accept_queue = aq;
         e.accept_queue_max = 4;
-        e.owners = vec![Owner::test(9, "srv")];
+        e.owners = [Owner::test(9, "srv")].into();
         e
     }
 

@@ -4,12 +4,12 @@
 //! non-empty accept queue and no drop yet are shown too: they are next. Plain-line and JSON
 //! renderings for a stdout that is not a terminal live here as well.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use serde_json::json;
 
 use crate::{
-    attribution::owners::{Owner, owners_label},
+    attribution::owners::{Owners, owners_label},
     cli::{Filter, TopSort},
     event::{ListenerId, Reason, ReasonCounts, WallTime, endpoint},
     stats::aggregate::Aggregate,
@@ -20,7 +20,7 @@ use crate::{
 pub struct TopRow {
     pub key: ListenerId,
     pub laddr: IpAddr,
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
     /// Drops by reason in the last complete interval.
     pub interval: ReasonCounts,
     /// Length of that interval in seconds.
@@ -225,7 +225,7 @@ impl TopState {
                 TopRow {
                     key: l.id,
                     laddr: l.laddr,
-                    owners: l.owners.clone(),
+                    owners: Arc::clone(&l.owners),
                     interval: self.last.get(&l.id).copied().unwrap_or_default(),
                     interval_secs: self.last_secs,
                     counts: l.counts,
@@ -249,7 +249,7 @@ impl TopState {
             rows.push(TopRow {
                 key: s.listener,
                 laddr: s.laddr,
-                owners: s.owners.clone(),
+                owners: Arc::clone(&s.owners),
                 interval: ReasonCounts::default(),
                 interval_secs: self.last_secs,
                 counts: ReasonCounts::default(),
@@ -332,6 +332,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::attribution::owners::Owner;
 
     fn row(port: u16, rate: u64, total: u64, peak: u32, limit: u32) -> TopRow {
         let mut interval = ReasonCounts::default();
@@ -343,7 +344,7 @@ mod tests {
                 lport: port,
             },
             laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            owners: vec![],
+            owners: Owners::default(),
             interval,
             interval_secs: 1.0,
             counts: interval,

@@ -17,7 +17,7 @@ fn drop_event(netns: u32, port: u16, comm: Option<&str>, ts_ns: u64) -> DropEven
     e.accept_queue = 2;
     e.accept_queue_max = 1;
     e.owners = comm
-        .map(|c| vec![Owner::new(42, c.into(), String::new(), String::new())])
+        .map(|c| [Owner::new(42, c.into(), String::new(), String::new())].into())
         .unwrap_or_default();
     e
 }
@@ -72,14 +72,15 @@ fn render(x: &mut Exporter, agg: &Aggregate) -> String {
 fn drop_labels_gauges_and_container() {
     let mut agg = Aggregate::new(0);
     let mut e = drop_event(4026531840, 8080, Some("nginx"), 1);
-    e.owners[0] = Owner::new(
+    e.owners = [Owner::new(
         42,
         "nginx".into(),
         String::new(),
         format!(
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5e8c9b2a_1d3f_4a6b_8c7d_9e0f1a2b3c4d.slice/cri-containerd-{ID}.scope"
         ),
-    );
+    )]
+    .into();
     e.count = 2;
     e.accept_queue = 5;
     e.accept_queue_max = 4;
@@ -144,12 +145,13 @@ fn no_owner_is_unknown_and_host_process_has_empty_container_labels() {
     let mut agg = Aggregate::new(0);
     agg.add_drop(&drop_event(1, 80, None, 1), true);
     let mut e = drop_event(1, 81, Some("sshd"), 2);
-    e.owners[0] = Owner::new(
+    e.owners = [Owner::new(
         42,
         "sshd".into(),
         String::new(),
         "/system.slice/ssh.service".into(),
-    );
+    )]
+    .into();
     agg.add_drop(&e, true);
     let text = render(&mut Exporter::new(Limits::default()), &agg);
     assert_eq!(

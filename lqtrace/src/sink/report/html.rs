@@ -363,7 +363,7 @@ mod tests {
 
     fn sample_input_parts() -> (Summary, Timeline) {
         let mut e = crate::event::tests::sample();
-        e.owners[0].comm = "<evil>".into();
+        e.owners = [Owner::test(42, "<evil>")].into();
         let mut agg = Aggregate::new(0);
         agg.add_drop(&e, true);
         let totals = agg.summary(&Default::default(), &Default::default(), Default::default());

@@ -339,12 +339,13 @@ pub(crate) mod tests {
                         Reason::SynAcceptQueueFull
                     };
                     e.stage = if k % 3 == 0 { Stage::Ack } else { Stage::Syn };
-                    e.owners = vec![Owner::new(
+                    e.owners = [Owner::new(
                         u32::from(port),
                         format!("srv{port}"),
                         String::new(),
                         String::new(),
-                    )];
+                    )]
+                    .into();
                     tl.add_event(&e);
                 }
             }
