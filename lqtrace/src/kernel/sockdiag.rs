@@ -1,5 +1,11 @@
 //! A snapshot of every TCP listener through NETLINK_SOCK_DIAG (what `ss -lnt` uses).
 //!
+//! The wire format (nlmsghdr, `inet_diag_req_v2`, `inet_diag_msg`, attributes) and the socket
+//! come from the rust-netlink crates. Kept here: the receive loop of a dump (netlink-sys is a
+//! bare socket; netlink-proto, which drives dumps, is async and would need a runtime on every
+//! namespace thread), the walk over network namespaces, somaxconn, and turning two dumps into
+//! one [`ListenerSnapshot`] per listener.
+//!
 //! One `SOCK_DIAG_BY_FAMILY` dump per address family asks for sockets in `TCP_LISTEN` with the
 //! `INET_DIAG_SKMEMINFO` extension. For a listener the kernel reports (tcp_diag_get_info):
 //! `idiag_rqueue` = `sk_ack_backlog` (connections waiting in the accept queue now) and
@@ -19,14 +25,18 @@
 //! A netlink socket sees the network namespace it was created in: [`snapshot_all`] creates one
 //! inside each namespace (on a helper thread, see [`netns::run_in`]).
 
-use std::{
-    collections::HashMap,
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{collections::HashMap, io, net::IpAddr, os::fd::AsRawFd};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_ALIGNTO, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, Parseable as _,
+};
+use netlink_packet_sock_diag::{
+    AF_INET, AF_INET6, IPPROTO_TCP, SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::kernel::netns;
 
@@ -54,342 +64,165 @@ pub struct ListenerSnapshot {
     pub v6only: Option<bool>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Wire constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h)
+/// `TCP_NEW_SYN_RECV` (include/net/tcp_states.h): request sockets, the SYN queue. The crate's
+/// `StateFlags` names only the classic TCP states; `from_bits_retain` keeps the raw bit.
+const NEW_SYN_RECV: StateFlags = StateFlags::from_bits_retain(1 << 12);
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-
-const NLMSG_HDRLEN: usize = 16;
-/// sizeof(struct inet_diag_req_v2)
-const REQ_V2_LEN: usize = 56;
-/// sizeof(struct inet_diag_msg)
-const DIAG_MSG_LEN: usize = 72;
-
-const INET_DIAG_SKMEMINFO: u16 = 7;
-const INET_DIAG_SKV6ONLY: u16 = 11;
-const SK_MEMINFO_DROPS: usize = 8;
-
-const TCP_LISTEN: u32 = 10;
-const TCP_NEW_SYN_RECV: u32 = 12;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// One socket of a dump, as the kernel described it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiagMsg {
-    pub family: u8,
-    pub state: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub cookie: u64,
-    pub rqueue: u32,
-    pub wqueue: u32,
-    pub uid: u32,
-    pub inode: u32,
-    /// sk_meminfo array, if the extension was present.
-    pub meminfo: Option<Vec<u32>>,
-    pub v6only: Option<bool>,
-}
-
-impl DiagMsg {
-    pub fn drops(&self) -> Option<u32> {
-        self.meminfo
-            .as_ref()
-            .and_then(|m| m.get(SK_MEMINFO_DROPS).copied())
-    }
-}
-
-/// What a received buffer meant for the dump in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// More messages to come.
-    More,
-    /// NLMSG_DONE seen. `interrupted`: some message carried NLM_F_DUMP_INTR (the tables changed
-    /// during the dump; the result may be inconsistent).
-    Done { interrupted: bool },
-}
-
-/// Build the dump request: nlmsghdr + inet_diag_req_v2.
-pub fn build_request(family: u8, states: u32, ext: u8, seq: u32) -> Vec<u8> {
-    let total = NLMSG_HDRLEN + REQ_V2_LEN;
-    let mut b = Vec::with_capacity(total);
-    b.extend_from_slice(&(total as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    b.push(family);
-    b.push(libc::IPPROTO_TCP as u8);
-    b.push(ext);
-    b.push(0); // pad
-    b.extend_from_slice(&states.to_ne_bytes());
-    b.resize(total, 0); // inet_diag_sockid: all wildcards
-    b
-}
-
-fn u16_ne(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-fn u32_ne(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn addr_of(family: u8, b: &[u8]) -> Result<IpAddr> {
-    match family as i32 {
-        libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        libc::AF_INET6 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&b[..16]);
-            Ok(IpAddr::V6(Ipv6Addr::from(a)))
-        }
-        f => bail!("inet_diag_msg with address family {f}"),
-    }
-}
-
-/// Parse one inet_diag_msg payload (after the nlmsghdr) with its attributes.
-pub fn parse_diag_msg(p: &[u8]) -> Result<DiagMsg> {
-    if p.len() < DIAG_MSG_LEN {
-        bail!(
-            "inet_diag_msg truncated: {} bytes, need {DIAG_MSG_LEN}",
-            p.len()
-        );
-    }
-    let family = p[0];
-    let cookie = u32_ne(p, 44) as u64 | (u32_ne(p, 48) as u64) << 32;
-    let mut m = DiagMsg {
+/// The dump request: nlmsghdr + `inet_diag_req_v2` for TCP sockets of `family` in `states`.
+fn request(family: u8, states: &StateFlags, extensions: &ExtensionFlags, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let req = InetRequest {
         family,
-        state: p[1],
-        sport: u16::from_be_bytes([p[4], p[5]]),
-        dport: u16::from_be_bytes([p[6], p[7]]),
-        src: addr_of(family, &p[8..24])?,
-        dst: addr_of(family, &p[24..40])?,
-        cookie,
-        rqueue: u32_ne(p, 56),
-        wqueue: u32_ne(p, 60),
-        uid: u32_ne(p, 64),
-        inode: u32_ne(p, 68),
-        meminfo: None,
-        v6only: None,
+        protocol: IPPROTO_TCP,
+        extensions: extensions.clone(),
+        states: states.clone(),
+        // All wildcards (zeros; the v4 form serialises to the same 48 bytes as the v6 one).
+        socket_id: SocketId::new_v4(),
     };
-    let mut at = align4(DIAG_MSG_LEN);
-    while at + 4 <= p.len() {
-        let len = u16_ne(p, at) as usize;
-        let ty = u16_ne(p, at + 2) & 0x3fff; // strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        if len < 4 || at + len > p.len() {
-            bail!(
-                "bad attribute length {len} at offset {at} of a {}-byte inet_diag_msg",
-                p.len()
-            );
-        }
-        let data = &p[at + 4..at + len];
-        match ty {
-            INET_DIAG_SKMEMINFO => {
-                m.meminfo = Some(
-                    data.chunks_exact(4)
-                        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                );
-            }
-            INET_DIAG_SKV6ONLY if !data.is_empty() => m.v6only = Some(data[0] != 0),
-            _ => {}
-        }
-        at += align4(len);
-    }
-    Ok(m)
+    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
+    msg.finalize(); // length and message type (SOCK_DIAG_BY_FAMILY)
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
-/// Parse one buffer received from the netlink socket, appending sockets to `out`. Messages of
-/// other sequence numbers are ignored. Errors on malformed lengths, NLMSG_ERROR with an error,
-/// NLMSG_DONE carrying a negative status, or an overrun.
-pub fn parse_buffer(
-    buf: &[u8],
-    seq: u32,
-    out: &mut Vec<DiagMsg>,
-    interrupted: &mut bool,
-) -> Result<Progress> {
-    let mut at = 0;
-    while at < buf.len() {
-        if buf.len() - at < NLMSG_HDRLEN {
-            bail!(
-                "netlink message header truncated: {} bytes left at offset {at}",
-                buf.len() - at
-            );
-        }
-        let len = u32_ne(buf, at) as usize;
-        let ty = u16_ne(buf, at + 4);
-        let flags = u16_ne(buf, at + 6);
-        let mseq = u32_ne(buf, at + 8);
-        if len < NLMSG_HDRLEN || len > buf.len() - at {
-            bail!(
-                "netlink message length {len} at offset {at} (buffer {} bytes)",
-                buf.len()
-            );
-        }
-        let payload = &buf[at + NLMSG_HDRLEN..at + len];
-        at += align4(len).min(buf.len() - at);
-        if mseq != seq {
-            continue;
-        }
-        if flags & NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
-        match ty {
-            NLMSG_DONE => {
-                if payload.len() >= 4 {
-                    let status = u32_ne(payload, 0) as i32;
-                    if status < 0 {
-                        return Err(io::Error::from_raw_os_error(-status))
-                            .context("sock_diag dump failed");
-                    }
-                }
-                return Ok(Progress::Done {
-                    interrupted: *interrupted,
-                });
-            }
-            NLMSG_ERROR => {
-                if payload.len() < 4 {
-                    bail!("NLMSG_ERROR truncated ({} bytes)", payload.len());
-                }
-                let err = u32_ne(payload, 0) as i32;
-                if err != 0 {
-                    return Err(io::Error::from_raw_os_error(-err))
-                        .context("sock_diag request rejected");
-                }
-                // err 0: an acknowledgement, nothing to do.
-            }
-            NLMSG_OVERRUN => bail!("netlink overrun: messages were lost"),
-            NLMSG_NOOP => {}
-            SOCK_DIAG_BY_FAMILY => out.push(parse_diag_msg(payload)?),
-            _ => {}
-        }
-    }
-    Ok(Progress::More)
+/// The sockets of one dump, collected datagram by datagram.
+#[derive(Debug, Default)]
+struct Dump {
+    sockets: Vec<InetResponse>,
+    /// Some message carried NLM_F_DUMP_INTR: the socket tables changed during the dump, the
+    /// result may be inconsistent.
+    interrupted: bool,
 }
 
-// ---------------------------------------------------------------------------------------------
-// The socket
+impl Dump {
+    /// Take in one datagram of dump `seq`; true at NLMSG_DONE. Messages of other sequence numbers
+    /// (late answers to an earlier request) are skipped. Errors on a malformed message, an
+    /// NLMSG_ERROR with an error, an NLMSG_DONE with a negative status, an overrun.
+    fn feed(&mut self, datagram: &[u8], seq: u32) -> Result<bool> {
+        let mut at = 0;
+        while at < datagram.len() {
+            let rest = &datagram[at..];
+            let nl = NetlinkBuffer::new_checked(&rest)
+                .map_err(|e| anyhow!("sock_diag: bad netlink message at offset {at}: {e}"))?;
+            // NLMSG_ALIGN; new_checked made sure the length fits, padding may be cut off.
+            at += (nl.length() as usize)
+                .next_multiple_of(NLMSG_ALIGNTO.into())
+                .min(rest.len());
+            if nl.sequence_number() != seq {
+                continue;
+            }
+            self.interrupted |= nl.flags() & NLM_F_DUMP_INTR != 0;
+            let msg = NetlinkMessage::<SockDiagMessage>::parse(&nl)
+                .map_err(|e| anyhow!("sock_diag: bad message: {e}"))?;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    self.sockets.push(*r)
+                }
+                NetlinkPayload::Done(d) if d.code < 0 => {
+                    return Err(io::Error::from_raw_os_error(-d.code))
+                        .context("sock_diag dump failed");
+                }
+                NetlinkPayload::Done(_) => return Ok(true),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(e.to_io()).context("sock_diag request rejected");
+                }
+                NetlinkPayload::Overrun(_) => bail!("netlink overrun: messages were lost"),
+                // An acknowledgement (NLMSG_ERROR 0), NLMSG_NOOP, a non-inet message.
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+}
 
+/// The socket cookie: the kernel stores it as two host-order u32, low half first
+/// (sock_diag_save_cookie).
+fn cookie(id: &SocketId) -> u64 {
+    let [a, b, c, d, e, f, g, h] = id.cookie;
+    u64::from(u32::from_ne_bytes([a, b, c, d])) | u64::from(u32::from_ne_bytes([e, f, g, h])) << 32
+}
+
+/// A NETLINK_SOCK_DIAG socket of the calling thread's network namespace.
 struct DiagSocket {
-    fd: OwnedFd,
+    sock: Socket,
     seq: u32,
+    buf: Vec<u8>,
 }
 
 impl DiagSocket {
     fn open() -> Result<DiagSocket> {
-        // SAFETY: plain syscall; the fd is owned by the OwnedFd right after.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A dump never blocks for long; a timeout keeps a kernel oddity from hanging us.
+        let sock =
+            Socket::new(NETLINK_SOCK_DIAG).context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)")?;
+        // To the kernel (port 0); binds an automatic port id.
+        sock.connect(&SocketAddr::new(0, 0))
+            .context("connect NETLINK_SOCK_DIAG socket")?;
+        // A timeout keeps a kernel oddity from hanging us; netlink-sys has no setter for it.
         let tv = libc::timeval {
             tv_sec: 5,
             tv_usec: 0,
         };
-        // SAFETY: setsockopt with a timeval and its size.
-        unsafe {
+        // SAFETY: setsockopt with a timeval and its size, on a socket we own.
+        let rc = unsafe {
             libc::setsockopt(
-                fd.as_raw_fd(),
+                sock.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 &tv as *const _ as *const libc::c_void,
                 size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("SO_RCVTIMEO on sock_diag socket");
+        }
         Ok(DiagSocket {
-            fd,
+            sock,
             seq: 0x6c71_0000,
+            // The kernel fills dump datagrams up to 32 KiB (netlink_dump caps max_recvmsg_len);
+            // a bigger one is caught by MSG_TRUNC, never parsed half.
+            buf: Vec::with_capacity(64 * 1024),
         })
     }
 
-    /// One complete dump. Retries (up to 3 times) a dump the kernel flagged as interrupted.
-    fn dump(&mut self, family: u8, states: u32, ext: u8) -> Result<Vec<DiagMsg>> {
-        let mut last = Vec::new();
-        for _ in 0..3 {
-            let (msgs, interrupted) = self.dump_once(family, states, ext)?;
-            if !interrupted {
-                return Ok(msgs);
+    /// One complete dump. A dump the kernel flagged as interrupted is retried up to twice.
+    fn dump(&mut self, family: u8, states: &StateFlags, ext: &ExtensionFlags) -> Result<Dump> {
+        let mut dump = self.dump_once(family, states, ext)?;
+        for _ in 0..2 {
+            if !dump.interrupted {
+                break;
             }
             log::debug!("sock_diag: dump interrupted (tables changed), retrying");
-            last = msgs;
+            dump = self.dump_once(family, states, ext)?;
         }
-        Ok(last)
+        Ok(dump)
     }
 
-    fn dump_once(&mut self, family: u8, states: u32, ext: u8) -> Result<(Vec<DiagMsg>, bool)> {
+    fn dump_once(&mut self, family: u8, states: &StateFlags, ext: &ExtensionFlags) -> Result<Dump> {
         self.seq = self.seq.wrapping_add(1);
-        let req = build_request(family, states, ext, self.seq);
-        // SAFETY: zeroed sockaddr_nl is valid; pid 0 = the kernel.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: buffer and address are valid for the given lengths.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr() as *const libc::c_void,
-                req.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).context("send sock_diag request");
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out = Vec::new();
-        let mut interrupted = false;
+        self.sock
+            .send(&request(family, states, ext, self.seq), 0)
+            .context("send sock_diag request")?;
+        let mut dump = Dump::default();
         loop {
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: buf.len(),
+            // `recv` appends to the Vec's spare capacity.
+            self.buf.clear();
+            // MSG_TRUNC: the result is the datagram's real length even when it did not fit.
+            let n = match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("receive sock_diag dump"),
             };
-            // SAFETY: zeroed msghdr is valid; we point it at one iovec over `buf`.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            // SAFETY: msg describes writable memory we own.
-            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("receive sock_diag dump");
-            }
             if n == 0 {
                 bail!("sock_diag: netlink socket closed during the dump");
             }
-            if msg.msg_flags & libc::MSG_TRUNC != 0 {
-                bail!(
-                    "sock_diag: a netlink message did not fit in {} bytes",
-                    buf.len()
-                );
+            let got = self.buf.len();
+            if n > got {
+                bail!("sock_diag: a {n}-byte netlink datagram did not fit in {got} bytes");
             }
-            match parse_buffer(&buf[..n as usize], self.seq, &mut out, &mut interrupted)? {
-                Progress::More => continue,
-                Progress::Done { interrupted } => return Ok((out, interrupted)),
+            if dump.feed(&self.buf, self.seq)? {
+                return Ok(dump);
             }
         }
     }
@@ -409,62 +242,66 @@ pub fn listeners_in_current_netns() -> Result<Vec<ListenerSnapshot>> {
     let mut sock = DiagSocket::open()?;
     let mut listeners = Vec::new();
     let mut requests = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let ext = 1u8 << (INET_DIAG_SKMEMINFO - 1);
+    for (family, name) in [(AF_INET, "IPv4"), (AF_INET6, "IPv6")] {
         let found = sock
-            .dump(family, 1 << TCP_LISTEN, ext)
-            .with_context(|| format!("sock_diag dump of {} listeners", family_name(family)))?;
-        listeners.extend(found);
+            .dump(family, &StateFlags::LISTEN, &ExtensionFlags::SKMEMINFO)
+            .with_context(|| format!("sock_diag dump of {name} listeners"))?;
+        listeners.extend(found.sockets);
         // The SYN queue, best effort: without it the snapshot is still right.
-        match sock.dump(family, 1 << TCP_NEW_SYN_RECV, 0) {
-            Ok(r) => requests.extend(r),
-            Err(e) => log::debug!(
-                "sock_diag: request sockets ({}): {e:#}",
-                family_name(family)
-            ),
+        match sock.dump(family, &NEW_SYN_RECV, &ExtensionFlags::empty()) {
+            Ok(r) => requests.extend(r.sockets),
+            Err(e) => log::debug!("sock_diag: request sockets ({name}): {e:#}"),
         }
     }
     Ok(assemble(netns, somaxconn, &listeners, &requests))
 }
 
-fn family_name(family: u8) -> &'static str {
-    if family as i32 == libc::AF_INET {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
-}
-
-/// Turn the raw dumps of one namespace into snapshots (pure: unit-tested).
+/// Turn the dumps of one namespace (listeners, request sockets) into snapshots.
 pub fn assemble(
     netns: u32,
     somaxconn: u32,
-    listeners: &[DiagMsg],
-    requests: &[DiagMsg],
+    listeners: &[InetResponse],
+    requests: &[InetResponse],
 ) -> Vec<ListenerSnapshot> {
+    let port = |r: &InetResponse| r.header.socket_id.source_port;
     let mut per_port: HashMap<u16, u32> = HashMap::new();
     for l in listeners {
-        *per_port.entry(l.sport).or_default() += 1;
+        *per_port.entry(port(l)).or_default() += 1;
     }
     let mut reqs: HashMap<u16, u32> = HashMap::new();
     for r in requests {
-        *reqs.entry(r.sport).or_default() += 1;
+        *reqs.entry(port(r)).or_default() += 1;
     }
     listeners
         .iter()
-        .map(|l| ListenerSnapshot {
-            netns,
-            laddr: l.src,
-            lport: l.sport,
-            sock_ino: l.inode as u64,
-            cookie: l.cookie,
-            accept_queue: l.rqueue,
-            accept_queue_max: l.wqueue,
-            drops: l.drops().unwrap_or(0),
-            somaxconn,
-            syn_queue: (per_port.get(&l.sport) == Some(&1))
-                .then(|| reqs.get(&l.sport).copied().unwrap_or(0)),
-            v6only: l.v6only,
+        .map(|l| {
+            let h = &l.header;
+            let (mut drops, mut v6only) = (0, None);
+            for nla in &l.nlas {
+                match nla {
+                    // SK_MEMINFO_DROPS. The crate parses INET_DIAG_SKMEMINFO only with all nine
+                    // sk_meminfo fields; drops, the ninth, came with Linux ~4.7 and lqtrace needs
+                    // 5.10+, so an older kernel's shorter attribute fails the dump with an error.
+                    Nla::MemInfo(m) => drops = m.drops,
+                    // IPV6_V6ONLY; sent for AF_INET6 sockets only.
+                    Nla::SkV6Only(v) => v6only = Some(*v),
+                    _ => {}
+                }
+            }
+            ListenerSnapshot {
+                netns,
+                laddr: h.socket_id.source_address,
+                lport: port(l),
+                sock_ino: h.inode.into(),
+                cookie: cookie(&h.socket_id),
+                accept_queue: h.recv_queue,
+                accept_queue_max: h.send_queue,
+                drops,
+                somaxconn,
+                syn_queue: (per_port.get(&port(l)) == Some(&1))
+                    .then(|| reqs.get(&port(l)).copied().unwrap_or(0)),
+                v6only,
+            }
         })
         .collect()
 }
@@ -499,335 +336,230 @@ pub fn snapshot_all() -> Vec<ListenerSnapshot> {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{DefaultNla, DoneMessage, ErrorMessage, NLMSG_DONE};
+    use netlink_packet_sock_diag::inet::{InetResponseHeader, nlas::MemInfo};
+
     use super::*;
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+    /// INET_DIAG_SKMEMINFO: nine u32, SK_MEMINFO_DROPS last.
+    fn meminfo(drops: u32) -> Nla {
+        let mut b = [1u8; 36];
+        b[32..].copy_from_slice(&drops.to_ne_bytes());
+        Nla::MemInfo(MemInfo::parse(&b).unwrap())
     }
 
-    fn attr(ty: u16, data: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&ty.to_ne_bytes());
-        a.extend_from_slice(data);
-        a.resize(align4(a.len()), 0);
-        a
-    }
-
-    /// An inet_diag_msg as the kernel lays it out.
-    #[allow(clippy::too_many_arguments)]
-    fn diag_msg(
-        family: u8,
-        state: u8,
-        src: IpAddr,
-        sport: u16,
-        rq: u32,
-        wq: u32,
-        inode: u32,
-        cookie: u64,
-        attrs: &[Vec<u8>],
-    ) -> Vec<u8> {
-        let mut p = vec![0u8; DIAG_MSG_LEN];
-        p[0] = family;
-        p[1] = state;
-        p[4..6].copy_from_slice(&sport.to_be_bytes());
-        match src {
-            IpAddr::V4(a) => p[8..12].copy_from_slice(&a.octets()),
-            IpAddr::V6(a) => p[8..24].copy_from_slice(&a.octets()),
+    /// A socket as the kernel would describe it; its cookie: low half `inode`, high half 7.
+    fn sock(addr: &str, port: u16, queues: (u32, u32), inode: u32, nlas: Vec<Nla>) -> InetResponse {
+        let src: IpAddr = addr.parse().unwrap();
+        let (family, mut socket_id) = match src {
+            IpAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+            IpAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+        };
+        (socket_id.source_port, socket_id.source_address) = (port, src);
+        socket_id.cookie[..4].copy_from_slice(&inode.to_ne_bytes());
+        socket_id.cookie[4..].copy_from_slice(&7u32.to_ne_bytes());
+        InetResponse {
+            header: InetResponseHeader {
+                family,
+                state: 10,
+                timer: None,
+                socket_id,
+                recv_queue: queues.0,
+                send_queue: queues.1,
+                uid: 0,
+                inode,
+            },
+            nlas: nlas.into(),
         }
-        p[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
-        p[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
-        p[56..60].copy_from_slice(&rq.to_ne_bytes());
-        p[60..64].copy_from_slice(&wq.to_ne_bytes());
-        p[68..72].copy_from_slice(&inode.to_ne_bytes());
-        for a in attrs {
-            p.extend_from_slice(a);
-        }
-        p
     }
 
-    fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(payload);
-        m.resize(align4(m.len()), 0);
-        m
+    /// One netlink message, padded to NLMSG_ALIGN.
+    fn nlmsg(payload: NetlinkPayload<SockDiagMessage>, seq: u32, flags: u16) -> Vec<u8> {
+        let mut m = NetlinkMessage::new(NetlinkHeader::default(), payload);
+        m.finalize();
+        m.header.sequence_number = seq;
+        m.header.flags = flags;
+        let mut b = vec![0; m.buffer_len()];
+        m.serialize(&mut b);
+        b.resize(b.len().next_multiple_of(4), 0);
+        b
     }
 
-    fn meminfo(drops: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        for i in 0..9u32 {
-            v.extend_from_slice(
-                &(if i as usize == SK_MEMINFO_DROPS {
-                    drops
-                } else {
-                    i * 100
-                })
-                .to_ne_bytes(),
-            );
-        }
-        attr(INET_DIAG_SKMEMINFO, &v)
+    fn response(r: InetResponse, seq: u32, flags: u16) -> Vec<u8> {
+        let m = SockDiagMessage::InetResponse(Box::new(r));
+        nlmsg(m.into(), seq, flags)
+    }
+
+    fn error(code: i32) -> Vec<u8> {
+        let mut e = ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(code);
+        nlmsg(NetlinkPayload::Error(e), 3, 0)
+    }
+
+    fn err<T: std::fmt::Debug>(r: Result<T>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    fn done(code: i32, seq: u32) -> Vec<u8> {
+        let mut d = DoneMessage::default();
+        d.code = code;
+        nlmsg(NetlinkPayload::Done(d), seq, 2)
     }
 
     #[test]
-    fn request_layout() {
-        let r = build_request(libc::AF_INET6 as u8, 1 << TCP_LISTEN, 1 << 6, 7);
-        assert_eq!(r.len(), 72);
-        assert_eq!(u32_ne(&r, 0), 72);
-        assert_eq!(u16_ne(&r, 4), SOCK_DIAG_BY_FAMILY);
-        assert_eq!(u16_ne(&r, 6), NLM_F_REQUEST | NLM_F_DUMP);
-        assert_eq!(u32_ne(&r, 8), 7);
-        assert_eq!(r[16], libc::AF_INET6 as u8);
-        assert_eq!(r[17], libc::IPPROTO_TCP as u8);
+    fn request_shape() {
+        let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+        let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        let r = request(AF_INET6, &StateFlags::LISTEN, &ExtensionFlags::SKMEMINFO, 7);
+        assert_eq!(r.len(), 72, "nlmsghdr + inet_diag_req_v2");
+        assert_eq!(u32_at(&r, 0), 72);
+        assert_eq!(u16_at(&r, 4), 20, "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(u16_at(&r, 6), 0x301, "NLM_F_REQUEST | NLM_F_DUMP");
+        assert_eq!(u32_at(&r, 8), 7);
+        assert_eq!([r[16], r[17]], [10, 6], "AF_INET6, IPPROTO_TCP");
         assert_eq!(r[18], 0x40, "INET_DIAG_SKMEMINFO is extension bit 6");
-        assert_eq!(u32_ne(&r, 20), 1 << 10);
-        assert!(r[24..].iter().all(|&b| b == 0));
+        assert_eq!(u32_at(&r, 20), 1 << 10, "TCP_LISTEN");
+        assert!(r[24..].iter().all(|&b| b == 0), "socket id: wildcards");
+
+        let r = request(AF_INET, &NEW_SYN_RECV, &ExtensionFlags::empty(), 8);
+        assert_eq!([r[16], r[18]], [2, 0], "AF_INET, no extension");
+        assert_eq!(u32_at(&r, 20), 1 << 12, "TCP_NEW_SYN_RECV");
     }
 
     #[test]
-    fn parses_listeners_and_done() {
-        let v4 = diag_msg(
-            2,
-            10,
-            "127.0.0.1".parse().unwrap(),
-            8080,
-            4,
-            3,
-            12345,
-            0x1_0000_0002,
-            &[meminfo(7)],
-        );
-        let v6 = diag_msg(
-            10,
-            10,
-            "::".parse().unwrap(),
-            443,
-            0,
-            4096,
-            99,
-            5,
-            &[attr(INET_DIAG_SKV6ONLY, &[1]), meminfo(0)],
-        );
-        let mut buf = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 9, &v4);
-        buf.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2, 9, &v6));
-        let mut out = Vec::new();
-        let mut intr = false;
-        assert_eq!(
-            parse_buffer(&buf, 9, &mut out, &mut intr).unwrap(),
-            Progress::More
-        );
-        assert_eq!(out.len(), 2);
-        let a = &out[0];
-        assert_eq!((a.family, a.state, a.sport), (2, 10, 8080));
-        assert_eq!(a.src, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            (a.rqueue, a.wqueue, a.inode, a.cookie),
-            (4, 3, 12345, 0x1_0000_0002)
-        );
-        assert_eq!(a.drops(), Some(7));
-        assert_eq!(a.v6only, None);
-        assert_eq!(out[1].src, "::".parse::<IpAddr>().unwrap());
-        assert_eq!(out[1].v6only, Some(true));
-        assert_eq!(out[1].drops(), Some(0));
-
-        let done = nlmsg(NLMSG_DONE, 2, 9, &0i32.to_ne_bytes());
-        assert_eq!(
-            parse_buffer(&done, 9, &mut out, &mut intr).unwrap(),
-            Progress::Done { interrupted: false }
-        );
-        assert_eq!(out.len(), 2);
-    }
-
-    #[test]
-    fn other_sequence_numbers_are_ignored_and_intr_is_reported() {
-        let m = diag_msg(2, 10, "0.0.0.0".parse().unwrap(), 1, 0, 1, 1, 1, &[]);
-        let mut buf = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 1, &m);
-        buf.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2 | NLM_F_DUMP_INTR, 2, &m));
-        buf.extend(nlmsg(NLMSG_DONE, 2, 2, &0i32.to_ne_bytes()));
-        let mut out = Vec::new();
-        let mut intr = false;
-        assert_eq!(
-            parse_buffer(&buf, 2, &mut out, &mut intr).unwrap(),
-            Progress::Done { interrupted: true }
-        );
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].drops(), None, "no meminfo attribute");
+    fn dump_collects_its_sockets_until_done() {
+        let a = sock("127.0.0.1", 8080, (4, 3), 12345, vec![meminfo(7)]);
+        let b = sock("::", 443, (0, 9), 99, vec![Nla::SkV6Only(true)]);
+        let mut buf = response(a.clone(), 9, 2);
+        buf.extend(response(b.clone(), 9, 2));
+        let mut d = Dump::default();
+        assert!(!d.feed(&buf, 9).unwrap());
+        assert_eq!(d.sockets, [a, b]);
+        // Late answers to an earlier request are skipped, NLM_F_DUMP_INTR is noted.
+        let s = |port| sock("0.0.0.0", port, (0, 1), 1, vec![]);
+        let mut buf = response(s(1), 8, 2);
+        buf.extend(response(s(2), 9, 2 | NLM_F_DUMP_INTR));
+        buf.extend(done(0, 9));
+        assert!(d.feed(&buf, 9).unwrap());
+        let port = |s: &InetResponse| s.header.socket_id.source_port;
+        let ports: Vec<_> = d.sockets.iter().map(port).collect();
+        assert_eq!((ports, d.interrupted), (vec![8080, 443, 2], true));
     }
 
     #[test]
     fn errors_are_reported() {
-        let mut out = Vec::new();
-        let mut intr = false;
-        let mut err = (-libc::EPERM).to_ne_bytes().to_vec();
-        err.extend_from_slice(&[0u8; 16]);
-        let e = parse_buffer(&nlmsg(NLMSG_ERROR, 0, 3, &err), 3, &mut out, &mut intr).unwrap_err();
-        assert!(format!("{e:#}").contains("not permitted"), "{e:#}");
-        // An ACK (error 0) is not an error.
-        let ack = nlmsg(NLMSG_ERROR, 0, 3, &[0u8; 20]);
-        assert_eq!(
-            parse_buffer(&ack, 3, &mut out, &mut intr).unwrap(),
-            Progress::More
-        );
-        let done_err = nlmsg(NLMSG_DONE, 2, 3, &(-libc::ENOENT).to_ne_bytes());
-        assert!(parse_buffer(&done_err, 3, &mut out, &mut intr).is_err());
-        // DONE without a payload (old kernels) is fine.
-        assert_eq!(
-            parse_buffer(&nlmsg(NLMSG_DONE, 2, 3, &[]), 3, &mut out, &mut intr).unwrap(),
-            Progress::Done { interrupted: false }
-        );
+        let mut d = Dump::default();
+        let e = err(d.feed(&error(-libc::EPERM), 3));
+        assert!(e.contains("rejected: Operation not permitted"), "{e}");
+        // An ACK (error 0) is not an error, nor the end.
+        assert!(!d.feed(&error(0), 3).unwrap());
+        let e = err(d.feed(&done(-libc::ENOENT, 3), 3));
+        assert!(e.contains("dump failed: No such file"), "{e}");
+        let overrun = nlmsg(NetlinkPayload::Overrun(vec![]), 3, 0);
+        assert!(err(d.feed(&overrun, 3)).contains("overrun"));
+        // NLMSG_DONE without a status (old kernels) ends the dump.
+        let mut bare = nlmsg(NetlinkPayload::Noop, 3, 2);
+        bare[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        assert!(d.feed(&bare, 3).unwrap());
+        assert!(d.sockets.is_empty());
     }
 
     #[test]
-    fn malformed_buffers_fail_without_panicking() {
-        let good = nlmsg(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag_msg(
-                2,
-                10,
-                "1.2.3.4".parse().unwrap(),
-                80,
-                0,
-                1,
-                1,
-                1,
-                &[meminfo(1)],
-            ),
-        );
-        let mut out = Vec::new();
-        let mut intr = false;
-        // Every truncation of a valid message either errors or (never) succeeds quietly.
+    fn malformed_datagrams_fail_without_panicking() {
+        let good = response(sock("1.2.3.4", 80, (0, 1), 1, vec![meminfo(1)]), 1, 2);
+        // Every truncation of a valid message is an error, never quietly accepted.
         for cut in 1..good.len() {
-            let r = parse_buffer(&good[..cut], 1, &mut out, &mut intr);
+            let r = Dump::default().feed(&good[..cut], 1);
             assert!(r.is_err(), "truncated to {cut} bytes accepted");
         }
-        // Length field lies.
-        let mut lie = good.clone();
-        lie[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
-        assert!(parse_buffer(&lie, 1, &mut out, &mut intr).is_err());
-        let mut tiny = good.clone();
-        tiny[0..4].copy_from_slice(&4u32.to_ne_bytes());
-        assert!(parse_buffer(&tiny, 1, &mut out, &mut intr).is_err());
-        // Attribute length lies.
-        let mut bad_attr = diag_msg(2, 10, "1.2.3.4".parse().unwrap(), 80, 0, 1, 1, 1, &[]);
-        bad_attr.extend_from_slice(&200u16.to_ne_bytes());
-        bad_attr.extend_from_slice(&INET_DIAG_SKMEMINFO.to_ne_bytes());
-        assert!(
-            parse_buffer(
-                &nlmsg(SOCK_DIAG_BY_FAMILY, 2, 1, &bad_attr),
-                1,
-                &mut out,
-                &mut intr
-            )
-            .is_err()
-        );
-        // Unknown family.
-        let odd = diag_msg(99, 10, "1.2.3.4".parse().unwrap(), 80, 0, 1, 1, 1, &[]);
-        assert!(
-            parse_buffer(
-                &nlmsg(SOCK_DIAG_BY_FAMILY, 2, 1, &odd),
-                1,
-                &mut out,
-                &mut intr
-            )
-            .is_err()
-        );
-        // Garbage never panics.
-        for n in 0..64u8 {
-            let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
-            let _ = parse_buffer(&junk, 1, &mut out, &mut intr);
-        }
+        // sk_meminfo without SK_MEMINFO_DROPS (kernels before ~4.7): an error, not drops = 0.
+        let short = vec![Nla::Other(DefaultNla::new(7, vec![0; 32]))];
+        let short = response(sock("1.2.3.4", 80, (0, 1), 1, short), 1, 2);
+        let e = err(Dump::default().feed(&short, 1));
+        assert!(e.contains("invalid INET_DIAG_SKMEMINFO"), "{e}");
     }
 
     #[test]
-    fn syn_queue_only_for_unambiguous_ports() {
-        let l = |ip: &str, port, ino| {
-            parse_diag_msg(&diag_msg(
-                2,
-                10,
-                ip.parse().unwrap(),
-                port,
-                1,
-                8,
-                ino,
-                ino as u64,
-                &[meminfo(3)],
-            ))
-            .unwrap()
-        };
-        let req = |port| {
-            parse_diag_msg(&diag_msg(
-                2,
-                3,
-                "10.0.0.1".parse().unwrap(),
-                port,
-                0,
-                0,
-                0,
-                0,
-                &[],
-            ))
-            .unwrap()
-        };
+    fn a_datagram_bigger_than_the_buffer_is_an_error() {
+        let _l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = DiagSocket::open().unwrap();
+        s.buf = Vec::with_capacity(64);
+        let e = err(s.dump_once(AF_INET, &StateFlags::LISTEN, &ExtensionFlags::SKMEMINFO));
+        assert!(e.contains("did not fit in 64 bytes"), "{e}");
+    }
+
+    #[test]
+    fn assemble_fills_every_field_and_syn_queue_only_for_unambiguous_ports() {
+        let l = |ip, port, ino| sock(ip, port, (1, 8), ino, vec![meminfo(3)]);
         let listeners = vec![
             l("0.0.0.0", 80, 1),
             l("0.0.0.0", 443, 2),
             l("127.0.0.1", 443, 3),
-            l("0.0.0.0", 22, 4),
+            sock("::", 22, (0, 4096), 4, vec![Nla::SkV6Only(false)]),
         ];
+        let req = |port| sock("10.0.0.1", port, (0, 0), 0, vec![]);
         let requests = vec![req(80), req(80), req(443)];
         let s = assemble(7, 4096, &listeners, &requests);
         assert_eq!(s.len(), 4);
-        assert_eq!(s[0].syn_queue, Some(2));
-        assert_eq!(s[1].syn_queue, None);
-        assert_eq!(s[2].syn_queue, None);
-        assert_eq!(s[3].syn_queue, Some(0));
+        let syn: Vec<_> = s.iter().map(|s| s.syn_queue).collect();
+        assert_eq!(syn, [Some(2), None, None, Some(0)]);
+        let a = &s[0];
         assert_eq!(
-            (
-                s[0].netns,
-                s[0].somaxconn,
-                s[0].drops,
-                s[0].accept_queue,
-                s[0].accept_queue_max
-            ),
-            (7, 4096, 3, 1, 8)
+            (a.netns, a.somaxconn, a.laddr, a.lport, a.sock_ino),
+            (7, 4096, "0.0.0.0".parse().unwrap(), 80, 1)
         );
+        assert_eq!((a.accept_queue, a.accept_queue_max, a.drops), (1, 8, 3));
+        assert_eq!(a.cookie, 7 << 32 | 1, "low half first");
+        assert_eq!(a.v6only, None);
+        let v6 = &s[3];
+        assert_eq!((v6.laddr, v6.v6only), ("::".parse().unwrap(), Some(false)));
+        assert_eq!(v6.drops, 0, "no INET_DIAG_SKMEMINFO");
+    }
+
+    /// getsockopt(fd, level, name) into a `T`.
+    fn sockopt<T: Default>(fd: i32, level: i32, name: i32) -> T {
+        let mut v = T::default();
+        let mut len = size_of::<T>() as libc::socklen_t;
+        // SAFETY: getsockopt into a T with its size.
+        let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) };
+        assert_eq!(rc, 0, "getsockopt {name}: {}", io::Error::last_os_error());
+        v
     }
 
     #[test]
-    fn own_namespace_dump_works_and_sees_a_new_listener() {
-        // Any user may dump sock_diag of its own namespace.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let all = listeners_in_current_netns().unwrap();
-        let me = all
-            .iter()
-            .find(|s| s.lport == port)
-            .expect("our listener in the dump");
-        assert_eq!(me.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(me.accept_queue, 0);
-        assert_eq!(
-            me.accept_queue_max,
-            128.min(me.somaxconn),
-            "std listens with 128"
-        );
+    fn own_namespace_dump_matches_the_sockets() {
         use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
-            .unwrap()
-            .ino();
-        assert_eq!(me.sock_ino, ino);
-        assert_ne!(me.cookie, 0);
+        // Any user may dump sock_diag of its own namespace.
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Bound to a specific address: the kernel sets IPV6_V6ONLY (__inet6_bind).
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let all = listeners_in_current_netns().unwrap();
+        for l in [&v4, &v6] {
+            let (addr, fd) = (l.local_addr().unwrap(), l.as_raw_fd());
+            let me = all
+                .iter()
+                .find(|s| s.lport == addr.port() && s.laddr == addr.ip())
+                .unwrap_or_else(|| panic!("{addr} not in the dump"));
+            let v6only = addr
+                .is_ipv6()
+                .then(|| sockopt::<i32>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) != 0);
+            assert_eq!((me.accept_queue, me.drops, me.v6only), (0, 0, v6only));
+            let max = 128.min(me.somaxconn);
+            assert_eq!(me.accept_queue_max, max, "std listens with 128");
+            let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
+            assert_eq!(me.sock_ino, ino.ino());
+            let cookie = sockopt::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE);
+            assert_eq!(me.cookie, cookie, "{me:?}");
+        }
     }
 
+    /// Another namespace, through `snapshot_all`: its own somaxconn, and request sockets (the SYN
+    /// queue) counted for the port's only listener. TCP_DEFER_ACCEPT keeps connections whose
+    /// final ACK carried no data in the SYN queue.
     #[test]
-    fn other_namespace_queue_and_drops() {
-        if !is_root() {
+    fn syn_queue_from_request_sockets() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root");
             return;
         }
@@ -835,67 +567,14 @@ mod tests {
         ns.sysctl("net.core.somaxconn", "1000").unwrap();
         let (listener, clients, port) = ns
             .run(|| {
-                use std::os::fd::AsRawFd;
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                // SAFETY: listen() again on a listening socket only changes the backlog.
-                assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 2) }, 0);
-                let addr = l.local_addr().unwrap();
-                let clients: Vec<_> = (0..6)
-                    .filter_map(|_| {
-                        std::net::TcpStream::connect_timeout(
-                            &addr,
-                            std::time::Duration::from_millis(200),
-                        )
-                        .ok()
-                    })
-                    .collect();
-                (l, clients, addr.port())
-            })
-            .unwrap();
-        let all = snapshot_all();
-        let me: Vec<_> = all.iter().filter(|s| s.netns == ns.inum()).collect();
-        assert_eq!(me.len(), 1, "{me:?}");
-        let me = me[0];
-        assert_eq!(me.lport, port);
-        assert_eq!(me.somaxconn, 1000);
-        assert_eq!(me.accept_queue_max, 2);
-        assert_eq!(
-            me.accept_queue, 3,
-            "the kernel admits limit+1 before `full` ({me:?})"
-        );
-        assert!(me.drops > 0, "{me:?}");
-        assert_eq!(
-            me.syn_queue,
-            Some(0),
-            "handshakes complete or SYNs dropped: no request sockets"
-        );
-        drop((listener, clients));
-    }
-
-    /// Request sockets (the SYN queue) are counted for the port's only listener. TCP_DEFER_ACCEPT
-    /// keeps connections whose final ACK carried no data in the SYN queue.
-    #[test]
-    fn syn_queue_from_request_sockets() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let ns = netns::TempNetns::new("lqt-diag").unwrap();
-        let (listener, clients, port) = ns
-            .run(|| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let secs: libc::c_int = 5;
-                // SAFETY: setsockopt with a c_int.
+                let (secs, len) = (5i32, size_of::<i32>() as libc::socklen_t);
+                let (fd, opt) = (l.as_raw_fd(), libc::TCP_DEFER_ACCEPT);
+                // SAFETY: setsockopt with an int and its size.
                 let rc = unsafe {
-                    libc::setsockopt(
-                        l.as_raw_fd(),
-                        libc::IPPROTO_TCP,
-                        libc::TCP_DEFER_ACCEPT,
-                        &secs as *const _ as *const libc::c_void,
-                        4,
-                    )
+                    libc::setsockopt(fd, libc::IPPROTO_TCP, opt, (&raw const secs).cast(), len)
                 };
-                assert_eq!(rc, 0);
+                assert_eq!(rc, 0, "TCP_DEFER_ACCEPT: {}", io::Error::last_os_error());
                 let addr = l.local_addr().unwrap();
                 let clients: Vec<_> = (0..5)
                     .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -905,15 +584,17 @@ mod tests {
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let me = loop {
-            let all = ns.run(listeners_in_current_netns).unwrap().unwrap();
-            let me = all.into_iter().find(|s| s.lport == port).expect("listener");
+            let mut all = snapshot_all();
+            all.retain(|s| s.netns == ns.inum());
+            assert_eq!(all.len(), 1, "{all:?}");
+            let me = all.pop().unwrap();
             if me.syn_queue == Some(5) || std::time::Instant::now() > deadline {
                 break me;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         assert_eq!(me.syn_queue, Some(5), "{me:?}");
-        assert_eq!(me.accept_queue, 0, "{me:?}");
+        assert_eq!((me.lport, me.accept_queue, me.somaxconn), (port, 0, 1000));
         drop((listener, clients));
     }
 }
