@@ -5,6 +5,8 @@
 
 mod bench;
 mod commands;
+#[cfg(test)]
+mod hygiene;
 mod toolchain;
 mod util;
 mod vm;
