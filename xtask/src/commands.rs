@@ -164,6 +164,35 @@ struct Step {
     precheck: Option<fn() -> anyhow::Result<()>>,
 }
 
+/// The userspace crates (each package lives in the directory of its name): linted with
+/// `-D warnings` by step 2 of `cargo xtask test` and by `cargo xtask clippy`, and held to the
+/// file-size limit (hygiene.rs). lqtrace-ebpf cannot be clippy'd like them: it builds only for
+/// bpfel-unknown-none, by lqtrace/build.rs (aya-build, nightly toolchain, `-Z build-std=core`),
+/// and not at all for the host that `cargo clippy` checks (duplicate `panic_impl`).
+pub const USERSPACE_CRATES: [&str; 4] = ["lqtrace", "lqtrace-common", "xtask", "vm-guest"];
+
+/// `cargo clippy --all-targets -p <each of USERSPACE_CRATES> -- -D warnings EXTRA`.
+fn clippy_cmd(extra: &[OsString]) -> Command {
+    let mut cmd = util::cargo();
+    cmd.current_dir(util::workspace_root())
+        .args(["clippy", "--all-targets"]);
+    for p in USERSPACE_CRATES {
+        cmd.args(["-p", p]);
+    }
+    cmd.args(["--", "-D", "warnings"]).args(extra);
+    cmd
+}
+
+/// `cargo +nightly fmt --all --check`: rustfmt.toml uses nightly-only options (aya's import
+/// grouping). `cargo` from PATH (rustup's proxy), not `$CARGO`: `+nightly` is understood by the
+/// proxy only. `cargo xtask setup` installs the nightly rustfmt component.
+fn fmt_check_cmd() -> Command {
+    let mut cmd = util::command("cargo");
+    cmd.current_dir(util::workspace_root())
+        .args(["+nightly", "fmt", "--all", "--check"]);
+    cmd
+}
+
 fn cargo_test(args: &[&str], after_dashdash: &[OsString]) -> Command {
     let mut cmd = util::cargo();
     cmd.current_dir(util::workspace_root())
@@ -193,7 +222,19 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
     let start = Instant::now();
     toolchain::ensure(false)?;
 
+    // The fast checks first, so that a formatting slip or a lint fails in seconds, not after
+    // the tests.
     let mut steps = vec![
+        Step {
+            name: "format (nightly rustfmt)",
+            cmd: fmt_check_cmd(),
+            precheck: None,
+        },
+        Step {
+            name: "clippy (-D warnings)",
+            cmd: clippy_cmd(&[]),
+            precheck: None,
+        },
         Step {
             name: "unit tests (lqtrace-common)",
             cmd: cargo_test(&["-p", "lqtrace-common"], &[]),
@@ -276,23 +317,10 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo clippy` on the host crates (the eBPF crate is checked when build.rs builds it).
+/// Setup check, then the clippy command of `cargo xtask test` with EXTRA added.
 pub fn clippy(extra: &[OsString]) -> anyhow::Result<()> {
     toolchain::ensure(false)?;
-    let mut cmd = util::cargo();
-    cmd.current_dir(util::workspace_root()).args([
-        "clippy",
-        "-p",
-        "lqtrace-common",
-        "-p",
-        "lqtrace",
-        "-p",
-        "xtask",
-        "--all-targets",
-    ]);
-    if !extra.is_empty() {
-        cmd.arg("--").args(extra);
-    }
+    let mut cmd = clippy_cmd(extra);
     eprintln!("running: {}", render(&cmd));
     util::run(&mut cmd)
 }
@@ -373,5 +401,23 @@ mod tests {
         );
         let cmd = cargo_test(&["-p", "xtask"], &[]);
         assert!(render(&cmd).ends_with("test -p xtask"));
+    }
+
+    #[test]
+    fn lint_command_lines() {
+        let shown = render(&clippy_cmd(&[]));
+        assert!(
+            shown.ends_with(
+                " clippy --all-targets -p lqtrace -p lqtrace-common -p xtask -p vm-guest \
+                 -- -D warnings"
+            ),
+            "{shown}"
+        );
+        let shown = render(&clippy_cmd(&["-W".into(), "clippy::pedantic".into()]));
+        assert!(
+            shown.ends_with("-- -D warnings -W clippy::pedantic"),
+            "{shown}"
+        );
+        assert_eq!(render(&fmt_check_cmd()), "cargo +nightly fmt --all --check");
     }
 }

@@ -5,6 +5,8 @@
 
 mod bench;
 mod commands;
+#[cfg(test)]
+mod hygiene;
 mod toolchain;
 mod util;
 mod vm;
@@ -36,8 +38,8 @@ struct BuildArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Check the toolchain (nightly rust-src, LLVM 22, bpf-linker, iproute2, python3) and install
-    /// what is missing (apt needs root)
+    /// Check the toolchain (nightly rust-src and rustfmt, LLVM 22, bpf-linker, iproute2, python3)
+    /// and install what is missing (apt needs root)
     Setup,
     /// Setup check, then `cargo build -p lqtrace` (build.rs builds and embeds the eBPF object)
     Build(BuildArgs),
@@ -52,14 +54,16 @@ enum Cmd {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
-    /// Setup check, then what CI runs: unit tests, xtask tests, root integration tests
+    /// Setup check, then what CI runs: format check, clippy, unit tests, xtask tests, root
+    /// integration tests, VM kernel matrix
     #[command(
         after_help = "Environment: LQTRACE_TEST_THREADS=N passes --test-threads=N to the \
                             integration test binaries.\n\
                             Example: cargo xtask test -- --nocapture some_test_name"
     )]
     Test {
-        /// Run only the unit tests (steps 1 and 2); without it, a non-root run fails
+        /// Run only the steps that need no root (format, clippy, unit and xtask tests); without
+        /// it, a non-root run fails
         #[arg(long)]
         unit_only: bool,
         /// Arguments for the integration test binaries (after `--`)
@@ -69,9 +73,10 @@ enum Cmd {
     /// Build release, then measure lqtrace's overhead (connection rate, per-program ns, drop
     /// throughput, start-up, RSS) on loopback in a private netns; writes BENCHMARKS.md (root)
     Bench(bench::BenchArgs),
-    /// Setup check, then `cargo clippy` on lqtrace, lqtrace-common and xtask (all targets)
+    /// Setup check, then `cargo clippy` on lqtrace, lqtrace-common, xtask and vm-guest (all
+    /// targets, `-D warnings`), as in `cargo xtask test`
     Clippy {
-        /// Arguments for clippy-driver (after `--`), e.g. `-D warnings`
+        /// More arguments for clippy-driver (after `--`), e.g. `-W clippy::pedantic`
         #[arg(last = true, value_name = "EXTRA")]
         extra: Vec<OsString>,
     },

@@ -1,7 +1,17 @@
-//! A minimal initramfs writer: uncompressed cpio "newc" (the format the kernel unpacks), built
-//! in memory. No `cpio` tool and no busybox needed: /init is the static vm-guest binary.
+//! The guests' initramfs: a minimal writer of uncompressed cpio "newc" (the format the kernel
+//! unpacks), built in memory, and the two archives vm-test writes with it: one shared by every
+//! kernel (/init, binaries, `/vmtest.conf`) and, per kernel, that one plus its modules. No `cpio`
+//! tool and no busybox needed: /init is the static vm-guest binary.
 
-use std::{collections::HashSet, fs, io, path::Path};
+use std::{
+    collections::HashSet,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+use super::payloads::GUEST_MODULE_DIR;
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -102,6 +112,56 @@ impl Cpio {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         self.buf
     }
+}
+
+pub fn write_initramfs(
+    path: &Path,
+    init: &Path,
+    binaries: &[(String, PathBuf)],
+    extra: &[(String, PathBuf)],
+    config: &str,
+) -> anyhow::Result<u64> {
+    let mut c = Cpio::new();
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "bin", "sbin", "etc", "root",
+    ] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 0o600, 5, 1);
+    c.char_dev("dev/null", 0o666, 1, 3);
+    c.copy("init", init)?;
+    for (name, host) in binaries {
+        c.copy(&format!("bin/{name}"), host)?;
+    }
+    let mut seen = HashSet::new();
+    for (guest, host) in extra {
+        if seen.insert(guest.clone()) {
+            c.copy(guest, host)?;
+        }
+    }
+    c.file("vmtest.conf", 0o644, config.as_bytes());
+    c.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    c.file("etc/group", 0o644, b"root:x:0:\n");
+    let bytes = c.finish();
+    fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(bytes.len() as u64)
+}
+
+/// `base` + a second cpio archive with this kernel's modules (the kernel unpacks concatenated
+/// archives in order).
+pub fn kernel_initramfs(base: &Path, modules: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
+    if modules.is_empty() {
+        return Ok(base.to_path_buf());
+    }
+    let mut c = Cpio::new();
+    for m in modules {
+        let file = m.file_name().context("module path")?.to_string_lossy();
+        c.copy(&format!("{GUEST_MODULE_DIR}/{file}"), m)?;
+    }
+    let mut bytes = fs::read(base)?;
+    bytes.extend(c.finish());
+    fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out.to_path_buf())
 }
 
 #[cfg(test)]

@@ -1,18 +1,120 @@
-//! Booting a kernel under QEMU (TCG) and following its serial console; the same follower runs
-//! `vm-guest run` on the host for `--kernel host`.
+//! QEMU: installing it on the host when missing, booting a kernel under it (TCG) and following
+//! its serial console; the same follower runs `vm-guest run` on the host for `--kernel host`.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     io::{BufRead as _, BufReader, Read, Write as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
+use anyhow::{Context as _, bail};
+
 use super::report::{self, GuestReport};
-use crate::util::{self, command};
+use crate::util::{self, command, render};
+
+fn os_codename() -> String {
+    fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VERSION_CODENAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Installs qemu-system-x86 when `qemu-system-x86_64` is missing. On bookworm it comes from
+/// bookworm-backports with qemu-utils (installing bookworm's qemu-system-x86 would replace a
+/// backports qemu-utils and lose `qemu-img`), through a private sources list.
+pub fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(q) = util::find_program("qemu-system-x86_64") {
+        return Ok(q);
+    }
+    let bookworm = os_codename() == "bookworm";
+    let apt_dir = cache.join("apt-tools");
+    let opts: Vec<String> = if bookworm {
+        vec![
+            format!(
+                "Dir::Etc::sourcelist={}",
+                apt_dir.join("sources.list").display()
+            ),
+            "Dir::Etc::sourceparts=-".into(),
+            format!("Dir::State::Lists={}", apt_dir.join("lists").display()),
+            "Dir::Cache::pkgcache=".into(),
+            "Dir::Cache::srcpkgcache=".into(),
+            "Acquire::Languages=none".into(),
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
+            "APT::Get::List-Cleanup=0".into(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let apt = |args: &[&str]| {
+        let mut cmd = command("apt-get");
+        for o in &opts {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    };
+    let install: &[&str] = if bookworm {
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "-t",
+            "bookworm-backports",
+            "qemu-system-x86",
+            "qemu-utils",
+        ]
+    } else {
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "qemu-system-x86",
+        ]
+    };
+    if !util::is_root() {
+        bail!(
+            "qemu-system-x86_64 is missing; as root, run `cargo xtask vm-test` (it installs it) or:\n    {}",
+            render(&apt(install))
+        );
+    }
+    eprintln!("vm: qemu-system-x86_64 not found; installing it");
+    if bookworm {
+        fs::create_dir_all(apt_dir.join("lists/partial"))?;
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let mut list = String::from("# written by `cargo xtask vm-test` (host tools)\n");
+        for (url, suite) in [
+            ("http://deb.debian.org/debian", "bookworm"),
+            ("http://deb.debian.org/debian", "bookworm-updates"),
+            ("http://deb.debian.org/debian-security", "bookworm-security"),
+            ("http://deb.debian.org/debian", "bookworm-backports"),
+        ] {
+            list.push_str(&format!("deb [signed-by={keyring}] {url} {suite} main\n"));
+        }
+        fs::write(apt_dir.join("sources.list"), list)?;
+    }
+    let t = Instant::now();
+    for args in [&["-q", "update"][..], install] {
+        let mut cmd = apt(args);
+        eprintln!("vm: installing: {}", render(&cmd));
+        util::run(&mut cmd)?;
+    }
+    eprintln!(
+        "vm: installed qemu-system-x86 in {}",
+        util::secs(t.elapsed())
+    );
+    util::find_program("qemu-system-x86_64")
+        .context("qemu-system-x86_64 still not found after installing")
+}
 
 /// The guest ends the VM by writing a code to this port (vm-guest `sys::vm_exit`).
 pub const DEBUG_EXIT_PORT: &str = "0xf4";
@@ -125,7 +227,7 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
         }
     };
     if let Some(f) = log.as_mut() {
-        let _ = writeln!(f, "# {}", util::render(&cmd));
+        let _ = writeln!(f, "# {}", render(&cmd));
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -134,7 +236,7 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
         Ok(c) => c,
         Err(e) => {
             return Run {
-                exit: Exit::CouldNotStart(format!("{}: {e}", util::render(&cmd))),
+                exit: Exit::CouldNotStart(format!("{}: {e}", render(&cmd))),
                 boot: None,
                 total: start.elapsed(),
                 report,
@@ -228,7 +330,7 @@ mod tests {
     #[test]
     fn follows_a_command() {
         let dir = std::env::temp_dir().join(format!("xtask-follow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
         let log = dir.join("x.log");
         let mut cmd = command("/bin/sh");
         cmd.args([
@@ -239,12 +341,12 @@ mod tests {
         assert_eq!(run.exit, Exit::Guest(0));
         assert!(run.boot.is_some());
         assert!(run.report.all_passed());
-        let text = std::fs::read_to_string(&log).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
         assert!(text.contains("VMTEST a PASS"));
         let mut cmd = command("/bin/sh");
         cmd.args(["-c", "sleep 20"]);
         let run = follow("t", cmd, &log, Duration::from_millis(300), false);
         assert_eq!(run.exit, Exit::Timeout);
-        std::fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

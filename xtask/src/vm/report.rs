@@ -1,6 +1,9 @@
-//! Parsing the guest's console protocol (see vm-guest/src/main.rs) and the per-kernel table.
+//! Parsing the guest's console protocol (see vm-guest/src/main.rs), and what vm-test prints at
+//! the end: the per-kernel table and, for each failed kernel, why.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
+
+use super::{payloads::PAYLOADS, qemu};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadResult {
@@ -132,6 +135,125 @@ pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+pub struct Outcome {
+    pub label: String,
+    pub package: String,
+    pub fetch: Option<Duration>,
+    pub fetch_error: Option<String>,
+    pub run: Option<qemu::Run>,
+    pub log: PathBuf,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.fetch_error.is_none()
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.exit == qemu::Exit::Guest(0) && r.report.all_passed())
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64()))
+}
+
+pub fn print_table(outcomes: &[Outcome]) {
+    let mut header: Vec<String> = ["KERNEL", "PACKAGE", "UNAME -R", "BTF", "CGROUP2"]
+        .map(String::from)
+        .to_vec();
+    header.extend(PAYLOADS.iter().map(|p| p.name.to_uppercase()));
+    header.extend(["GET S", "BOOT S", "RUN S", "TOTAL S", "RESULT"].map(String::from));
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            let r = o.run.as_ref();
+            let info = |k: &str| {
+                r.and_then(|r| r.report.info.get(k).cloned())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut row = vec![
+                o.label.clone(),
+                o.package.clone(),
+                info("uname"),
+                info("btf"),
+                info("cgroup2"),
+            ];
+            for p in PAYLOADS {
+                row.push(
+                    r.and_then(|r| r.report.status_of(p.name))
+                        .unwrap_or("-")
+                        .to_string(),
+                );
+            }
+            let run_s = r.and_then(|r| r.boot.map(|b| r.total.saturating_sub(b)));
+            row.push(secs(o.fetch));
+            row.push(secs(r.and_then(|r| r.boot)));
+            row.push(secs(run_s));
+            row.push(secs(r.map(|r| r.total)));
+            row.push(if o.passed() {
+                "ok".into()
+            } else if let Some(e) = &o.fetch_error {
+                format!("FAILED (download: {})", first_line(e))
+            } else if let Some(e) = r
+                .filter(|r| r.exit == qemu::Exit::Guest(0))
+                .and_then(|r| r.report.errors.first())
+            {
+                format!("FAILED (kernel: {})", first_line(e))
+            } else {
+                format!(
+                    "FAILED ({})",
+                    r.map_or("not run".into(), |r| r.exit.describe())
+                )
+            });
+            row
+        })
+        .collect();
+    println!();
+    print!("{}", table(&header, &rows));
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(120).collect()
+}
+
+/// For a failed kernel: guest errors, each failed payload's details and last output lines, or
+/// the end of the log if the guest reported nothing.
+pub fn print_failure(o: &Outcome) {
+    println!("\n--- {} failed (log: {})", o.label, o.log.display());
+    if let Some(e) = &o.fetch_error {
+        println!("    download: {e:#}");
+        return;
+    }
+    let Some(run) = &o.run else { return };
+    println!("    {}", run.exit.describe());
+    for e in &run.report.errors {
+        println!("    {e}");
+    }
+    let failed: Vec<_> = run
+        .report
+        .results
+        .iter()
+        .filter(|r| r.status == "FAIL")
+        .collect();
+    for r in &failed {
+        println!("    {} FAIL: {}", r.name, r.details);
+        if let Some(lines) = run.report.output.get(&r.name) {
+            let from = lines.len().saturating_sub(30);
+            for l in &lines[from..] {
+                println!("      | {l}");
+            }
+        }
+    }
+    if failed.is_empty() {
+        let text = fs::read_to_string(&o.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            println!("      | {l}");
+        }
+    }
 }
 
 #[cfg(test)]
