@@ -46,10 +46,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -59,12 +56,10 @@ use lqtrace_common::{
     STAT_UNBRACKETED,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
 
 use crate::{attribution::container::parse_container, bpf::hooks, event::DropEvent};
+
+pub mod http;
 
 /// The listener labels, in the order every per-listener metric declares them (after `reason`).
 const LISTENER_LABELS: [&str; 5] = ["netns", "port", "comm", "pod_uid", "container_id"];
@@ -95,51 +90,39 @@ impl Default for Limits {
 /// Refused label sets are remembered (as hashes) to count each once; past this many the memory
 /// is cleared, so a label set may then be counted again.
 const MAX_REMEMBERED_REFUSALS: usize = 65_536;
-/// Concurrent HTTP connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// A connection gets this long to send its request and take the answer.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest request head accepted.
-const MAX_REQUEST_HEAD: usize = 8192;
 
 /// The Prometheus exporter of a tracing session. Dropping it stops the HTTP server.
 pub struct Metrics {
     core: Arc<Core>,
-    local_addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    server: http::Server,
 }
 
 impl Metrics {
     /// Bind `addr` and serve `GET /metrics` (text format 0.0.4) on a tokio task; `GET /` returns
-    /// a small HTML page linking to it, other paths 404. A non-loopback address is served too,
-    /// with a warning on stderr (in-cluster scraping needs one).
+    /// a small HTML page linking to it, other paths 404 (the server is [`http`]). A non-loopback
+    /// address is served too, with a warning on stderr (in-cluster scraping needs one).
     pub async fn start(addr: SocketAddr) -> Result<Metrics> {
         Self::start_with(addr, Limits::default()).await
     }
 
     /// [`start`](Self::start) with explicit cardinality limits.
     pub async fn start_with(addr: SocketAddr, limits: Limits) -> Result<Metrics> {
-        let listener = TcpListener::bind(addr)
-            .await
+        let core = Arc::new(Core::new(limits)?);
+        let render = Arc::clone(&core);
+        let server = http::Server::start(addr, Arc::new(move || Ok(render.render()?)))
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-        let local_addr = listener.local_addr().context("metrics endpoint address")?;
+        let local_addr = server.local_addr();
         if !addr.ip().is_loopback() {
             eprintln!(
                 "lqtrace: warning: serving metrics on {local_addr}, not a loopback address: whoever can reach it can read listener ports, process names and pod UIDs"
             );
         }
-        let core = Arc::new(Core::new(limits)?);
-        let server = tokio::spawn(serve(listener, Arc::clone(&core)));
-        Ok(Metrics {
-            core,
-            local_addr,
-            server,
-        })
+        Ok(Metrics { core, server })
     }
 
     /// The bound address (the actual port when `addr` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
     /// Count one drop event (or syncookie).
@@ -165,12 +148,6 @@ impl Metrics {
         self.core
             .render()
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-    }
-}
-
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
@@ -603,143 +580,13 @@ impl Core {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP
-
-const INDEX_HTML: &str = "<!DOCTYPE html>\n<html><head><title>lqtrace</title></head><body>\n\
-<h1>lqtrace</h1>\n<p>TCP listen-queue drops, live. <a href=\"/metrics\">Metrics</a></p>\n</body></html>\n";
-
-async fn serve(listener: TcpListener, core: Arc<Core>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::debug!("metrics: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            drop(stream);
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let core = Arc::clone(&core);
-        let active = Arc::clone(&active);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, &core)).await;
-            active.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-}
-
-/// One request, one answer, then close (`Connection: close`).
-async fn handle(mut stream: TcpStream, core: &Core) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"request too large\n",
-                true,
-            )
-            .await;
-        }
-    }
-    let (status, content_type, body) = route_request(&head, core);
-    // HEAD: the headers GET would give, no body.
-    let send_body = !head.starts_with(b"HEAD ");
-    respond(&mut stream, status, content_type, &body, send_body).await
-}
-
-/// (status line, content type, body) for a request head.
-fn route_request(head: &[u8], core: &Core) -> (&'static str, &'static str, Vec<u8>) {
-    let text = String::from_utf8_lossy(head);
-    let line = text.lines().next().unwrap_or("");
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return ("400 Bad Request", "text/plain", b"bad request\n".to_vec());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return ("400 Bad Request", "text/plain", b"bad request\n".to_vec());
-    }
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let known = matches!(path, "/" | "/metrics");
-    if !known {
-        return (
-            "404 Not Found",
-            "text/plain",
-            b"not found; see /metrics\n".to_vec(),
-        );
-    }
-    if method != "GET" && method != "HEAD" {
-        return (
-            "405 Method Not Allowed",
-            "text/plain",
-            b"only GET\n".to_vec(),
-        );
-    }
-    match path {
-        "/metrics" => match core.render() {
-            Ok(text) => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.into_bytes(),
-            ),
-            Err(e) => (
-                "500 Internal Server Error",
-                "text/plain",
-                format!("encoding failed: {e}\n").into_bytes(),
-            ),
-        },
-        _ => (
-            "200 OK",
-            "text/html; charset=utf-8",
-            INDEX_HTML.as_bytes().to_vec(),
-        ),
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    send_body: bool,
-) -> std::io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if send_body {
-        bytes.extend_from_slice(body);
-    }
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use lqtrace_common::BracketRecord;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
 
     use super::*;
     use crate::{
@@ -1186,30 +1033,20 @@ mod tests {
         assert_eq!(programs.len(), used.len(), "a program listed twice");
     }
 
-    async fn http(addr: SocketAddr, request: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
     #[tokio::test]
-    async fn http_endpoint() {
+    async fn endpoint_serves_render_and_stops_on_drop() {
         let m = Metrics::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let addr = m.local_addr();
         assert_ne!(addr.port(), 0);
         m.observe(&drop_event(5, 9000, Some("java")));
-        let r = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("Content-Type: text/plain; version=0.0.4"), "{r}");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
         let body = r.split_once("\r\n\r\n").unwrap().1;
-        assert!(
-            r.contains(&format!("Content-Length: {}\r\n", body.len())),
-            "{r}"
-        );
         assert_eq!(
             sum(
                 body,
@@ -1219,34 +1056,6 @@ mod tests {
             1.0
         );
         assert_eq!(body, m.render().as_str());
-
-        let r = http(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        let r = http(addr, "GET / HTTP/1.1\r\n\r\n").await;
-        assert!(
-            r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("href=\"/metrics\""),
-            "{r}"
-        );
-        let r = http(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-        let r = http(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-        assert!(
-            r.starts_with("HTTP/1.1 405 ") && r.contains("Allow: GET, HEAD"),
-            "{r}"
-        );
-        let r = http(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(
-            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"),
-            "{r}"
-        );
-        let r = http(addr, "garbage\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
-        // One byte over the limit, no end of head: the server reads it all (so closing does not
-        // reset the connection before the answer is read) and refuses.
-        let long = format!("GET /{}", "a".repeat(MAX_REQUEST_HEAD + 1 - 5));
-        assert_eq!(long.len(), MAX_REQUEST_HEAD + 1);
-        let r = http(addr, &long).await;
-        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
 
         drop(m);
         tokio::task::yield_now().await;
