@@ -1,8 +1,9 @@
 //! `lqtrace --metrics ADDR`, used as a user would: drops provoked in a private network namespace
 //! show up at /metrics with exactly the kernel's ListenDrops delta, and a real Prometheus server
-//! scraping the endpoint answers the same number.
+//! scraping the endpoint answers the same number; and the endpoint keeps answering scrapes with
+//! 1,000 idle connections held open and after malformed, oversized and unfinished requests.
 //!
-//! Needs root and the `prometheus` binary (Debian package `prometheus`).
+//! Needs root; the first test also the `prometheus` binary (Debian package `prometheus`).
 
 mod support;
 
@@ -14,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lqtrace::sink::metrics::http::{HEADER_READ_TIMEOUT, MAX_REQUEST_HEAD};
 use support::*;
 
 const PROMETHEUS_HINT: &str = "the `prometheus` binary is not installed: run `apt-get install -y prometheus` \
@@ -343,4 +345,249 @@ fn metrics_match_kernel_counters_and_prometheus() {
     // The tracer's own records agree too, and it ends cleanly.
     let out = tracer.stop();
     reconcile(label_, &ns, &out, &d, false);
+}
+
+/// The metric families a freshly started tracer exports before any drop.
+const STARTUP_METRICS: &[&str] = &[
+    "lqtrace_info{",
+    "lqtrace_hook_info{",
+    "lqtrace_hook_method_info{",
+    "lqtrace_lost_drops_total ",
+    "lqtrace_brackets_total ",
+    "lqtrace_label_sets ",
+];
+
+/// Idle connections held open while scraping.
+const IDLE_CONNECTIONS: usize = 1000;
+/// Scrapes made while they are open.
+const SCRAPES: usize = 20;
+
+/// (soft, hard) RLIMIT_NOFILE of this process.
+fn nofile() -> (libc::rlim_t, libc::rlim_t) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `l` is a valid rlimit for getrlimit to fill.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    (l.rlim_cur, l.rlim_max)
+}
+
+fn set_soft_nofile(soft: libc::rlim_t) {
+    let l = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: nofile().1,
+    };
+    // SAFETY: `l` is a valid rlimit; setrlimit only reads it.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) },
+        0,
+        "setrlimit(RLIMIT_NOFILE, {soft}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// (soft, hard) "Max open files" of process `pid`, from /proc/PID/limits.
+fn nofile_of(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files in /proc/{pid}/limits:\n{limits}"));
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+/// Established TCP connections to local `port` that process `pid` holds a descriptor of: the
+/// socket inodes in its /proc/PID/fd that /proc/net/tcp lists with that local port, state 01.
+fn held_connections(pid: i32, port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inodes: std::collections::HashSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1].ends_with(&port) && f[3] == "01").then(|| f[9].to_string())
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let t = target.to_string_lossy();
+            t.strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .is_some_and(|ino| inodes.contains(ino))
+        })
+        .count()
+}
+
+/// Send `request` (write errors ignored: the server may refuse before reading it all), then read
+/// until the server closes the connection or resets it, keeping what arrived before a reset.
+/// (what arrived, time from connect to the close).
+fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, Duration) {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "{addr}: connection still open after {wait:?}; got {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            }
+            Err(_) => break,
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+}
+
+/// A scrape as Prometheus makes it (HTTP/1.1, then close); panics unless 200 with every
+/// [`STARTUP_METRICS`] family.
+fn scrape(addr: SocketAddr, what: &str) {
+    let (r, dt) = exchange(
+        addr,
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "scrape {what}: {r:?}");
+    for name in STARTUP_METRICS {
+        assert!(r.contains(name), "scrape {what}: no {name} in\n{r}");
+    }
+    assert!(dt < Duration::from_secs(2), "scrape {what} took {dt:?}");
+}
+
+#[test]
+fn endpoint_survives_idle_connections_and_bad_requests() {
+    require_root!();
+    let (soft, hard) = nofile();
+    assert!(
+        hard >= 4096,
+        "the hard RLIMIT_NOFILE is {hard}: too low to hold {IDLE_CONNECTIONS} connections on both ends"
+    );
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Start the tracer with the soft limit services commonly get (1,024, systemd's default), so
+    // it must raise its own; then give this process room for the client ends. (A tracer the
+    // other test starts meanwhile inherits 1,024 too, which it handles the same way.)
+    set_soft_nofile(1024.min(soft));
+    let tracer = Tracer::start(&["--metrics", &metrics.to_string()]);
+    set_soft_nofile(hard);
+    let pid = tracer.pid();
+    let (t_soft, t_hard) = nofile_of(pid);
+    assert_eq!(
+        t_soft, t_hard,
+        "lqtrace did not raise its soft RLIMIT_NOFILE to the hard limit"
+    );
+    scrape(metrics, "at start");
+
+    // (a) 1,000 idle connections (connect, send nothing), all accepted and held by the server
+    // (not waiting in the listen backlog), then scrapes while they are open.
+    let held = || held_connections(pid, metrics.port());
+    let opened = Instant::now();
+    let idle: Vec<TcpStream> = (0..IDLE_CONNECTIONS)
+        .map(|i| {
+            TcpStream::connect_timeout(&metrics, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    let connected = opened.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while held() < IDLE_CONNECTIONS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n = held();
+    assert_eq!(
+        n, IDLE_CONNECTIONS,
+        "lqtrace holds {n} of {IDLE_CONNECTIONS} idle connections"
+    );
+    let accepted = opened.elapsed();
+    for i in 0..SCRAPES {
+        scrape(
+            metrics,
+            &format!("{i} with {IDLE_CONNECTIONS} idle connections open"),
+        );
+    }
+    // Still all held: the scrapes were served while all of them were open.
+    let took = opened.elapsed();
+    let held_after = held();
+    assert_eq!(
+        held_after, IDLE_CONNECTIONS,
+        "only {held_after} idle connections still held after the scrapes, {took:?} after the first connect (the header timeout is {HEADER_READ_TIMEOUT:?})"
+    );
+    eprintln!(
+        "[metrics] {IDLE_CONNECTIONS} idle connections: connected in {connected:?}, all held by lqtrace after {accepted:?}; {SCRAPES} scrapes OK by {took:?}, {held_after} still held; lqtrace RLIMIT_NOFILE {t_soft}/{t_hard} (started with {})",
+        1024.min(soft)
+    );
+    // The header timeout closes idle connections.
+    let deadline = Instant::now() + HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    while held() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = held();
+    assert_eq!(
+        n,
+        0,
+        "{n} idle connections still held {:?} after they were opened",
+        opened.elapsed()
+    );
+    eprintln!(
+        "[metrics] all idle connections closed by the server {:?} after the first was opened",
+        opened.elapsed()
+    );
+    drop(idle);
+
+    // (b) Bad requests get an answer (or a close) and do not hang the server.
+    let wait = HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let (r, _) = exchange(metrics, b"GARBAGE\r\n\r\n", wait);
+    assert!(
+        r.starts_with("HTTP/1.1 400 "),
+        "malformed request line: {r:?}"
+    );
+    scrape(metrics, "after a malformed request");
+
+    let mut big = format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nX-Big: ").into_bytes();
+    big.resize(big.len() + 64 * 1024, b'a');
+    big.extend_from_slice(b"\r\n\r\n");
+    assert!(big.len() > MAX_REQUEST_HEAD);
+    let (r, _) = exchange(metrics, &big, wait);
+    assert!(r.starts_with("HTTP/1.1 431 "), "64 KiB header: {r:?}");
+    scrape(metrics, "after a 64 KiB header");
+
+    let (r, dt) = exchange(
+        metrics,
+        format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\n").as_bytes(),
+        wait,
+    );
+    assert!(r.is_empty(), "unfinished head answered: {r:?}");
+    assert!(
+        dt + Duration::from_millis(500) >= HEADER_READ_TIMEOUT,
+        "unfinished head closed after {dt:?}, before the header timeout {HEADER_READ_TIMEOUT:?}"
+    );
+    eprintln!("[metrics] unfinished request head closed by the server after {dt:?}");
+    scrape(metrics, "after an unfinished request head");
+
+    // lqtrace traces its own endpoint too: the connects must not have overflowed its backlog.
+    let out = tracer.stop();
+    let own: Vec<&serde_json::Value> = out
+        .records
+        .iter()
+        .filter(|r| kind(r) == "drop" && r["lport"].as_u64() == Some(u64::from(metrics.port())))
+        .collect();
+    assert!(
+        own.is_empty(),
+        "drops at the metrics endpoint:\n{}",
+        dump(&own)
+    );
 }

@@ -9,6 +9,10 @@
 //! a malformed request and 431 to an oversized head, and keeps connections alive for Prometheus.
 //!
 //! What hyper does not do, and this module adds:
+//! - a listen backlog of [`BACKLOG`]: tokio's `TcpListener::bind` uses std's 128, and 1,000
+//!   connects in a row outran the accept loop (lqtrace reported `syn_accept_queue_full 129/128`
+//!   on its own port; the client's SYN was retransmitted 1 s later, enough to fail a scrape with
+//!   a short `scrape_timeout`);
 //! - a connection cap far above what idle clients plausibly hold ([`MAX_CONNECTIONS`]); beyond it
 //!   a connection is closed at once. It costs ~10 KiB per idle connection (measured: 1,000 idle
 //!   connections took RSS from 2.4 to 12 MiB);
@@ -26,7 +30,7 @@
 //!
 //! [`graceful_shutdown`]: hyper::server::conn::http1::Connection::graceful_shutdown
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -37,12 +41,17 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    task::{JoinHandle, JoinSet},
+};
 
 /// Produces the exposition text for `GET /metrics`; an error becomes a 500 (so Prometheus marks
 /// the scrape failed instead of storing a partial page).
 pub type Render = Arc<dyn Fn() -> anyhow::Result<String> + Send + Sync>;
 
+/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4096 by default).
+pub const BACKLOG: u32 = 1024;
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Time a connection gets to send a complete request head, from when the server starts waiting
@@ -60,10 +69,53 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const INDEX_HTML: &str = "<!DOCTYPE html>\n<html><head><title>lqtrace</title></head><body>\n\
 <h1>lqtrace</h1>\n<p>TCP listen-queue drops, live. <a href=\"/metrics\">Metrics</a></p>\n</body></html>\n";
 
-/// Accept connections on `listener` and serve each on its own task until this future is dropped
-/// (or its task aborted), which also ends every connection.
-pub async fn serve(listener: TcpListener, render: Render) {
-    raise_nofile_limit();
+/// The running server: a tokio task accepting connections, each served on a task of its own.
+/// Dropping it aborts them all and closes the listening socket.
+pub struct Server {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind `addr` and serve on the current tokio runtime. The descriptor limit is raised here,
+    /// before this returns (the caller prints "ready" next), not in the task.
+    pub fn start(addr: SocketAddr, render: Render) -> std::io::Result<Server> {
+        let listener = bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        raise_nofile_limit();
+        Ok(Server {
+            local_addr,
+            task: tokio::spawn(serve(listener, render)),
+        })
+    }
+
+    /// The bound address (the actual port when `addr` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listening socket on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, as tokio's own bind).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Accept connections on `listener` and serve each on its own task until this future is dropped,
+/// which also ends every connection (the [`JoinSet`] aborts its tasks).
+async fn serve(listener: TcpListener, render: Render) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -186,8 +238,6 @@ fn raise_nofile_limit() {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
         net::TcpStream,
@@ -197,10 +247,9 @@ mod tests {
 
     const BODY: &str = "# TYPE demo_total counter\ndemo_total 42\n";
 
-    async fn start(render: Render) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        (addr, tokio::spawn(serve(listener, render)))
+    fn start(render: Render) -> (SocketAddr, Server) {
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), render).unwrap();
+        (server.local_addr(), server)
     }
 
     /// Send `request`, read until the server closes (or resets: what arrived before is kept).
@@ -225,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes() {
-        let (addr, server) = start(Arc::new(|| Ok(BODY.to_string()))).await;
+        let (addr, server) = start(Arc::new(|| Ok(BODY.to_string())));
         let close = "Host: x\r\nConnection: close\r\n\r\n";
 
         let r = exchange(addr, format!("GET /metrics HTTP/1.1\r\n{close}").as_bytes()).await;
@@ -285,21 +334,21 @@ mod tests {
         let long = format!("GET /{}", "a".repeat(MAX_REQUEST_HEAD + 1 - 5));
         let r = exchange(addr, long.as_bytes()).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
-        server.abort();
+        drop(server);
     }
 
     #[tokio::test]
     async fn render_error_is_500() {
-        let (addr, server) = start(Arc::new(|| anyhow::bail!("broken registry"))).await;
+        let (addr, server) = start(Arc::new(|| anyhow::bail!("broken registry")));
         let r = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.0 500 "), "{r}");
         assert!(r.contains("broken registry"), "{r}");
-        server.abort();
+        drop(server);
     }
 
     #[tokio::test]
-    async fn aborting_the_server_ends_its_connections() {
-        let (addr, server) = start(Arc::new(|| Ok(BODY.to_string()))).await;
+    async fn dropping_the_server_ends_its_connections() {
+        let (addr, server) = start(Arc::new(|| Ok(BODY.to_string())));
         // Keep-alive connection, answered and left open.
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -308,12 +357,11 @@ mod tests {
         let mut chunk = [0u8; 4096];
         let n = s.read(&mut chunk).await.unwrap();
         assert!(chunk[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
-        server.abort();
-        let _ = server.await;
+        drop(server);
         let end = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk)).await;
         assert!(
             matches!(end, Ok(Ok(0) | Err(_))),
-            "connection still open after abort: {end:?}"
+            "connection still open after drop: {end:?}"
         );
         assert!(TcpStream::connect(addr).await.is_err(), "still listening");
     }

@@ -53,14 +53,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 pub use exposition::{Exporter, Info, Limits, OTHER};
-use tokio::net::TcpListener;
 
 use crate::stats::aggregate::Aggregate;
 
 /// The Prometheus endpoint of a session. Dropping it stops the HTTP server.
 pub struct Metrics {
-    local_addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    server: http::Server,
 }
 
 impl Metrics {
@@ -71,13 +69,9 @@ impl Metrics {
         aggregate: Arc<Mutex<Aggregate>>,
         hooks: &BTreeMap<String, String>,
     ) -> Result<Metrics> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-        let local_addr = listener.local_addr().context("metrics endpoint address")?;
         if !addr.ip().is_loopback() {
             log::warn!(
-                "serving metrics on {local_addr}, not a loopback address: whoever can reach it can read listener ports, process names and pod UIDs"
+                "serving metrics on {addr}, not a loopback address: whoever can reach it can read listener ports, process names and pod UIDs"
             );
         }
         let info = Info {
@@ -90,19 +84,14 @@ impl Metrics {
             let mut x = exporter.lock().unwrap_or_else(PoisonError::into_inner);
             x.render(&agg, &info)
         });
-        let server = tokio::spawn(http::serve(listener, render));
-        Ok(Metrics { local_addr, server })
+        let server = http::Server::start(addr, render)
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        Ok(Metrics { server })
     }
 
     /// The bound address (the actual port when `addr` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        self.server.abort();
+        self.server.local_addr()
     }
 }
 
