@@ -120,6 +120,9 @@ struct IfreqFlags {
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.
+// ioctl(2) takes the request as `c_ulong` on glibc and `c_int` on musl (the guests run a static
+// musl build): the casts are needed on one of the two.
+#[allow(trivial_numeric_casts)]
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket; the ifreq is a C struct of the right size (40 bytes).
     unsafe {
@@ -134,11 +137,11 @@ pub fn loopback_up() -> io::Result<()> {
         };
         req.name[..2].copy_from_slice(b"lo");
         let mut res = Ok(());
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) < 0 {
             res = Err(io::Error::last_os_error());
         } else {
             req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as libc::Ioctl, &req) < 0 {
                 res = Err(io::Error::last_os_error());
             }
         }
