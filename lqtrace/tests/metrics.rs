@@ -351,7 +351,7 @@ fn metrics_match_kernel_counters_and_prometheus() {
 const STARTUP_METRICS: &[&str] = &[
     "lqtrace_info{",
     "lqtrace_hook_info{",
-    "lqtrace_hook_method_info{",
+    "lqtrace_hook_variant_info{",
     "lqtrace_lost_drops_total ",
     "lqtrace_brackets_total ",
     "lqtrace_label_sets ",
