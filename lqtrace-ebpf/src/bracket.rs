@@ -1,7 +1,7 @@
 //! The before/after reading of the listen counters around each packet a listener processes.
 //!
-//! Why this method: SYN-time drops never reach skb:kfree_skb (tcp_rcv_state_process consumes the
-//! SYN either way), `tcp_listendrop()` is inline, and kprobes/fentry may be missing. What the
+//! Why this approach: SYN-time drops never reach skb:kfree_skb (tcp_rcv_state_process consumes
+//! the SYN either way), `tcp_listendrop()` is inline, and kprobes/fentry may be missing. What the
 //! kernel does for every listen drop is bump `LINUX_MIB_LISTENDROPS` (and, by cause,
 //! LISTENOVERFLOWS / TCPREQQFULLDROP; TCPREQQFULLDOCOOKIES for a SYN cookie) with
 //! `__NET_INC_STATS`, a per-CPU increment in softirq context. A listener's packet is processed
@@ -14,9 +14,9 @@
 //! path bumps it twice.
 //!
 //! Where the "before" and "after" come from is a hook variant (`cgroup.rs`, `probes.rs`); this
-//! file is the part they share. One bracket per CPU is open at a time. An opener that finds a
-//! bracket still open closes it first ("late"): no drop can happen on a CPU outside a bracket,
-//! so a bracket whose own end was not seen is settled exactly by the next one.
+//! file is the part they share. One bracket per CPU is open at a time. A variant that finds a
+//! bracket still open when it opens one closes it first ("late"): no drop can happen on a CPU
+//! outside a bracket, so a bracket whose own end was not seen is settled exactly by the next one.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use lqtrace_common::{
@@ -44,9 +44,10 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const WAKEUP_EVERY_NS: u64 = 5_000_000;
 
-/// Who opened the bracket, so that only the matching "after" hook closes it.
-pub const OPENER_CGROUP: u64 = 1;
-pub const OPENER_PROBE: u64 = 2;
+/// The hook variant that opened the bracket, so that only that variant's "after" hook closes it.
+pub const VARIANT_CGROUP: u64 = 1;
+pub const VARIANT_FENTRY: u64 = 2;
+pub const VARIANT_KPROBE: u64 = 3;
 
 /// The slot of this CPU, with any stale bracket settled.
 #[inline(always)]
@@ -66,7 +67,7 @@ pub fn fresh_slot() -> Option<*mut Bracket> {
 /// kernel processes the packet: find this CPU's counters and read them. Everything else about the
 /// listener is read in `close()`, and only when a counter moved.
 #[inline(always)]
-pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> Option<()> {
+pub fn open(slot: *mut Bracket, sk: u64, skb: u64, variant: u64, cookie: u64) -> Option<()> {
     let b: &mut Bracket = unsafe { &mut *slot };
     let cpu_offset = this_cpu_offset()?;
     let net = read_u64(sk + config!(sk_net) as u64)?;
@@ -77,7 +78,7 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> 
     b.sk = sk;
     b.net = net;
     b.mib = mib;
-    b.opener = opener;
+    b.variant = variant;
     b.skb = skb;
     stat_add(STAT_BRACKETS, 1);
     Some(())
@@ -102,14 +103,14 @@ fn describe_listener(b: &mut Bracket) {
     }
 }
 
-/// Close this CPU's bracket if it is the one `opener` opened for `skb` (0: any skb).
+/// Close this CPU's bracket if it is the one `variant` opened for `skb` (0: any skb).
 #[inline(always)]
-pub fn close_matching(opener: u64, skb: u64) {
+pub fn close_matching(variant: u64, skb: u64) {
     let Some(slot) = BRACKETS.get_ptr_mut(0) else {
         return;
     };
-    let (open_skb, open_by) = unsafe { ((*slot).skb, (*slot).opener) };
-    if open_skb == 0 || open_by != opener || (skb != 0 && open_skb != skb) {
+    let (open_skb, open_by) = unsafe { ((*slot).skb, (*slot).variant) };
+    if open_skb == 0 || open_by != variant || (skb != 0 && open_skb != skb) {
         return;
     }
     close(slot, 0);
@@ -188,7 +189,8 @@ pub fn close(slot: *mut Bracket, flags: u8) {
     } else if b.record.deltas[MIB_REQQ_FULL_DO_COOKIES] > 0 {
         KIND_SYNCOOKIE
     } else {
-        return; // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop
+        // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop.
+        return;
     };
     b.record.flags |= flags;
     describe_listener(b);
