@@ -3,15 +3,22 @@
 //! Why this approach: SYN-time drops never reach skb:kfree_skb (tcp_rcv_state_process consumes
 //! the SYN either way), `tcp_listendrop()` is inline, and kprobes/fentry may be missing. What the
 //! kernel does for every listen drop is bump `LINUX_MIB_LISTENDROPS` (and, by cause,
-//! LISTENOVERFLOWS / TCPREQQFULLDROP; TCPREQQFULLDOCOOKIES for a SYN cookie) with
-//! `__NET_INC_STATS`, a per-CPU increment in softirq context. A listener's packet is processed
-//! start to finish on one CPU without interleaving with another packet on that CPU (softirq;
-//! tcp_v4_rcv handles TCP_LISTEN and TCP_NEW_SYN_RECV without the socket lock), so the
-//! difference between this CPU's counters before and after the packet is exactly what that
-//! packet caused — on any number of CPUs, under concurrent bursts, for SYN and ACK drops alike,
-//! with the cause read from which counter moved (never re-deriving the kernel's predicate).
-//! A listener's own `sk_drops` would not do: other CPUs bump it concurrently, and the final-ACK
-//! path bumps it twice.
+//! LISTENOVERFLOWS / TCPREQQFULLDROP) with `__NET_INC_STATS`, a per-CPU increment in softirq
+//! context; a SYN it answers with a cookie bumps SYNCOOKIESSENT the same way, in
+//! `cookie_init_sequence()` (include/net/tcp.h, inlined in tcp_conn_request; same from 5.x to 6.x).
+//! A listener's packet is processed start to finish on one CPU without interleaving with another
+//! packet on that CPU (softirq; tcp_v4_rcv handles TCP_LISTEN and TCP_NEW_SYN_RECV without the
+//! socket lock), so the difference between this CPU's counters before and after the packet is
+//! exactly what that packet caused — on any number of CPUs, under concurrent bursts, for SYN and
+//! ACK drops alike, with the cause read from which counter moved (never re-deriving the kernel's
+//! predicate). A listener's own `sk_drops` would not do: other CPUs bump it concurrently, and the
+//! final-ACK path bumps it twice.
+//!
+//! The record kind follows what the kernel did, not what it meant to do: ListenDrops moved → a
+//! drop; otherwise SyncookiesSent moved → a syncookie. TCPReqQFullDoCookies alone is no cookie:
+//! `tcp_syn_flood_action()` bumps it when it *wants* a cookie, and the same SYN can then be
+//! dropped because the accept queue is full (ListenOverflows, ListenDrops; seen on 7.2). Such a
+//! drop record carries all three deltas.
 //!
 //! Where the "before" and "after" come from is a hook variant (`cgroup.rs`, `probes.rs`); this
 //! file is the part they share. One bracket per CPU is open at a time. A variant that finds a
@@ -21,7 +28,7 @@
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use lqtrace_common::{
     BracketRecord, FLAG_LATE, KIND_DROP, KIND_SYNCOOKIE, MIB_COUNT, MIB_LISTEN_DROPS,
-    MIB_REQQ_FULL_DO_COOKIES, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE, STAT_BRACKETS,
+    MIB_SYNCOOKIES_SENT, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE, STAT_BRACKETS,
     STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
 };
 
@@ -186,7 +193,7 @@ pub fn close(slot: *mut Bracket, flags: u8) {
     let drops = b.record.deltas[MIB_LISTEN_DROPS];
     b.record.kind = if drops > 0 {
         KIND_DROP
-    } else if b.record.deltas[MIB_REQQ_FULL_DO_COOKIES] > 0 {
+    } else if b.record.deltas[MIB_SYNCOOKIES_SENT] > 0 {
         KIND_SYNCOOKIE
     } else {
         // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop.

@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lqtrace_common::{
-    BracketRecord, FLAG_LATE, KIND_SYNCOOKIE, MIB_EMBRYONIC_RSTS, MIB_LISTEN_DROPS,
-    MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DO_COOKIES, MIB_REQQ_FULL_DROP, MIB_SYNCOOKIES_RECV,
-    STAGE_ACK, STAGE_SYN,
+    BracketRecord, FLAG_LATE, MIB_COUNT, MIB_EMBRYONIC_RSTS, MIB_LISTEN_DROPS,
+    MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DROP, MIB_SYNCOOKIES_RECV, MIB_SYNCOOKIES_SENT, STAGE_ACK,
+    STAGE_SYN,
 };
 use serde::Serialize;
 
@@ -96,12 +96,20 @@ pub struct DropEvent {
 
 /// The cause of a record, read from which kernel counters moved while the packet was processed.
 pub fn classify(r: &BracketRecord) -> Reason {
-    let d = &r.deltas;
-    if r.kind == KIND_SYNCOOKIE && d[MIB_LISTEN_DROPS] == 0 {
+    reason_from_counters(r.stage, &r.deltas)
+}
+
+/// The one rule from counter deltas to meaning (the kernel program picks the record kind by the
+/// same rule, lqtrace-ebpf/src/bracket.rs): ListenDrops moved → a drop, whatever else moved;
+/// otherwise SyncookiesSent moved → a cookie was sent. TCPReqQFullDoCookies is not consulted:
+/// `tcp_syn_flood_action()` bumps it when the kernel *wants* a cookie, and `tcp_conn_request()`
+/// can then still drop that SYN for a full accept queue.
+pub fn reason_from_counters(stage: u8, d: &[u32; MIB_COUNT]) -> Reason {
+    if d[MIB_LISTEN_DROPS] == 0 && d[MIB_SYNCOOKIES_SENT] > 0 {
         return Reason::SyncookieSent;
     }
     let overflow = d[MIB_LISTEN_OVERFLOWS] > 0;
-    match r.stage {
+    match stage {
         STAGE_SYN if overflow => Reason::SynAcceptQueueFull,
         STAGE_SYN if d[MIB_REQQ_FULL_DROP] > 0 => Reason::SynQueueFull,
         STAGE_SYN => Reason::SynOther,
@@ -130,10 +138,11 @@ pub fn addr(ip_version: u8, bytes: &[u8; 16]) -> IpAddr {
 
 /// Build the event from a record; owners and requested backlog are filled by the caller.
 pub fn from_record(r: &BracketRecord, clock: &Clock) -> DropEvent {
-    let syncookie = r.kind == KIND_SYNCOOKIE && r.deltas[MIB_LISTEN_DROPS] == 0;
+    let reason = classify(r);
+    let syncookie = reason == Reason::SyncookieSent;
     DropEvent {
         syncookie,
-        reason: classify(r),
+        reason,
         stage: stage(r),
         ts_ns: r.ts_ns,
         unix_ns: clock.to_unix_ns(r.ts_ns),
@@ -152,7 +161,7 @@ pub fn from_record(r: &BracketRecord, clock: &Clock) -> DropEvent {
         rst_sent: r.deltas[MIB_EMBRYONIC_RSTS] > 0,
         // What the record stands for: listen drops, or for a syncookie record, cookies sent.
         count: if syncookie {
-            r.deltas[MIB_REQQ_FULL_DO_COOKIES]
+            r.deltas[MIB_SYNCOOKIES_SENT]
         } else {
             r.deltas[MIB_LISTEN_DROPS]
         },
@@ -252,70 +261,112 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use lqtrace_common::{KIND_DROP, STAGE_OTHER};
+    use lqtrace_common::{
+        KIND_DROP, KIND_SYNCOOKIE, MIB_REQQ_FULL_DO_COOKIES as DO_COOKIES, STAGE_OTHER,
+    };
 
     use super::*;
 
-    fn rec(stage: u8, deltas: [u32; 6]) -> BracketRecord {
+    const DROPS: usize = MIB_LISTEN_DROPS;
+    const OVERFLOWS: usize = MIB_LISTEN_OVERFLOWS;
+    const SENT: usize = MIB_SYNCOOKIES_SENT;
+
+    /// A record of `kind` at `stage` whose counters moved by `moved` (index, delta).
+    fn rec(kind: u8, stage: u8, moved: &[(usize, u32)]) -> BracketRecord {
+        let mut deltas = [0; MIB_COUNT];
+        for &(i, d) in moved {
+            deltas[i] = d;
+        }
         BracketRecord {
-            kind: KIND_DROP,
+            kind,
             stage,
             deltas,
             ..Default::default()
         }
     }
 
+    fn drop_rec(stage: u8, moved: &[(usize, u32)]) -> BracketRecord {
+        rec(KIND_DROP, stage, moved)
+    }
+
     #[test]
     fn reasons_follow_the_counters_that_moved() {
-        // deltas order: ListenDrops, ListenOverflows, ReqQFullDrop, ReqQFullDoCookies, SyncookiesRecv, EmbryonicRsts
+        let cases = [
+            (
+                STAGE_SYN,
+                vec![(DROPS, 1), (OVERFLOWS, 1)],
+                Reason::SynAcceptQueueFull,
+            ),
+            (
+                STAGE_SYN,
+                vec![(DROPS, 1), (MIB_REQQ_FULL_DROP, 1)],
+                Reason::SynQueueFull,
+            ),
+            (STAGE_SYN, vec![(DROPS, 1)], Reason::SynOther),
+            (
+                STAGE_ACK,
+                vec![(DROPS, 1), (OVERFLOWS, 1)],
+                Reason::AckAcceptQueueFull,
+            ),
+            (
+                STAGE_ACK,
+                vec![(DROPS, 1), (OVERFLOWS, 1), (MIB_SYNCOOKIES_RECV, 1)],
+                Reason::AckSyncookieAcceptQueueFull,
+            ),
+            (STAGE_ACK, vec![(DROPS, 1)], Reason::AckOther),
+            (STAGE_OTHER, vec![(DROPS, 1)], Reason::Other),
+        ];
+        for (stage, moved, want) in cases {
+            assert_eq!(classify(&drop_rec(stage, &moved)), want, "{moved:?}");
+        }
+        let cookie = rec(KIND_SYNCOOKIE, STAGE_SYN, &[(DO_COOKIES, 1), (SENT, 1)]);
+        assert_eq!(classify(&cookie), Reason::SyncookieSent);
+    }
+
+    /// tcp_conn_request: the SYN queue is full, cookies are on, so tcp_syn_flood_action() bumps
+    /// TCPReqQFullDoCookies; then the accept queue is full too and the SYN is dropped before any
+    /// cookie is made (SyncookiesSent unchanged). Seen on 7.2: a drop, not a cookie.
+    #[test]
+    fn cookie_wanted_then_dropped_for_a_full_accept_queue_is_a_drop() {
+        let moved = [(DROPS, 1), (OVERFLOWS, 1), (DO_COOKIES, 1), (SENT, 0)];
+        let r = drop_rec(STAGE_SYN, &moved);
         assert_eq!(
-            classify(&rec(STAGE_SYN, [1, 1, 0, 0, 0, 0])),
+            reason_from_counters(r.stage, &r.deltas),
             Reason::SynAcceptQueueFull
         );
-        assert_eq!(
-            classify(&rec(STAGE_SYN, [1, 0, 1, 0, 0, 0])),
-            Reason::SynQueueFull
-        );
-        assert_eq!(
-            classify(&rec(STAGE_SYN, [1, 0, 0, 0, 0, 0])),
-            Reason::SynOther
-        );
-        assert_eq!(
-            classify(&rec(STAGE_ACK, [1, 1, 0, 0, 0, 0])),
-            Reason::AckAcceptQueueFull
-        );
-        assert_eq!(
-            classify(&rec(STAGE_ACK, [1, 1, 0, 0, 1, 0])),
-            Reason::AckSyncookieAcceptQueueFull
-        );
-        assert_eq!(
-            classify(&rec(STAGE_ACK, [1, 0, 0, 0, 0, 0])),
-            Reason::AckOther
-        );
-        assert_eq!(
-            classify(&rec(STAGE_OTHER, [1, 0, 0, 0, 0, 0])),
-            Reason::Other
-        );
-        let mut cookie = rec(STAGE_SYN, [0, 0, 0, 1, 0, 0]);
-        cookie.kind = KIND_SYNCOOKIE;
-        assert_eq!(classify(&cookie), Reason::SyncookieSent);
+        let e = from_record(&r, &Clock::with_offset(0));
+        assert!(!e.syncookie);
+        assert_eq!(e.reason.as_str(), "syn_accept_queue_full");
+        assert_eq!(e.count, 1);
+    }
+
+    /// A cookie the kernel wanted but did not send is no syncookie, whatever the record's kind.
+    #[test]
+    fn cookie_wanted_but_not_sent_is_not_a_syncookie() {
+        let r = rec(KIND_SYNCOOKIE, STAGE_SYN, &[(DO_COOKIES, 1)]);
+        assert_ne!(classify(&r), Reason::SyncookieSent);
     }
 
     #[test]
     fn rst_and_count_come_from_deltas() {
-        let e = from_record(&rec(STAGE_ACK, [2, 2, 0, 0, 0, 1]), &Clock::with_offset(0));
+        let r = drop_rec(
+            STAGE_ACK,
+            &[(DROPS, 2), (OVERFLOWS, 2), (MIB_EMBRYONIC_RSTS, 1)],
+        );
+        let e = from_record(&r, &Clock::with_offset(0));
         assert!(e.rst_sent);
         assert_eq!(e.count, 2);
         assert!(!e.syncookie);
     }
 
+    /// A syncookie record stands for the cookies sent (SyncookiesSent), not the ones wanted.
     #[test]
-    fn syncookie_record_counts_cookies() {
-        let mut r = rec(STAGE_SYN, [0, 0, 0, 1, 0, 0]);
-        r.kind = KIND_SYNCOOKIE;
+    fn syncookie_record_counts_cookies_sent() {
+        let r = rec(KIND_SYNCOOKIE, STAGE_SYN, &[(DO_COOKIES, 3), (SENT, 2)]);
         let e = from_record(&r, &Clock::with_offset(0));
         assert!(e.syncookie);
-        assert_eq!(e.count, 1);
+        assert_eq!(e.reason, Reason::SyncookieSent);
+        assert_eq!(e.count, 2);
     }
 
     #[test]
