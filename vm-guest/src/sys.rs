@@ -119,6 +119,13 @@ struct IfreqFlags {
     _pad: [u8; 22],
 }
 
+// ioctl's request argument is `c_ulong` on glibc (host build, clippy) but `c_int` on musl (the
+// guest build); the cast is trivial only on the host.
+#[allow(trivial_numeric_casts)]
+const SIOCGIFFLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
+#[allow(trivial_numeric_casts)]
+const SIOCSIFFLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
+
 /// `ip link set lo up` in the calling thread's network namespace.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket; the ifreq is a C struct of the right size (40 bytes).
@@ -134,11 +141,11 @@ pub fn loopback_up() -> io::Result<()> {
         };
         req.name[..2].copy_from_slice(b"lo");
         let mut res = Ok(());
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(fd, SIOCGIFFLAGS, &mut req) < 0 {
             res = Err(io::Error::last_os_error());
         } else {
             req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            if libc::ioctl(fd, SIOCSIFFLAGS, &req) < 0 {
                 res = Err(io::Error::last_os_error());
             }
         }
