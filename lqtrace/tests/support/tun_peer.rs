@@ -29,7 +29,8 @@ pub const LOCAL_IP: [u8; 4] = [198, 18, 0, 1];
 /// Address the fake peer pretends to have.
 pub const PEER_IP: [u8; 4] = [198, 18, 0, 2];
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 202, int)`; typed `libc::Ioctl` (c_ulong on glibc, c_int on musl: the guest build).
+const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
