@@ -2,7 +2,7 @@
 //!
 //! Every type here is `#[repr(C)]`, built from fixed-width integers and byte arrays only, with
 //! explicit padding, so that the same bytes mean the same thing on both sides. Records start with a
-//! one-byte kind tag; userspace decodes them with bounds checks (see `lqtrace/src/records.rs`),
+//! one-byte kind tag; userspace decodes them with bounds checks (see `lqtrace/src/bpf/records.rs`),
 //! never by transmuting.
 #![no_std]
 
@@ -24,9 +24,12 @@ pub const STAT_UNBRACKETED: u32 = 5;
 pub const STAT_BAD_CLOSE: u32 = 6;
 pub const STAT_COUNT: u32 = 7;
 
-/// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop.
+/// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop
+/// (`ListenDrops` moved), whatever else moved: `tcp_conn_request()` may first decide to answer
+/// with a cookie (`TCPReqQFullDoCookies`) and then drop the SYN for a full accept queue.
 pub const KIND_DROP: u8 = 1;
-/// Kind tag of a [`BracketRecord`] whose SYN was answered with a SYN cookie (not a drop).
+/// Kind tag of a [`BracketRecord`] whose SYN was answered with a SYN cookie (`SyncookiesSent`
+/// moved, `ListenDrops` did not): not a drop.
 pub const KIND_SYNCOOKIE: u8 = 2;
 /// Kind tag of a [`ListenRecord`]: a socket entered TCP_LISTEN.
 pub const KIND_LISTEN: u8 = 3;
@@ -55,7 +58,10 @@ pub const MIB_REQQ_FULL_DROP: usize = 2;
 pub const MIB_REQQ_FULL_DO_COOKIES: usize = 3;
 pub const MIB_SYNCOOKIES_RECV: usize = 4;
 pub const MIB_EMBRYONIC_RSTS: usize = 5;
-pub const MIB_COUNT: usize = 6;
+/// Bumped by `cookie_init_sequence()` (include/net/tcp.h) when `tcp_conn_request()` really
+/// builds a cookie SYN-ACK; `TCPReqQFullDoCookies` only says a cookie was wanted.
+pub const MIB_SYNCOOKIES_SENT: usize = 6;
+pub const MIB_COUNT: usize = 7;
 
 /// Kernel names of the counters above, in index order, as BTF names the enumerators.
 pub const MIB_ENUM_NAMES: [&str; MIB_COUNT] = [
@@ -65,6 +71,7 @@ pub const MIB_ENUM_NAMES: [&str; MIB_COUNT] = [
     "LINUX_MIB_TCPREQQFULLDOCOOKIES",
     "LINUX_MIB_SYNCOOKIESRECV",
     "LINUX_MIB_EMBRYONICRSTS",
+    "LINUX_MIB_SYNCOOKIESSENT",
 ];
 
 /// One listener packet whose processing moved a listen counter on this CPU.
@@ -103,8 +110,9 @@ pub struct BracketRecord {
     pub syn_queue: u32,
     /// `net.core.somaxconn` of the listener's network namespace.
     pub somaxconn: u32,
-    pub _pad1: u32,
-    /// How much each `MIB_*` counter of this CPU moved while the packet was processed.
+    /// How much each `MIB_*` counter of this CPU moved while the packet was processed. With
+    /// seven counters the struct ends at 92 + 28 = 120, a multiple of its 8-byte alignment, so
+    /// no tail padding is needed (the size test catches a count that would need some).
     pub deltas: [u32; MIB_COUNT],
 }
 
@@ -216,8 +224,9 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(
             size_of::<BracketRecord>(),
-            4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 5 + 4 * MIB_COUNT
+            4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 4 + 4 * MIB_COUNT
         );
+        assert_eq!(core::mem::offset_of!(BracketRecord, deltas), 92);
         assert_eq!(
             size_of::<ListenRecord>(),
             4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16

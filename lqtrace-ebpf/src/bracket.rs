@@ -1,27 +1,34 @@
 //! The before/after reading of the listen counters around each packet a listener processes.
 //!
-//! Why this method: SYN-time drops never reach skb:kfree_skb (tcp_rcv_state_process consumes the
-//! SYN either way), `tcp_listendrop()` is inline, and kprobes/fentry may be missing. What the
+//! Why this approach: SYN-time drops never reach skb:kfree_skb (tcp_rcv_state_process consumes
+//! the SYN either way), `tcp_listendrop()` is inline, and kprobes/fentry may be missing. What the
 //! kernel does for every listen drop is bump `LINUX_MIB_LISTENDROPS` (and, by cause,
-//! LISTENOVERFLOWS / TCPREQQFULLDROP; TCPREQQFULLDOCOOKIES for a SYN cookie) with
-//! `__NET_INC_STATS`, a per-CPU increment in softirq context. A listener's packet is processed
-//! start to finish on one CPU without interleaving with another packet on that CPU (softirq;
-//! tcp_v4_rcv handles TCP_LISTEN and TCP_NEW_SYN_RECV without the socket lock), so the
-//! difference between this CPU's counters before and after the packet is exactly what that
-//! packet caused — on any number of CPUs, under concurrent bursts, for SYN and ACK drops alike,
-//! with the cause read from which counter moved (never re-deriving the kernel's predicate).
-//! A listener's own `sk_drops` would not do: other CPUs bump it concurrently, and the final-ACK
-//! path bumps it twice.
+//! LISTENOVERFLOWS / TCPREQQFULLDROP) with `__NET_INC_STATS`, a per-CPU increment in softirq
+//! context; a SYN it answers with a cookie bumps SYNCOOKIESSENT the same way, in
+//! `cookie_init_sequence()` (include/net/tcp.h, inlined in tcp_conn_request; same from 5.x to 6.x).
+//! A listener's packet is processed start to finish on one CPU without interleaving with another
+//! packet on that CPU (softirq; tcp_v4_rcv handles TCP_LISTEN and TCP_NEW_SYN_RECV without the
+//! socket lock), so the difference between this CPU's counters before and after the packet is
+//! exactly what that packet caused — on any number of CPUs, under concurrent bursts, for SYN and
+//! ACK drops alike, with the cause read from which counter moved (never re-deriving the kernel's
+//! predicate). A listener's own `sk_drops` would not do: other CPUs bump it concurrently, and the
+//! final-ACK path bumps it twice.
+//!
+//! The record kind follows what the kernel did, not what it meant to do: ListenDrops moved → a
+//! drop; otherwise SyncookiesSent moved → a syncookie. TCPReqQFullDoCookies alone is no cookie:
+//! `tcp_syn_flood_action()` bumps it when it *wants* a cookie, and the same SYN can then be
+//! dropped because the accept queue is full (ListenOverflows, ListenDrops; seen on 7.2). Such a
+//! drop record carries all three deltas.
 //!
 //! Where the "before" and "after" come from is a hook variant (`cgroup.rs`, `probes.rs`); this
-//! file is the part they share. One bracket per CPU is open at a time. An opener that finds a
-//! bracket still open closes it first ("late"): no drop can happen on a CPU outside a bracket,
-//! so a bracket whose own end was not seen is settled exactly by the next one.
+//! file is the part they share. One bracket per CPU is open at a time. A variant that finds a
+//! bracket still open when it opens one closes it first ("late"): no drop can happen on a CPU
+//! outside a bracket, so a bracket whose own end was not seen is settled exactly by the next one.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use lqtrace_common::{
     BracketRecord, FLAG_LATE, KIND_DROP, KIND_SYNCOOKIE, MIB_COUNT, MIB_LISTEN_DROPS,
-    MIB_REQQ_FULL_DO_COOKIES, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE, STAT_BRACKETS,
+    MIB_SYNCOOKIES_SENT, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE, STAT_BRACKETS,
     STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
 };
 
@@ -44,9 +51,10 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const WAKEUP_EVERY_NS: u64 = 5_000_000;
 
-/// Who opened the bracket, so that only the matching "after" hook closes it.
-pub const OPENER_CGROUP: u64 = 1;
-pub const OPENER_PROBE: u64 = 2;
+/// The hook variant that opened the bracket, so that only that variant's "after" hook closes it.
+pub const VARIANT_CGROUP: u64 = 1;
+pub const VARIANT_FENTRY: u64 = 2;
+pub const VARIANT_KPROBE: u64 = 3;
 
 /// The slot of this CPU, with any stale bracket settled.
 #[inline(always)]
@@ -66,7 +74,7 @@ pub fn fresh_slot() -> Option<*mut Bracket> {
 /// kernel processes the packet: find this CPU's counters and read them. Everything else about the
 /// listener is read in `close()`, and only when a counter moved.
 #[inline(always)]
-pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> Option<()> {
+pub fn open(slot: *mut Bracket, sk: u64, skb: u64, variant: u64, cookie: u64) -> Option<()> {
     let b: &mut Bracket = unsafe { &mut *slot };
     let cpu_offset = this_cpu_offset()?;
     let net = read_u64(sk + config!(sk_net) as u64)?;
@@ -77,7 +85,7 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, opener: u64, cookie: u64) -> 
     b.sk = sk;
     b.net = net;
     b.mib = mib;
-    b.opener = opener;
+    b.variant = variant;
     b.skb = skb;
     stat_add(STAT_BRACKETS, 1);
     Some(())
@@ -102,14 +110,14 @@ fn describe_listener(b: &mut Bracket) {
     }
 }
 
-/// Close this CPU's bracket if it is the one `opener` opened for `skb` (0: any skb).
+/// Close this CPU's bracket if it is the one `variant` opened for `skb` (0: any skb).
 #[inline(always)]
-pub fn close_matching(opener: u64, skb: u64) {
+pub fn close_matching(variant: u64, skb: u64) {
     let Some(slot) = BRACKETS.get_ptr_mut(0) else {
         return;
     };
-    let (open_skb, open_by) = unsafe { ((*slot).skb, (*slot).opener) };
-    if open_skb == 0 || open_by != opener || (skb != 0 && open_skb != skb) {
+    let (open_skb, open_by) = unsafe { ((*slot).skb, (*slot).variant) };
+    if open_skb == 0 || open_by != variant || (skb != 0 && open_skb != skb) {
         return;
     }
     close(slot, 0);
@@ -185,10 +193,11 @@ pub fn close(slot: *mut Bracket, flags: u8) {
     let drops = b.record.deltas[MIB_LISTEN_DROPS];
     b.record.kind = if drops > 0 {
         KIND_DROP
-    } else if b.record.deltas[MIB_REQQ_FULL_DO_COOKIES] > 0 {
+    } else if b.record.deltas[MIB_SYNCOOKIES_SENT] > 0 {
         KIND_SYNCOOKIE
     } else {
-        return; // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop
+        // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop.
+        return;
     };
     b.record.flags |= flags;
     describe_listener(b);

@@ -19,7 +19,7 @@ use lqtrace_common::{CGROUP_ACK, CGROUP_SYN, STAGE_SYN, STAT_UNBRACKETED};
 
 use crate::{
     bracket::{
-        ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, OPENER_CGROUP, apply_ipv4, apply_ipv6, apply_tcp,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, VARIANT_CGROUP, apply_ipv4, apply_ipv6, apply_tcp,
         close_matching, fresh_slot, open,
     },
     kernel::as_number,
@@ -43,14 +43,14 @@ pub fn listener_rx(ctx: SkBuffContext) -> i32 {
 /// After (SYNs end here, accepted or dropped).
 #[raw_tracepoint(tracepoint = "consume_skb")]
 pub fn skb_consumed(ctx: RawTracePointContext) -> i32 {
-    close_matching(OPENER_CGROUP, ctx.arg::<u64>(0));
+    close_matching(VARIANT_CGROUP, ctx.arg::<u64>(0));
     0
 }
 
 /// After (final-ACK and syncookie-ACK overflows end here).
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn skb_dropped(ctx: RawTracePointContext) -> i32 {
-    close_matching(OPENER_CGROUP, ctx.arg::<u64>(0));
+    close_matching(VARIANT_CGROUP, ctx.arg::<u64>(0));
     0
 }
 
@@ -101,7 +101,7 @@ fn rx(ctx: &SkBuffContext, skb: *mut __sk_buff, sk: *mut bpf_sock) -> Option<()>
     let sk_addr = as_number(scratch, sk);
     let skb_addr = as_number(scratch, ctx.as_ptr());
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    open(slot, sk_addr, skb_addr, OPENER_CGROUP, cookie)
+    open(slot, sk_addr, skb_addr, VARIANT_CGROUP, cookie)
 }
 
 /// Fixed-size read from the packet (aya's `load_bytes` passes a computed length, which the

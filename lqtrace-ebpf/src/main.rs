@@ -1,21 +1,26 @@
 //! lqtrace kernel programs.
 //!
-//! How a listen drop is observed (see `bracket.rs` for the details and the reasons):
-//! - `listener_rx` (cgroup_skb/ingress on the root cgroup) runs for every packet a *listening*
-//!   socket is about to process (SYN, final ACK, syncookie ACK), in the softirq, on the CPU that
-//!   will process it. It reads this CPU's `LINUX_MIB_*` listen counters of the listener's network
-//!   namespace: the "before" reading.
-//! - `skb_consumed` / `skb_dropped` (raw tracepoints skb:consume_skb / skb:kfree_skb) fire when that
-//!   same skb is freed at the end of its processing: the "after" reading. Whatever moved in between
-//!   was caused by this packet, because one CPU processes one packet at a time in softirq.
-//! - `listeners.rs` follows listen() calls to learn the requested backlog and who called listen().
+//! A listen drop is observed by reading this CPU's `LINUX_MIB_*` listen counters of the
+//! listener's network namespace before and after the listener processes a packet: whatever moved
+//! in between was caused by that packet, because one CPU processes one packet at a time in
+//! softirq (`bracket.rs` has the details and the reasons). Where "before" and "after" are taken
+//! is the hook variant, chosen per stage (syn, ack) by the loader:
+//! - `cgroup.rs` (variant cgroup): cgroup_skb/ingress on the root cgroup, just before the
+//!   listener processes the packet; the raw tracepoints skb:consume_skb / skb:kfree_skb when
+//!   that skb is freed.
+//! - `probes.rs` (variants fentry and kprobe): entry and return of `tcp_conn_request`,
+//!   `tcp_check_req`, `cookie_v4_check`, `cookie_v6_check`.
+//!
+//! `lifecycle.rs` follows listen() calls and listener state changes (requested backlog, who
+//! called listen(), when a listener closes); `maps.rs` holds the maps and the configuration
+//! global; `kernel.rs` reads kernel memory at the offsets the loader resolved from BTF.
 #![no_std]
 #![no_main]
 
 mod bracket;
 mod cgroup;
 mod kernel;
-mod listeners;
+mod lifecycle;
 mod maps;
 mod probes;
 

@@ -46,8 +46,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 pub struct Bracket {
     /// Address of the skb being processed, 0 when no bracket is open.
     pub skb: u64,
-    /// `bracket::OPENER_*`: which hook variant opened it.
-    pub opener: u64,
+    /// `bracket::VARIANT_*`: which hook variant opened it.
+    pub variant: u64,
     /// The listener (`struct sock *`) and its network namespace (`struct net *`).
     pub sk: u64,
     pub net: u64,

@@ -19,23 +19,23 @@ use lqtrace_common::STAT_UNBRACKETED;
 
 use crate::{
     bracket::{
-        ETH_P_IP, ETH_P_IPV6, OPENER_PROBE, apply_ipv4, apply_ipv6, apply_tcp, close_matching,
-        fresh_slot, open,
+        ETH_P_IP, ETH_P_IPV6, VARIANT_FENTRY, VARIANT_KPROBE, apply_ipv4, apply_ipv6, apply_tcp,
+        close_matching, fresh_slot, open,
     },
     kernel::read_u64,
     maps::{config, stat_add},
 };
 
-/// Open a bracket for `skb` about to be handled by the listener `sk`.
+/// Open a bracket for `skb` about to be handled by the listener `sk` (`variant`: fentry or kprobe).
 #[inline(always)]
-fn before(sk: u64, skb: u64) {
+fn before(sk: u64, skb: u64, variant: u64) {
     if config!(ready) == 0 || sk == 0 || skb == 0 {
         return;
     }
     if !is_listener(sk) {
         return;
     }
-    if probe_open(sk, skb).is_none() {
+    if probe_open(sk, skb, variant).is_none() {
         stat_add(STAT_UNBRACKETED, 1);
     }
 }
@@ -53,7 +53,7 @@ fn is_listener(sk: u64) -> bool {
     ok && state[0] as u32 == config!(tcp_listen)
 }
 
-fn probe_open(sk: u64, skb: u64) -> Option<()> {
+fn probe_open(sk: u64, skb: u64, variant: u64) -> Option<()> {
     let slot = fresh_slot()?;
     let r = unsafe { &mut (*slot).record };
     let head = read_u64(skb + config!(skb_head) as u64)?;
@@ -71,7 +71,7 @@ fn probe_open(sk: u64, skb: u64) -> Option<()> {
     } else {
         return None;
     }
-    open(slot, sk, skb, OPENER_PROBE, 0)
+    open(slot, sk, skb, variant, 0)
 }
 
 #[inline(always)]
@@ -94,13 +94,13 @@ macro_rules! probe_pair {
      $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident) => {
         #[fentry(function = $func)]
         pub fn $fentry(ctx: FEntryContext) -> i32 {
-            before(ctx.arg::<u64>($sk), ctx.arg::<u64>($skb));
+            before(ctx.arg::<u64>($sk), ctx.arg::<u64>($skb), VARIANT_FENTRY);
             0
         }
 
         #[fexit(function = $func)]
         pub fn $fexit(ctx: FExitContext) -> i32 {
-            close_matching(OPENER_PROBE, ctx.arg::<u64>($skb));
+            close_matching(VARIANT_FENTRY, ctx.arg::<u64>($skb));
             0
         }
 
@@ -109,6 +109,7 @@ macro_rules! probe_pair {
             before(
                 ctx.arg::<u64>($sk).unwrap_or(0),
                 ctx.arg::<u64>($skb).unwrap_or(0),
+                VARIANT_KPROBE,
             );
             0
         }
@@ -117,7 +118,7 @@ macro_rules! probe_pair {
         pub fn $kretprobe(_ctx: RetProbeContext) -> u32 {
             // No arguments at return: the bracket this CPU's kprobe opened is the one to close
             // (nothing nests inside these functions that opens another).
-            close_matching(OPENER_PROBE, 0);
+            close_matching(VARIANT_KPROBE, 0);
             0
         }
     };

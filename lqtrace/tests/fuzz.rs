@@ -46,7 +46,7 @@ fn drop_record() -> BracketRecord {
         accept_queue: 2,
         accept_queue_max: 1,
         somaxconn: 4096,
-        deltas: [1, 1, 0, 0, 0, 0],
+        deltas: [1, 1, 0, 0, 0, 0, 0],
         ..Default::default()
     }
 }

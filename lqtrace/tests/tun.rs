@@ -246,6 +246,29 @@ fn provoke_cookie_ack_overflow(peer: &mut TunPeer, n: u16, base: u16) -> Truth {
     t
 }
 
+/// Both queues full at once, cookies on, backlog 1: SYNs nobody ACKs fill the SYN queue (the first
+/// two ports: request sockets) and the next ones are answered with cookies; the ACKs of the last
+/// two cookie ports fill the accept queue (cookie_v4_check queues children directly, leaving the
+/// SYN queue full). One more SYN then makes tcp_conn_request want a cookie
+/// (TCPReqQFullDoCookies) and drop the SYN for the full accept queue (ListenOverflows).
+fn provoke_cookie_wanted_then_dropped(peer: &mut TunPeer, base: u16) -> Truth {
+    for p in base + 1..=base + 5 {
+        peer.send_syn(p, PORT);
+        peer.pump(Duration::from_millis(10));
+    }
+    peer.pump(ANSWER);
+    for p in [base + 4, base + 5] {
+        peer.send_ack_data(p);
+        peer.pump(Duration::from_millis(10));
+    }
+    peer.pump(ANSWER);
+    peer.send_syn(base + 6, PORT);
+    peer.pump(ANSWER);
+    let mut t = Truth::default();
+    t.add(&peer.syn_unanswered());
+    t
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// The peer and the kernel counters agree, without any tracer: checks the harness itself.
@@ -424,13 +447,13 @@ fn syncookie_ack_into_full_accept_queue() {
 
     let f = reconcile(label, &ns, &out, &d, true);
     assert!(
-        d.get("TcpExt.TCPReqQFullDoCookies") > 0,
+        d.get("TcpExt.SyncookiesSent") > 0,
         "no syncookies sent: {}",
         show_delta(&d)
     );
     assert_eq!(
         d.get("TcpExt.SyncookiesRecv"),
-        d.get("TcpExt.TCPReqQFullDoCookies"),
+        d.get("TcpExt.SyncookiesSent"),
         "every cookie ACK should validate: {}",
         show_delta(&d)
     );
@@ -455,6 +478,37 @@ fn syncookie_ack_into_full_accept_queue() {
         "[{label}] syncookie records per client port (left) vs ports whose cookie ACK was dropped (right)\n{}",
         peer.describe()
     );
+}
+
+/// Issue 8 (seen on 7.2 in ipv6_loopback_burst): a SYN for which the kernel wanted a cookie and
+/// which it then dropped is one drop record (syn_accept_queue_full), not a syncookie; syncookie
+/// records match SyncookiesSent, which TCPReqQFullDoCookies exceeds here.
+#[test]
+fn cookie_wanted_then_syn_dropped_for_full_accept_queue() {
+    require_root!();
+    let label = "cookie_wanted_dropped";
+    let ns = netns("lqt-cwant", &[("net.ipv4.tcp_syncookies", "1")]);
+    let tracer = Tracer::start(&[]);
+    let (mut peer, _l) = peer_and_listener(&ns, 1);
+    let before = Counters::read(&ns);
+    let truth = provoke_cookie_wanted_then_dropped(&mut peer, 44000);
+    peer.pump(Duration::from_millis(200));
+    let d = Counters::read(&ns).since(&before);
+    let out = tracer.stop();
+
+    let f = reconcile(label, &ns, &out, &d, true);
+    assert!(
+        d.get("TcpExt.TCPReqQFullDoCookies") > d.get("TcpExt.SyncookiesSent"),
+        "[{label}] no cookie was wanted and then not sent: {}",
+        show_delta(&d)
+    );
+    assert_eq!(
+        f.by_reason.keys().collect::<Vec<_>>(),
+        vec!["syn_accept_queue_full"],
+        "[{label}] {:?}",
+        f.by_reason
+    );
+    assert_ports(label, &out, &ns, &truth, &peer);
 }
 
 /// Final-ACK overflows of IPv4 clients on an AF_INET6 listener bound to [::] (IPV6_V6ONLY off):

@@ -18,11 +18,21 @@ pub fn kind(v: &Value) -> &str {
     v.get("kind").and_then(Value::as_str).unwrap_or("")
 }
 
-/// Sum of `count` over `kind == "drop"` records in `netns` (records without `count` count 1).
+/// Sum of `count` over `kind == "drop"` records in `netns` (records without `count` count 1),
+/// and the number of those records.
 pub fn drops_in(objs: &[Value], netns: u64) -> (u64, usize) {
+    sum_in(objs, "drop", netns)
+}
+
+/// Cookies sent in `netns` by lqtrace's account: sum of `count` over `kind == "syncookie"`.
+pub fn syncookies_in(objs: &[Value], netns: u64) -> u64 {
+    sum_in(objs, "syncookie", netns).0
+}
+
+fn sum_in(objs: &[Value], k: &str, netns: u64) -> (u64, usize) {
     let mut sum = 0;
     let mut records = 0;
-    for v in objs.iter().filter(|v| kind(v) == "drop") {
+    for v in objs.iter().filter(|v| kind(v) == k) {
         if v.get("netns").and_then(Value::as_u64) == Some(netns) {
             records += 1;
             sum += v.get("count").and_then(Value::as_u64).unwrap_or(1);
@@ -105,6 +115,8 @@ mod tests {
             r#"{"kind":"drop","netns":7,"count":1}
 {"kind":"drop","netns":7,"count":2}
 {"kind":"syncookie","netns":7,"count":1}
+{"kind":"syncookie","netns":7,"count":2}
+{"kind":"syncookie","netns":8,"count":1}
 {"kind":"drop","netns":8,"count":5}
 not json
 {"kind":"summary","reconciliation":[{"netns":7,"recorded":3,"kernel_listen_drops":3,"match":true}],"lost_records":0,"lost_drops":2}"#,
@@ -113,7 +125,9 @@ not json
         assert_eq!(bad, 1);
         assert_eq!(drops_in(&objs, 7), (3, 2));
         assert_eq!(drops_in(&objs, 9), (0, 0));
-        assert_eq!(count_kind(&objs, "syncookie"), 1);
+        assert_eq!(syncookies_in(&objs, 7), 3);
+        assert_eq!(syncookies_in(&objs, 9), 0);
+        assert_eq!(count_kind(&objs, "syncookie"), 3);
         let s = summary(&objs).unwrap();
         assert_eq!(reconciliation(s), [(7, 3, Some(3), true)]);
         assert_eq!(losses(s), ["lost_drops=2"]);

@@ -5,8 +5,12 @@
 //! 3. in the test namespace: read TcpExt ListenDrops, listen(backlog 1) on 127.0.0.1, fire
 //!    [`CLIENTS`] non-blocking connects, wait, close the listener then the clients, settle, read
 //!    ListenDrops again (all of it while lqtrace still runs);
-//! 4. when lqtrace has exited: PASS iff it exited 0 and the `count`s of its `drop` records in the
-//!    test namespace add up to the kernel's ListenDrops delta, which must be > 0.
+//! 4. when lqtrace has exited: PASS iff it exited 0 and, in the test namespace, the `count`s of
+//!    its `drop` records add up to the kernel's ListenDrops delta (which must be > 0), those with
+//!    an accept-queue-full reason to ListenOverflows, and those of its `syncookie` records to
+//!    SyncookiesSent: the cookies really sent. TCPReqQFullDoCookies is only reported: with
+//!    listen(1) it moves inside drops too (cookie wanted, then the SYN dropped for a full accept
+//!    queue, tcp_conn_request), which the drop records carry.
 
 use std::{
     io, mem,
@@ -18,7 +22,7 @@ use std::{
 use crate::{
     Verdict, ndjson,
     proc::{self, Proc},
-    sys,
+    sys::{self, ListenCounters},
 };
 
 pub const CLIENTS: usize = 50;
@@ -28,11 +32,9 @@ pub const DEFAULT_ARGS: &[&str] = &["-j", "-d", "6s"];
 
 /// What the namespace thread measured.
 struct Load {
-    before: u64,
-    after: u64,
-    /// TcpExt ListenOverflows before and after: the reasons in the records must match it.
-    overflows_before: u64,
-    overflows_after: u64,
+    /// The test namespace's counters before and after the load.
+    before: ListenCounters,
+    after: ListenCounters,
     port: u16,
     refused_or_failed: usize,
     took: Duration,
@@ -113,8 +115,7 @@ fn connect_nonblocking(port: u16) -> Result<i32, String> {
 /// Steps 3 in the (already entered) test namespace.
 fn load() -> Result<Load, String> {
     let t = Instant::now();
-    let before = sys::listen_drops().map_err(|e| format!("reading netstat: {e}"))?;
-    let overflows_before = sys::listen_overflows().map_err(|e| format!("reading netstat: {e}"))?;
+    let before = ListenCounters::read().map_err(|e| format!("reading netstat: {e}"))?;
     let (lfd, port) = listener()?;
     let mut clients = Vec::with_capacity(CLIENTS);
     let mut failed = 0;
@@ -134,13 +135,10 @@ fn load() -> Result<Load, String> {
         fd_close(fd);
     }
     thread::sleep(Duration::from_millis(300));
-    let after = sys::listen_drops().map_err(|e| format!("reading netstat: {e}"))?;
-    let overflows_after = sys::listen_overflows().map_err(|e| format!("reading netstat: {e}"))?;
+    let after = ListenCounters::read().map_err(|e| format!("reading netstat: {e}"))?;
     Ok(Load {
         before,
         after,
-        overflows_before,
-        overflows_after,
         port,
         refused_or_failed: failed,
         took: t.elapsed(),
@@ -249,12 +247,12 @@ pub fn run(
 
     // 4. Verdict.
     let status = lq.wait(deadline);
-    let delta = load.after.saturating_sub(load.before);
+    let kernel = load.after.since(&load.before);
+    let (delta, overflow_delta) = (kernel.drops, kernel.overflows);
     let (objs, bad) = ndjson::objects(&lq.stdout);
     let (recorded, records) = ndjson::drops_in(&objs, netns);
-    let syncookies = ndjson::count_kind(&objs, "syncookie");
+    let syncookies = ndjson::syncookies_in(&objs, netns);
     // Reasons match the counters that moved: every accept-queue-full reason is a ListenOverflows.
-    let overflow_delta = load.overflows_after.saturating_sub(load.overflows_before);
     let overflow_reasons = ndjson::reason_count(
         &objs,
         netns,
@@ -267,7 +265,10 @@ pub fn run(
     let mut details = format!(
         "netns={netns} kernel_listen_drops={delta} recorded={recorded} records={records} \
          kernel_listen_overflows={overflow_delta} overflow_reasons={overflow_reasons} \
-         syncookie_records={syncookies} port={} ready_after={:.2}s load={:.2}s",
+         syncookies_recorded={syncookies} kernel_syncookies_sent={} \
+         kernel_cookies_wanted={} port={} ready_after={:.2}s load={:.2}s",
+        kernel.cookies_sent,
+        kernel.cookies_wanted,
         load.port,
         ready_after.as_secs_f64(),
         load.took.as_secs_f64()
@@ -362,6 +363,12 @@ pub fn run(
     }
     if overflow_reasons != overflow_delta {
         why.push(format!("accept-queue-full reasons {overflow_reasons} != kernel ListenOverflows {overflow_delta}"));
+    }
+    if syncookies != kernel.cookies_sent {
+        why.push(format!(
+            "syncookies recorded {syncookies} != kernel SyncookiesSent {}",
+            kernel.cookies_sent
+        ));
     }
     if why.is_empty() {
         Verdict::pass(details)

@@ -119,10 +119,14 @@ struct IfreqFlags {
     _pad: [u8; 22],
 }
 
-/// `ip link set lo up` in the calling thread's network namespace.
-// ioctl(2) takes the request as `c_ulong` on glibc and `c_int` on musl (the guests run a static
-// musl build): the casts are needed on one of the two.
+// ioctl's request argument is `c_ulong` on glibc (host build, clippy) but `c_int` on musl (the
+// guest build); the cast is trivial only on the host.
 #[allow(trivial_numeric_casts)]
+const SIOCGIFFLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
+#[allow(trivial_numeric_casts)]
+const SIOCSIFFLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
+
+/// `ip link set lo up` in the calling thread's network namespace.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket; the ifreq is a C struct of the right size (40 bytes).
     unsafe {
@@ -137,11 +141,11 @@ pub fn loopback_up() -> io::Result<()> {
         };
         req.name[..2].copy_from_slice(b"lo");
         let mut res = Ok(());
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) < 0 {
+        if libc::ioctl(fd, SIOCGIFFLAGS, &mut req) < 0 {
             res = Err(io::Error::last_os_error());
         } else {
             req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS as libc::Ioctl, &req) < 0 {
+            if libc::ioctl(fd, SIOCSIFFLAGS, &req) < 0 {
                 res = Err(io::Error::last_os_error());
             }
         }
@@ -180,26 +184,51 @@ pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
     None
 }
 
-/// TcpExt ListenDrops of the calling thread's network namespace.
-pub fn listen_drops() -> io::Result<u64> {
-    let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
-    tcpext(&text, "ListenDrops").ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TcpExt ListenDrops in netstat",
-        )
-    })
+/// The TcpExt counters the overflow scenario holds lqtrace's records against, of one network
+/// namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    pub drops: u64,
+    pub overflows: u64,
+    /// SyncookiesSent: cookies the kernel really sent (what syncookie records stand for).
+    pub cookies_sent: u64,
+    /// TCPReqQFullDoCookies: cookies the kernel wanted; it also moves for a SYN that
+    /// `tcp_conn_request` then drops because the accept queue is full. Reported, not compared.
+    pub cookies_wanted: u64,
 }
 
-/// TcpExt ListenOverflows of the calling thread's network namespace.
-pub fn listen_overflows() -> io::Result<u64> {
-    let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
-    tcpext(&text, "ListenOverflows").ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TcpExt ListenOverflows in netstat",
-        )
-    })
+impl ListenCounters {
+    /// From a `/proc/.../net/netstat` text; None when a counter is missing.
+    pub fn parse(netstat: &str) -> Option<ListenCounters> {
+        Some(ListenCounters {
+            drops: tcpext(netstat, "ListenDrops")?,
+            overflows: tcpext(netstat, "ListenOverflows")?,
+            cookies_sent: tcpext(netstat, "SyncookiesSent")?,
+            cookies_wanted: tcpext(netstat, "TCPReqQFullDoCookies")?,
+        })
+    }
+
+    /// The counters of the calling thread's network namespace, read in one go.
+    pub fn read() -> io::Result<ListenCounters> {
+        let text = fs::read_to_string("/proc/thread-self/net/netstat")?;
+        ListenCounters::parse(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "netstat lacks one of TcpExt ListenDrops, ListenOverflows, SyncookiesSent, \
+                 TCPReqQFullDoCookies",
+            )
+        })
+    }
+
+    /// Counter by counter `self - earlier` (saturating).
+    pub fn since(&self, earlier: &ListenCounters) -> ListenCounters {
+        ListenCounters {
+            drops: self.drops.saturating_sub(earlier.drops),
+            overflows: self.overflows.saturating_sub(earlier.overflows),
+            cookies_sent: self.cookies_sent.saturating_sub(earlier.cookies_sent),
+            cookies_wanted: self.cookies_wanted.saturating_sub(earlier.cookies_wanted),
+        }
+    }
 }
 
 pub fn uname_release() -> String {
@@ -280,8 +309,29 @@ mod tests {
     }
 
     #[test]
+    fn parses_listen_counters() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDoCookies\n\
+                    TcpExt: 1 7 9 4\n";
+        let c = ListenCounters::parse(text).unwrap();
+        let want = ListenCounters {
+            drops: 9,
+            overflows: 7,
+            cookies_sent: 1,
+            cookies_wanted: 4,
+        };
+        assert_eq!(c, want);
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenDrops\nTcpExt: 3\n"),
+            None
+        );
+        let later = ListenCounters { drops: 12, ..want };
+        assert_eq!(later.since(&c).drops, 3);
+        assert_eq!(c.since(&later).drops, 0);
+    }
+
+    #[test]
     fn reads_own_counters() {
-        assert!(listen_drops().is_ok());
+        assert!(ListenCounters::read().is_ok());
         assert!(netns_inode().unwrap() > 0);
     }
 }

@@ -70,7 +70,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 fn decode_bracket(r: &Reader<'_>) -> BracketRecord {
     let mut deltas = [0u32; MIB_COUNT];
     for (i, d) in deltas.iter_mut().enumerate() {
-        *d = r.u32(96 + 4 * i);
+        *d = r.u32(92 + 4 * i);
     }
     BracketRecord {
         kind: r.u8(0),
@@ -92,7 +92,6 @@ fn decode_bracket(r: &Reader<'_>) -> BracketRecord {
         accept_queue_max: r.u32(80),
         syn_queue: r.u32(84),
         somaxconn: r.u32(88),
-        _pad1: 0,
         deltas,
     }
 }
@@ -174,7 +173,7 @@ pub fn bracket_bytes(r: &BracketRecord) -> Vec<u8> {
     v[84..88].copy_from_slice(&r.syn_queue.to_ne_bytes());
     v[88..92].copy_from_slice(&r.somaxconn.to_ne_bytes());
     for (i, d) in r.deltas.iter().enumerate() {
-        v[96 + 4 * i..100 + 4 * i].copy_from_slice(&d.to_ne_bytes());
+        v[92 + 4 * i..96 + 4 * i].copy_from_slice(&d.to_ne_bytes());
     }
     v
 }
@@ -210,7 +209,8 @@ mod tests {
             accept_queue_max: 1,
             syn_queue: 3,
             somaxconn: 4096,
-            deltas: [1, 1, 0, 0, 0, 5],
+            // Every counter distinct, so that a delta read at the wrong offset shows.
+            deltas: [1, 2, 3, 4, 5, 6, 7],
             ..Default::default()
         }
     }

@@ -142,9 +142,9 @@ impl DropEvent {
     }
 }
 
-/// Cookies a syncookie record stands for.
+/// Cookies a syncookie record stands for: what the kernel really sent.
 fn syncookies_sent(r: &BracketRecord) -> u32 {
-    r.deltas[lqtrace_common::MIB_REQQ_FULL_DO_COOKIES]
+    r.deltas[lqtrace_common::MIB_SYNCOOKIES_SENT]
 }
 
 /// A socket started listening, or `listen()` was called again on it (new backlog).
@@ -268,6 +268,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         r.deltas[lqtrace_common::MIB_REQQ_FULL_DO_COOKIES] = 1;
+        r.deltas[lqtrace_common::MIB_SYNCOOKIES_SENT] = 1;
         let e = DropEvent::new(&r, &Clock::with_offset(0), Attribution::default());
         assert_eq!((e.kind, e.count, e.drops()), (DropKind::Syncookie, 1, 0));
     }

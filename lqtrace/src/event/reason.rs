@@ -7,8 +7,8 @@
 //! 2025, commit 3479c7549fb1): the cause is whatever counter the kernel itself bumped.
 
 use lqtrace_common::{
-    BracketRecord, KIND_SYNCOOKIE, MIB_LISTEN_DROPS, MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DROP,
-    MIB_SYNCOOKIES_RECV, STAGE_ACK, STAGE_SYN,
+    BracketRecord, MIB_LISTEN_DROPS, MIB_LISTEN_OVERFLOWS, MIB_REQQ_FULL_DROP, MIB_SYNCOOKIES_RECV,
+    MIB_SYNCOOKIES_SENT, STAGE_ACK, STAGE_SYN,
 };
 use serde::Serialize;
 
@@ -104,12 +104,14 @@ impl Reason {
     }
 
     /// The cause of a bracket record, from the counters that moved while its packet was
-    /// processed. A record whose ListenDrops moved is a drop even if the kernel also bumped
-    /// TCPReqQFullDoCookies on the way: `tcp_conn_request()` can decide to answer with a cookie
-    /// (`tcp_syn_flood_action()`) and then drop the SYN because the accept queue is full.
+    /// processed (the kernel program picks the record kind by the same rule,
+    /// lqtrace-ebpf/src/bracket.rs): ListenDrops moved → a drop, whatever else moved; otherwise
+    /// SyncookiesSent moved → a cookie was sent. TCPReqQFullDoCookies is not consulted:
+    /// `tcp_syn_flood_action()` bumps it when the kernel *wants* a cookie, and
+    /// `tcp_conn_request()` can then still drop that SYN because the accept queue is full.
     pub fn of_record(r: &BracketRecord) -> Reason {
         let d = &r.deltas;
-        if r.kind == KIND_SYNCOOKIE && d[MIB_LISTEN_DROPS] == 0 {
+        if d[MIB_LISTEN_DROPS] == 0 && d[MIB_SYNCOOKIES_SENT] > 0 {
             return Reason::SyncookieSent;
         }
         let overflow = d[MIB_LISTEN_OVERFLOWS] > 0;
@@ -253,16 +255,21 @@ mod tests {
         assert_eq!(of(STAGE_ACK, [1, 0, 0, 0, 0, 0]), Reason::AckOther);
         assert_eq!(of(STAGE_OTHER, [1, 0, 0, 0, 0, 0]), Reason::Other);
         let mut cookie = rec(STAGE_SYN, [0, 0, 0, 1, 0, 0]);
-        cookie.kind = KIND_SYNCOOKIE;
+        cookie.kind = lqtrace_common::KIND_SYNCOOKIE;
+        cookie.deltas[MIB_SYNCOOKIES_SENT] = 1;
         assert_eq!(Reason::of_record(&cookie), Reason::SyncookieSent);
     }
 
     #[test]
     fn cookie_wanted_then_dropped_is_a_drop() {
         // tcp_conn_request: tcp_syn_flood_action() bumped DoCookies, then the full accept
-        // queue dropped the SYN.
+        // queue dropped the SYN: no cookie was sent.
         let r = rec(STAGE_SYN, [1, 1, 0, 1, 0, 0]);
         assert_eq!(Reason::of_record(&r), Reason::SynAcceptQueueFull);
+        // Wanted but not sent, and nothing dropped: not a syncookie either.
+        let mut r = rec(STAGE_SYN, [0, 0, 0, 1, 0, 0]);
+        r.kind = lqtrace_common::KIND_SYNCOOKIE;
+        assert_ne!(Reason::of_record(&r), Reason::SyncookieSent);
     }
 
     #[test]

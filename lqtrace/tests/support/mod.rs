@@ -314,7 +314,8 @@ pub struct Figures {
 
 /// The checks every scenario makes for its namespace:
 /// drop records (sum of `count`) == ListenDrops delta > 0; per-reason counts against the counters
-/// that moved; the tracer's own reconciliation for the namespace says match.
+/// that moved; syncookie records (sum of `count`) == SyncookiesSent delta; the tracer's own
+/// reconciliation for the namespace says match.
 ///
 /// `embryonic_exact`: EmbryonicRsts also counts RSTs *from clients* to half-open connections
 /// (e.g. a loopback client closed with SO_LINGER 0), so only TUN scenarios, where the peer
@@ -395,11 +396,13 @@ pub fn reconcile(
         "[{label}] syn_queue_full records = {sq}, kernel TcpExt.TCPReqQFullDrop delta = {kq}{}",
         ctx()
     );
-    let kc = delta.get("TcpExt.TCPReqQFullDoCookies");
+    // Cookies the kernel sent, not the ones it wanted: TCPReqQFullDoCookies also moves for a SYN
+    // that tcp_conn_request then drops because the accept queue is full (a drop record).
+    let kc = delta.get("TcpExt.SyncookiesSent");
     assert_eq!(
         cookies,
         kc,
-        "[{label}] syncookie records = {cookies}, kernel TcpExt.TCPReqQFullDoCookies delta = {kc}{}",
+        "[{label}] syncookie records = {cookies}, kernel TcpExt.SyncookiesSent delta = {kc}{}",
         ctx()
     );
     let ke = delta.get("TcpExt.EmbryonicRsts");

@@ -1,4 +1,5 @@
-//! Listener bookkeeping: which backlog a process asked for in listen(), and who called it.
+//! Listener lifecycle: listen() calls (which backlog a process asked for, and who called it)
+//! and the state changes that make a socket a listener or end it.
 //!
 //! sys_enter_listen sees (fd, backlog) but not the socket; inet_sock_set_state(-> TCP_LISTEN)
 //! sees the socket, in the context of the caller of listen() (inet_csk_listen_start), but not the
@@ -7,7 +8,6 @@
 //! the fd for userspace to resolve through /proc.
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
@@ -130,10 +130,4 @@ fn emit(r: &ListenRecord) {
     if EVENTS.output::<ListenRecord>(r, 0).is_err() {
         stat_add(STAT_LOST_OTHER, 1);
     }
-}
-
-// Silence the unused-import lint when EbpfContext is only needed for trait methods.
-#[allow(dead_code)]
-fn _ctx_ptr(ctx: &TracePointContext) -> *mut core::ffi::c_void {
-    ctx.as_ptr()
 }
