@@ -21,7 +21,7 @@ use std::time::Duration;
 pub enum Check {
     Exit0,
     Demo,
-    /// The overflow scenario; with a method ("overflow:kprobe"), the payload forces that hook
+    /// The overflow scenario; with a hook variant ("overflow:kprobe"), the payload forces that hook
     /// variant and the check asserts the summary says it served both drop groups (SKIP when the
     /// kernel has no such variant: lqtrace says "no usable hook").
     Overflow(Option<&'static str>),

@@ -121,11 +121,14 @@ fn error_line(argv0: &str, stderr: &[String]) -> String {
         )
 }
 
-/// For a passing command: lqtrace's `attached ...`/`ready in ...` lines (with -v) if any, else
-/// the first stdout line.
+/// For a passing command: lqtrace's `lqtrace: attached ...`/`lqtrace: ready in ...` lines (with
+/// -v) if any, else the first stdout line.
 fn pass_details(stdout: &[String], stderr: &[String]) -> String {
-    let attached = stderr.iter().filter(|l| l.starts_with("attached ")).count();
-    let ready = stderr.iter().find(|l| l.starts_with("ready in "));
+    let attached = stderr
+        .iter()
+        .filter(|l| l.starts_with("lqtrace: attached "))
+        .count();
+    let ready = stderr.iter().find(|l| l.starts_with("lqtrace: ready in "));
     match (attached, ready) {
         (0, None) => proc::last_line(&stdout[..stdout.len().min(1)], 200),
         (n, r) => format!("attached={n} {}", r.map_or("", |r| r.trim())),
@@ -224,7 +227,7 @@ fn run_all(cfg: &Config) -> (usize, usize, usize) {
         let v = match p.check {
             Check::Exit0 => run_exit0(p, &env),
             Check::Demo => run_demo(p, &env),
-            Check::Overflow(method) => overflow::run(&p.name, &p.argv, &env, p.timeout, method),
+            Check::Overflow(variant) => overflow::run(&p.name, &p.argv, &env, p.timeout, variant),
         };
         match v.status {
             Status::Pass => pass += 1,

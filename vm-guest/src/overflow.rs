@@ -156,7 +156,7 @@ pub fn run(
     argv: &[String],
     env: &[(String, String)],
     timeout: Duration,
-    method: Option<&str>,
+    variant: Option<&str>,
 ) -> Verdict {
     let deadline = Instant::now() + timeout;
     let mut argv = argv.to_vec();
@@ -213,7 +213,7 @@ pub fn run(
     if let Err(why) = lq.wait_for_stderr(deadline, |l| l.contains(BANNER)) {
         lq.wait(Instant::now() + Duration::from_secs(5));
         finish(&to_ns, ns_thread);
-        if let Some(m) = method
+        if let Some(m) = variant
             && lq.stderr.iter().any(|l| l.contains("no usable hook"))
         {
             return Verdict::skip(format!(
@@ -304,7 +304,7 @@ pub fn run(
             hooks.0.unwrap_or("?"),
             hooks.1.unwrap_or("?")
         ));
-        if let Some(m) = method {
+        if let Some(m) = variant {
             if hooks != (Some(m), Some(m)) {
                 hook_mismatch = Some(format!(
                     "forced --hooks {m} but the summary says syn:{:?} ack:{:?}",
@@ -327,7 +327,7 @@ pub fn run(
     } else {
         details.push_str(" no_summary");
     }
-    if let (Some(m), Some(st)) = (method, status)
+    if let (Some(m), Some(st)) = (variant, status)
         && !st.success()
         && lq.stderr.iter().any(|l| l.contains("no usable hook"))
     {
