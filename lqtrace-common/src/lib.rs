@@ -6,6 +6,9 @@
 //! never by transmuting.
 #![no_std]
 
+pub mod accepts;
+pub mod clients;
+
 /// Indexes of the per-CPU `STATS` array the programs keep (summed by userspace).
 /// Drop records that could not be written to the ring buffer (ring full).
 pub const STAT_LOST_DROP_RECORDS: u32 = 0;
@@ -22,7 +25,15 @@ pub const STAT_LATE: u32 = 4;
 pub const STAT_UNBRACKETED: u32 = 5;
 /// Brackets whose closing read failed or gave implausible deltas (netns freed meanwhile).
 pub const STAT_BAD_CLOSE: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
+/// Drops whose attempt could not be followed (the `ATTEMPTS` map was full): they get no outcome
+/// from the kernel; userspace reports them.
+pub const STAT_ATTEMPTS_FULL: u32 = 7;
+/// SYNs refused at ports that are not watched (no listener there during the run, not asked for
+/// with `-P`): counted, not recorded, so a port scan cannot flood the output.
+pub const STAT_REFUSED_UNWATCHED: u32 = 8;
+/// Listeners whose accept activity could not be kept (`ACCEPT_STATS` full).
+pub const STAT_ACCEPT_STATS_FULL: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 
 /// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop
 /// (`ListenDrops` moved), whatever else moved: `tcp_conn_request()` may first decide to answer
@@ -110,10 +121,16 @@ pub struct BracketRecord {
     pub syn_queue: u32,
     /// `net.core.somaxconn` of the listener's network namespace.
     pub somaxconn: u32,
-    /// How much each `MIB_*` counter of this CPU moved while the packet was processed. With
-    /// seven counters the struct ends at 92 + 28 = 120, a multiple of its 8-byte alignment, so
-    /// no tail padding is needed (the size test catches a count that would need some).
+    /// How much each `MIB_*` counter of this CPU moved while the packet was processed.
     pub deltas: [u32; MIB_COUNT],
+    /// The packet's TCP sequence number: the client's initial one for a SYN, plus one for the
+    /// final ACK (attempts are told apart by it).
+    pub seq: u32,
+    /// The listener's accept activity at the drop (`accepts::AcceptStats`): how many
+    /// connections its owners took in the last second, and when they last took one (0: not
+    /// since lqtrace started).
+    pub accepts_per_s: u32,
+    pub last_accept_ns: u64,
 }
 
 /// A listener appeared, disappeared or had `listen()` called on it again.
@@ -141,8 +158,12 @@ pub struct ListenRecord {
     /// Local port from the tracepoint (0 for a port-0 bind: the port is chosen after the state
     /// change, in `inet_csk_listen_start`).
     pub sport: u16,
-    pub _pad1: [u8; 6],
+    /// 4 or 6: how `laddr` is stored (IPv4 in its first 4 bytes).
+    pub ip_version: u8,
+    pub _pad1: [u8; 5],
     pub comm: [u8; 16],
+    /// The local address the socket listens on (all zero: the wildcard address).
+    pub laddr: [u8; 16],
 }
 
 /// Kernel-specific layout, resolved at start from the running kernel (BTF and tracefs formats)
@@ -214,6 +235,13 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::BracketRecord {}
     unsafe impl aya::Pod for super::ListenRecord {}
+    unsafe impl aya::Pod for super::clients::AttemptKey {}
+    unsafe impl aya::Pod for super::clients::AttemptValue {}
+    unsafe impl aya::Pod for super::clients::PortKey {}
+    unsafe impl aya::Pod for super::clients::OutcomeRecord {}
+    unsafe impl aya::Pod for super::clients::RefusedRecord {}
+    unsafe impl aya::Pod for super::accepts::ChildEntry {}
+    unsafe impl aya::Pod for super::accepts::AcceptStats {}
 }
 
 #[cfg(test)]
@@ -222,14 +250,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(
-            size_of::<BracketRecord>(),
-            4 + 4 + 4 + 4 + 8 * 3 + 32 + 4 + 4 * 4 + 4 * MIB_COUNT
-        );
         assert_eq!(core::mem::offset_of!(BracketRecord, deltas), 92);
+        assert_eq!(core::mem::offset_of!(BracketRecord, seq), 120);
+        assert_eq!(core::mem::offset_of!(BracketRecord, last_accept_ns), 128);
+        assert_eq!(size_of::<BracketRecord>(), 136);
         assert_eq!(
             size_of::<ListenRecord>(),
-            4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16
+            4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16 + 16
         );
         assert_eq!(size_of::<Config>() % 4, 0);
     }

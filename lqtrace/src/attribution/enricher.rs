@@ -280,6 +280,7 @@ impl Enricher {
                     .push(Event::Drop(DropEvent::new(&b, &self.clock, who)));
             }
             Pending::Record(Record::Listen(l)) => self.listen(&l),
+            Pending::Record(Record::Outcome(_) | Record::Refused(_)) => {}
             Pending::Queues(ts_ns, snap) => {
                 let listeners = snap
                     .into_iter()

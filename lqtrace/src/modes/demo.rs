@@ -20,8 +20,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::stop::{Stop, Why};
 use crate::{
     advice::{self, Facts},
     cli::{Cli, DemoArgs, Filter},
@@ -41,8 +41,7 @@ const CLIENTS_PER_THREAD: usize = 8;
 pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<i32> {
     // Before anything is created: from here on Ctrl-C is a message, so every step below gets to
     // clean up (the namespace is deleted when `ns` drops).
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut stop = Stop::new(None)?;
     crate::kernel::preflight::check_privileges()?;
 
     let ns = TempNetns::new("lqtrace-demo").context("creating the demo network namespace")?;
@@ -88,7 +87,7 @@ below as it happens (this namespace only), then the reconciliation with the name
         })?
     });
 
-    let deadline = tokio::time::Instant::now() + args.length;
+    stop.stop_after(args.length);
     let mut interrupted = false;
     let mut output_closed = false;
     loop {
@@ -104,9 +103,10 @@ below as it happens (this namespace only), then the reconciliation with the name
                     break;
                 }
             }
-            _ = sigint.recv() => { interrupted = true; break; }
-            _ = sigterm.recv() => { interrupted = true; break; }
-            _ = tokio::time::sleep_until(deadline) => break,
+            why = stop.wait() => {
+                interrupted = why == Why::Signal;
+                break;
+            }
         }
     }
 

@@ -4,5 +4,6 @@ pub mod check;
 pub mod demo;
 pub mod listeners;
 pub mod run;
+mod stop;
 pub mod top;
 pub mod trace;

@@ -1,8 +1,8 @@
 //! The default mode: one line per drop, live, then the summary and the reconciliation.
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::stop::Stop;
 use crate::{
     cli::Cli,
     session::{Session, SessionOptions},
@@ -15,18 +15,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut printer = Printer::new(cli.json);
     printer.banner().context("writing to stdout")?;
 
-    // Signal streams are created once, outside the loop: a stream created per iteration can
-    // miss a signal that arrives between iterations under load.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(sleep);
+    let mut stop = Stop::new(cli.duration)?;
 
     let mut output_closed = false;
     loop {
@@ -44,9 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     break;
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut sleep => break,
+            _ = stop.wait() => break,
         }
     }
 

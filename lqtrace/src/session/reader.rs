@@ -139,7 +139,7 @@ fn send(batch: Vec<Record>, to: &mpsc::Sender<Input>, queued: &Backlog, stats: &
             .iter()
             .map(|r| match r {
                 Record::Bracket(b) => u64::from(b.deltas[MIB_LISTEN_DROPS]),
-                Record::Listen(_) => 0,
+                _ => 0,
             })
             .sum();
         stats

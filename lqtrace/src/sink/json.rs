@@ -1,6 +1,6 @@
 //! JSON lines output: the events and the summary serialized as they are (`Serialize` on the
-//! structs; keys are stable, users' jq scripts depend on them: see README's table, which
-//! `tests/json_keys.rs` checks against these).
+//! structs). Keys are stable, users' jq scripts depend on them: README's "JSON keys" tables
+//! list them, and a test here compares those tables with what is serialized.
 
 use crate::{event::DropEvent, stats::summary::Summary};
 
@@ -111,6 +111,72 @@ mod tests {
                 "unbracketed",
                 "undecodable",
             ]
+        );
+    }
+
+    /// The keys named in the first column of the README table that follows `caption`.
+    fn readme_keys(caption: &str) -> Vec<String> {
+        let readme = include_str!("../../../README.md");
+        let at = readme
+            .find(caption)
+            .unwrap_or_else(|| panic!("README has no {caption:?}"));
+        let mut keys = Vec::new();
+        for line in readme[at..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| Key"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+        {
+            let first = line.split('|').nth(1).unwrap_or("");
+            keys.extend(first.split('`').skip(1).step_by(2).map(str::to_string));
+        }
+        keys.sort_unstable();
+        keys
+    }
+
+    fn object_keys(v: &Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn readme_tables_list_exactly_the_keys() {
+        let e = sample();
+        let record: Value = serde_json::from_str(&event_line(&e)).unwrap();
+        assert_eq!(
+            object_keys(&record),
+            readme_keys("Records of kind `drop` and `syncookie`")
+        );
+        assert_eq!(
+            object_keys(&record["owners"][0]),
+            readme_keys("Each entry of `owners`")
+        );
+        let mut agg = Aggregate::new(0);
+        agg.add_drop(&e, true);
+        let mut stat = crate::kernel::netstat::NetStat::default();
+        stat.0.insert("TcpExt.ListenDrops".into(), 1);
+        let end = [(
+            e.netns,
+            crate::session::namespaces::Reading {
+                at_ns: u64::MAX,
+                stat,
+            },
+        )]
+        .into();
+        let s = agg.summary(&Default::default(), &end, Default::default());
+        let v: Value = serde_json::from_str(&summary_line(&s)).unwrap();
+        assert_eq!(
+            object_keys(&v),
+            readme_keys("The summary object, printed last")
+        );
+        assert_eq!(
+            object_keys(&v["listeners"][0]),
+            readme_keys("Each entry of `listeners`")
+        );
+        assert_eq!(
+            object_keys(&v["reconciliation"][0]),
+            readme_keys("Each entry of `reconciliation`")
         );
     }
 }

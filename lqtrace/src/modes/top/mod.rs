@@ -22,8 +22,8 @@ pub use rows::{
     plain_row, queue_text, sort_name, sort_rows,
 };
 use screen::{TerminalGuard, draw, is_quit};
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::stop::Stop;
 use crate::{
     cli::{Cli, Filter, TopArgs},
     session::{Session, SessionOptions},
@@ -73,22 +73,9 @@ fn timers(interval: Duration) -> (tokio::time::Interval, tokio::time::Interval) 
     (tick, sample)
 }
 
-fn deadline_sleep(d: Option<Duration>) -> impl Future<Output = ()> {
-    let deadline = d.map(|d| tokio::time::Instant::now() + d);
-    async move {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    }
-}
-
 async fn run_lines(cli: &Cli, mut session: Session, mut state: TopState) -> Result<i32> {
     eprintln!("{BANNER}");
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let sleep = deadline_sleep(cli.duration);
-    tokio::pin!(sleep);
+    let mut stop = Stop::new(cli.duration)?;
     let (mut tick, mut sample_tick) = timers(state.interval);
     session.sample_queues();
     let mut out = io::BufWriter::new(io::stdout());
@@ -106,9 +93,7 @@ async fn run_lines(cli: &Cli, mut session: Session, mut state: TopState) -> Resu
                     break;
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut sleep => break,
+            _ = stop.wait() => break,
         }
     }
     let summary = session.finish().await.summary;
@@ -141,10 +126,7 @@ fn write_block(
 }
 
 async fn run_tui(cli: &Cli, mut session: Session, mut state: TopState) -> Result<i32> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let sleep = deadline_sleep(cli.duration);
-    tokio::pin!(sleep);
+    let mut stop = Stop::new(cli.duration)?;
     let (mut tick, mut sample_tick) = timers(state.interval);
     session.sample_queues();
 
@@ -187,9 +169,7 @@ async fn run_tui(cli: &Cli, mut session: Session, mut state: TopState) -> Result
                     Some(Err(_)) | None => keys = None,
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut sleep => break,
+            _ = stop.wait() => break,
         }
         if redraw {
             terminal

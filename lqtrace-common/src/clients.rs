@@ -1,0 +1,132 @@
+//! What the clients saw: connection attempts that had a dropped packet, their outcome, and SYNs
+//! refused because nothing listened.
+//!
+//! An *attempt* is one client's try at a connection: (netns, 4-tuple), told apart from a later
+//! attempt from the same port by the client's initial sequence number. The kernel programs keep
+//! every attempt with a dropped packet in the `ATTEMPTS` hash map from its first drop on; when the
+//! handshake completes at the listener (a child socket is created: `inet_sock_set_state`
+//! TCP_LISTEN → TCP_SYN_RECV), or this host sends a RST for it, the program that sees it deletes
+//! the entry and, only if the delete succeeded, writes an [`OutcomeRecord`]. Userspace ends the
+//! attempts nobody resolved (the client gave up, or the run ended) by deleting their entries the
+//! same way, so each attempt gets exactly one outcome whoever sees it first.
+
+/// Kind tag of an [`OutcomeRecord`].
+pub const KIND_OUTCOME: u8 = 6;
+/// Kind tag of a [`RefusedRecord`].
+pub const KIND_REFUSED: u8 = 7;
+
+/// The handshake completed at the listener after the drop(s): a child socket was created.
+pub const OUTCOME_CONNECTED: u8 = 1;
+/// This host sent a RST for the attempt: `tcp_abort_on_overflow=1` at a dropped final ACK, or
+/// the listener answering a client whose final ACK was dropped (`tcp_send_reset`, state LISTEN).
+pub const OUTCOME_RESET: u8 = 2;
+
+/// Key of the `ATTEMPTS` map. IPv4 addresses (including v4-mapped IPv6 ones, so that an IPv4
+/// client of a dual-stack listener has one key whatever hook saw it) are stored in the first 4
+/// bytes with `ip_version` 4; the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub netns: u32,
+    /// Host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub ip_version: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `ATTEMPTS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptValue {
+    /// `bpf_ktime_get_ns()` of the first and the last dropped packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Listen drops of this attempt so far.
+    pub drops: u32,
+    /// The client's initial sequence number (SYN: seq; final ACK: seq - 1).
+    pub isn: u32,
+    /// Inode of the listening socket of the first drop.
+    pub sock_ino: u64,
+}
+
+/// An attempt resolved in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeRecord {
+    /// [`KIND_OUTCOME`].
+    pub kind: u8,
+    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_RESET`].
+    pub outcome: u8,
+    pub _pad0: [u8; 2],
+    /// The hook that resolved it, for diagnostics (`RESOLVED_BY_*`).
+    pub resolved_by: u32,
+    /// When it was resolved (`bpf_ktime_get_ns()`).
+    pub ts_ns: u64,
+    pub value: AttemptValue,
+    pub key: AttemptKey,
+    pub _pad1: u32,
+}
+
+/// `OutcomeRecord::resolved_by`: the child socket's creation (`inet_sock_set_state`).
+pub const RESOLVED_BY_CHILD: u32 = 1;
+/// The drop itself sent the RST (`EmbryonicRsts` moved in the bracket).
+pub const RESOLVED_BY_EMBRYONIC_RST: u32 = 2;
+/// A RST sent by the listener (`tcp_send_reset` / `tcp_v{4,6}_send_reset`).
+pub const RESOLVED_BY_LISTENER_RST: u32 = 3;
+/// A SYN with a new initial sequence number from the same client port: the earlier attempt is
+/// over (userspace reports it as given up).
+pub const RESOLVED_BY_NEW_ATTEMPT: u32 = 4;
+
+/// A segment to an address:port with no listener, answered with a RST (only SYNs are
+/// recorded: a connection refused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusedRecord {
+    /// [`KIND_REFUSED`].
+    pub kind: u8,
+    /// 4 or 6 (v4-mapped addresses are reported as IPv4).
+    pub ip_version: u8,
+    /// TCP flags of the refused segment.
+    pub tcp_flags: u8,
+    pub _pad0: u8,
+    pub netns: u32,
+    pub ts_ns: u64,
+    /// The address:port that was refused (the segment's destination) and the client.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub lport: u16,
+    pub rport: u16,
+    /// `enum sk_rst_reason` where the kernel has it (0 otherwise).
+    pub reason: u32,
+}
+
+/// Key of the `REFUSED_PORTS` map: a port refusals are recorded for (one that had a listener
+/// during the run, or was asked for with `-P`), per network namespace (0: every namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<AttemptKey>(), 4 + 2 + 2 + 32 + 4);
+        assert_eq!(size_of::<AttemptValue>(), 8 * 2 + 4 * 2 + 8);
+        assert_eq!(offset_of!(OutcomeRecord, value), 16);
+        assert_eq!(offset_of!(OutcomeRecord, key), 48);
+        assert_eq!(size_of::<OutcomeRecord>(), 48 + 44 + 4);
+        assert_eq!(size_of::<RefusedRecord>(), 4 + 4 + 8 + 32 + 4 + 4);
+        assert_eq!(size_of::<PortKey>(), 8);
+    }
+}
