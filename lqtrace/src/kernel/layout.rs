@@ -1,19 +1,63 @@
-//! The kernel layout the programs need, resolved from the running kernel at start: struct
-//! offsets from BTF, enum values from BTF, tracepoint field offsets from tracefs formats.
-//! Rust eBPF has no CO-RE relocations (aya issue 349), so nothing here may be hard-coded.
-
-use std::path::Path;
+//! The kernel layout the programs need, resolved from the running kernel's BTF at start: struct
+//! member offsets, enum values, and the fields of the tracepoint records they read. Rust eBPF
+//! has no CO-RE relocations (aya issue 349), so nothing here may be hard-coded.
+//!
+//! A classic tracepoint program gets a pointer to the record the kernel writes, and that record
+//! is a C struct in BTF, the one the tracefs `format` file is generated from:
+//! - `TRACE_EVENT(e, ...)` writes `struct trace_event_raw_e` (include/trace/trace_events.h). An
+//!   event made with `DEFINE_EVENT(class, e, ...)` writes its class's struct instead: e.g.
+//!   `tcp:tcp_send_reset` is `trace_event_raw_tcp_event_sk_skb` on 5.10 and 6.1 and has its own
+//!   `trace_event_raw_tcp_send_reset` on 6.12 and later. [`Record::structs`] lists both.
+//! - `syscalls:sys_enter_*` writes `struct syscall_trace_enter { struct trace_entry ent; int nr;
+//!   unsigned long args[]; }` and `sys_exit_*` `struct syscall_trace_exit { ...; long ret; }`
+//!   (kernel/trace/trace.h): every argument takes one `unsigned long` whatever its C type
+//!   (`syscall_enter_define_fields()` in kernel/trace/trace_syscalls.c), so listen()'s `fd` is
+//!   `args[0]` and `backlog` is `args[1]`.
+//!
+//! These structs are in the BTF of every kernel lqtrace is tested on (Debian 5.10, 6.1, 6.12,
+//! 7.2 in the VM matrix, 6.18 on the host), with the offsets the `format` files give (a test
+//! compares them on the running kernel), so tracefs is not read for layouts at all.
 
 use anyhow::{Context as _, Result, bail};
 use lqtrace_common::{Config, MIB_COUNT, MIB_ENUM_NAMES};
 
-use super::{btf::Btf, tracefs};
+use super::btf::Btf;
+
+/// The record a tracepoint writes: the BTF structs it may be laid out as, in order of
+/// preference (the first one the kernel has is the layout).
+struct Record {
+    tracepoint: &'static str,
+    structs: &'static [&'static str],
+}
+
+const SYS_ENTER: Record = Record {
+    tracepoint: "syscalls:sys_enter_*",
+    structs: &["syscall_trace_enter"],
+};
+const SYS_EXIT: Record = Record {
+    tracepoint: "syscalls:sys_exit_*",
+    structs: &["syscall_trace_exit"],
+};
+const INET_SOCK_SET_STATE: Record = Record {
+    tracepoint: "sock:inet_sock_set_state",
+    structs: &["trace_event_raw_inet_sock_set_state"],
+};
+
+/// Offset of `path` in the record of `rec`, checking it has the size the programs read.
+fn tp_field(btf: &Btf, rec: &Record, path: &str, size: u32) -> Result<u32> {
+    let Some(ty) = rec.structs.iter().find(|s| btf.has_struct(s)) else {
+        bail!(
+            "kernel BTF has no struct {} (the record of tracepoint {})",
+            rec.structs.join(" or struct "),
+            rec.tracepoint
+        );
+    };
+    field(btf, ty, path, size)
+}
 
 /// Offset of `path` in `ty`, checking the field has the size the programs read.
 fn field(btf: &Btf, ty: &str, path: &str, size: u32) -> Result<u32> {
-    let m = btf
-        .member(ty, path)
-        .with_context(|| format!("kernel BTF: struct {ty} has no usable member {path}"))?;
+    let m = btf.member(ty, path)?;
     if m.size != size {
         bail!(
             "kernel BTF: {ty}.{path} is {} bytes, lqtrace reads {size}: unsupported layout",
@@ -24,25 +68,11 @@ fn field(btf: &Btf, ty: &str, path: &str, size: u32) -> Result<u32> {
 }
 
 fn enum_u32(btf: &Btf, name: &str) -> Result<u32> {
-    let v = btf
-        .enum_value(name)
-        .with_context(|| format!("kernel BTF has no enumerator {name}"))?;
+    let v = btf.enum_value(name)?;
     u32::try_from(v).with_context(|| format!("kernel BTF: {name} = {v} is out of range"))
 }
 
-fn tp_field(fmt: &tracefs::Format, name: &str, size: u32) -> Result<u32> {
-    let f = fmt.field(name)?;
-    if f.size != size {
-        bail!(
-            "tracepoint {}: field {name} is {} bytes, expected {size}",
-            fmt.name,
-            f.size
-        );
-    }
-    Ok(f.offset)
-}
-
-pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
+pub fn resolve(btf: &Btf) -> Result<Config> {
     let mut c = Config {
         ready: 1,
         ..Config::default()
@@ -57,9 +87,7 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     // struct sock is the first member of inet_connection_sock (via inet_sock), so offsets from
     // the inet_connection_sock start are offsets from the sock pointer.
     c.icsk_qlen = field(btf, "inet_connection_sock", "icsk_accept_queue.qlen", 4)?;
-    let socket = btf
-        .member("socket_alloc", "socket")
-        .context("kernel BTF: socket_alloc.socket")?;
+    let socket = btf.member("socket_alloc", "socket")?;
     let ino = field(btf, "socket_alloc", "vfs_inode.i_ino", 8)?;
     c.socket_ino = ino
         .checked_sub(socket.offset)
@@ -68,10 +96,7 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     c.net_mib_stats = field(btf, "net", "mib.net_statistics", 8)?;
     c.net_somaxconn = field(btf, "net", "core.sysctl_somaxconn", 4)?;
     // A flexible array member (size 0 in BTF): only its offset matters.
-    c.bpf_array_pptrs = btf
-        .member("bpf_array", "pptrs")
-        .context("kernel BTF: struct bpf_array has no pptrs")?
-        .offset;
+    c.bpf_array_pptrs = btf.member("bpf_array", "pptrs")?.offset;
     for (slot, name) in c.mib.iter_mut().zip(MIB_ENUM_NAMES) {
         *slot = enum_u32(btf, name)?;
     }
@@ -84,18 +109,16 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<Config> {
     check_raw_tracepoint(btf, "consume_skb")?;
     check_raw_tracepoint(btf, "kfree_skb")?;
 
-    let enter = tracefs::read_format(tracefs_root, "syscalls", "sys_enter_listen")?;
-    c.tp_listen_fd = tp_field(&enter, "fd", 8)?;
-    c.tp_listen_backlog = tp_field(&enter, "backlog", 8)?;
-    let exit = tracefs::read_format(tracefs_root, "syscalls", "sys_exit_listen")?;
-    c.tp_exit_ret = tp_field(&exit, "ret", 8)?;
-    let state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
-    c.tp_state_skaddr = tp_field(&state, "skaddr", 8)?;
-    c.tp_state_oldstate = tp_field(&state, "oldstate", 4)?;
-    c.tp_state_newstate = tp_field(&state, "newstate", 4)?;
-    c.tp_state_sport = tp_field(&state, "sport", 2)?;
-    c.tp_state_family = tp_field(&state, "family", 2)?;
-    c.tp_state_protocol = tp_field(&state, "protocol", 2)?;
+    c.tp_listen_fd = tp_field(btf, &SYS_ENTER, "args[0]", 8)?;
+    c.tp_listen_backlog = tp_field(btf, &SYS_ENTER, "args[1]", 8)?;
+    c.tp_exit_ret = tp_field(btf, &SYS_EXIT, "ret", 8)?;
+    let state = &INET_SOCK_SET_STATE;
+    c.tp_state_skaddr = tp_field(btf, state, "skaddr", 8)?;
+    c.tp_state_oldstate = tp_field(btf, state, "oldstate", 4)?;
+    c.tp_state_newstate = tp_field(btf, state, "newstate", 4)?;
+    c.tp_state_sport = tp_field(btf, state, "sport", 2)?;
+    c.tp_state_family = tp_field(btf, state, "family", 2)?;
+    c.tp_state_protocol = tp_field(btf, state, "protocol", 2)?;
     Ok(c)
 }
 
@@ -107,7 +130,7 @@ fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
         .func_params(&typedef)
         .with_context(|| format!("kernel BTF has no {typedef}"))?;
     match params.get(1) {
-        Some((_, ty)) if ty.contains("sk_buff") => Ok(()),
+        Some(ty) if ty == "struct sk_buff *" => Ok(()),
         other => {
             bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *")
         }
@@ -118,7 +141,7 @@ fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
 /// vary across versions). None when the function is absent or the prototype is unexpected.
 pub fn sk_skb_args(btf: &Btf, func: &str) -> Option<(u32, u32)> {
     let params = btf.func_params(func).ok()?;
-    let pos = |ty: &str| params.iter().position(|(_, t)| t == ty).map(|p| p as u32);
+    let pos = |ty: &str| params.iter().position(|t| t == ty).map(|p| p as u32);
     let sk = pos("struct sock *")?;
     let skb = pos("struct sk_buff *")?;
     (sk < 6 && skb < 6).then_some((sk, skb))
@@ -147,6 +170,8 @@ pub fn probe_functions(btf: &Btf) -> std::collections::HashMap<String, Option<St
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -161,6 +186,90 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `field:TYPE NAME;\toffset:N;\tsize:N;...` of `name` in a tracefs format file.
+    fn format_field(format: &str, name: &str) -> Option<(u32, u32)> {
+        let line = format.lines().find(|l| {
+            let decl = l
+                .trim()
+                .strip_prefix("field:")
+                .and_then(|f| f.split(';').next());
+            decl.is_some_and(|d| d.split_whitespace().last() == Some(name))
+        })?;
+        let number = |key: &str| line.split(key).nth(1)?.split(';').next()?.parse().ok();
+        Some((number("offset:")?, number("size:")?))
+    }
+
+    /// On the running kernel, the offsets from the BTF record structs are the ones its tracefs
+    /// `format` files give (the files the kernel generates from the same structs).
+    #[test]
+    fn tracepoint_offsets_match_the_tracefs_formats() {
+        let path = Path::new(crate::kernel::preflight::DEFAULT_BTF);
+        let (Ok(btf), Ok(root)) = (Btf::from_file(path), crate::kernel::tracefs::root()) else {
+            eprintln!("skipped: no readable {} or no tracefs", path.display());
+            return;
+        };
+        let c = resolve(&btf).unwrap_or_else(|e| panic!("{e:#}"));
+        let cases = [
+            ("syscalls/sys_enter_listen", "fd", c.tp_listen_fd, 8),
+            (
+                "syscalls/sys_enter_listen",
+                "backlog",
+                c.tp_listen_backlog,
+                8,
+            ),
+            ("syscalls/sys_exit_listen", "ret", c.tp_exit_ret, 8),
+            ("sock/inet_sock_set_state", "skaddr", c.tp_state_skaddr, 8),
+            (
+                "sock/inet_sock_set_state",
+                "oldstate",
+                c.tp_state_oldstate,
+                4,
+            ),
+            (
+                "sock/inet_sock_set_state",
+                "newstate",
+                c.tp_state_newstate,
+                4,
+            ),
+            ("sock/inet_sock_set_state", "sport", c.tp_state_sport, 2),
+            ("sock/inet_sock_set_state", "family", c.tp_state_family, 2),
+            (
+                "sock/inet_sock_set_state",
+                "protocol",
+                c.tp_state_protocol,
+                2,
+            ),
+        ];
+        for (event, name, offset, size) in cases {
+            let file = root.join("events").join(event).join("format");
+            let format = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(
+                format_field(&format, name),
+                Some((offset, size)),
+                "{event} {name}: BTF says offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_record_struct_is_named() {
+        let btf = Btf::from_file(Path::new(crate::kernel::preflight::DEFAULT_BTF));
+        let Ok(btf) = btf else { return };
+        let rec = Record {
+            tracepoint: "x:y",
+            structs: &["trace_event_raw_nope", "trace_event_raw_nope2"],
+        };
+        let err = tp_field(&btf, &rec, "skaddr", 8).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "kernel BTF has no struct trace_event_raw_nope or struct trace_event_raw_nope2 (the record of tracepoint x:y)"
+        );
+        let err = tp_field(&btf, &SYS_ENTER, "args[0]", 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is 8 bytes, lqtrace reads 4"), "{err}");
     }
 
     /// On the running kernel (when its BTF is readable), the compiled positions match.

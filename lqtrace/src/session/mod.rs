@@ -73,9 +73,9 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
     preflight::check_privileges()?;
     preflight::check_btf(&opts.btf)?;
     let cgroup_root = preflight::cgroup2_root()?;
-    let tracefs_root = tracefs::root()?;
-    let btf = Btf::from_file(&opts.btf).map_err(|e| anyhow!("{e}"))?;
-    let config = layout::resolve(&btf, &tracefs_root).context("reading the kernel layout")?;
+    tracefs::root()?; // mounted if missing: aya attaches the classic tracepoints through it
+    let btf = Btf::from_file(&opts.btf)?;
+    let config = layout::resolve(&btf).context("reading the kernel layout")?;
     let load_opts = loader::LoadOptions {
         cgroup_root,
         btf_path: opts.btf.clone(),
