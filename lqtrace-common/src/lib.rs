@@ -60,6 +60,9 @@ pub const STAGE_OTHER: u8 = 3;
 /// The bracket was closed when the next listener packet arrived on the same CPU rather than when
 /// its own packet was freed (e.g. the free happened without a tracepoint). Still exact.
 pub const FLAG_LATE: u8 = 1;
+/// The drop's connection attempt could not be kept in the `ATTEMPTS` map (full): the kernel
+/// will not resolve it; userspace does.
+pub const FLAG_ATTEMPT_UNTRACKED: u8 = 2;
 
 /// Indexes into [`BracketRecord::deltas`] and [`Config::mib`]: the `LINUX_MIB_*` counters that
 /// the programs read before and after a listener processes a packet.

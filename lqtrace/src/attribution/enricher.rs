@@ -27,14 +27,17 @@ use anyhow::{Context as _, Result};
 use lqtrace_common::{KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord};
 
 use super::{
+    accepts::{AcceptPoller, AcceptSource},
     backlog::Backlogs,
+    outcomes::{AttemptMap, Attempts, key_of},
+    ports::Ports,
     owners::{MIN_STALE_RESCAN_INTERVAL, OwnerIndex, Owners, Scan, Want},
 };
 use crate::{
     bpf::records::Record,
     event::{
         Attribution, Clock, DropEvent, Event, ListenCloseEvent, ListenEvent, ListenerId,
-        QueueSample, QueueSnapshot,
+        QueueSample, QueueSnapshot, addr, clients::Process, monotonic_ns,
     },
     kernel::sockdiag::ListenerSnapshot,
     session::namespaces::Namespaces,
@@ -56,6 +59,8 @@ pub enum Input {
     Scanned(Scan),
     /// Every listener's queues at a time (kernel monotonic ns).
     Queues(u64, Vec<ListenerSnapshot>),
+    /// The listeners that existed at start: (netns, port) per socket.
+    Existing(Vec<(u32, u16)>),
     /// The ring reader's last batch was sent: finish.
     End,
 }
@@ -88,7 +93,12 @@ impl Handle {
 
 /// Start the enricher and its scanner thread; the first scan is asked for at once, so drops at
 /// listeners that existed before lqtrace started wait for it.
-pub fn start(clock: Clock, namespaces: Arc<Mutex<Namespaces>>) -> Result<Handle> {
+pub fn start(
+    clock: Clock,
+    namespaces: Arc<Mutex<Namespaces>>,
+    kernel: KernelMaps,
+    existing: &[(u32, u16)],
+) -> Result<Handle> {
     let (input, rx) = mpsc::channel::<Input>();
     let (out_tx, output) = tokio::sync::mpsc::channel(OUT_BATCHES);
     let (scan_tx, scan_rx) = mpsc::channel::<()>();
@@ -112,7 +122,15 @@ pub fn start(clock: Clock, namespaces: Arc<Mutex<Namespaces>>) -> Result<Handle>
         ending: false,
         labels: HashMap::new(),
         held: HashSet::new(),
+        ports: Ports::default(),
+        attempts: Attempts::default(),
+        kernel,
+        accept_poller: AcceptPoller::default(),
+        last_tick: Instant::now(),
     };
+    for &(netns, port) in existing {
+        e.ports.existing(netns, port);
+    }
     e.request_scan();
     let enricher = std::thread::Builder::new()
         .name("lqtrace-enrich".into())
@@ -134,6 +152,28 @@ fn scan_loop(requests: &mpsc::Receiver<()>, results: &mpsc::Sender<Input>) {
         if results.send(Input::Scanned(scan)).is_err() {
             return;
         }
+    }
+}
+
+/// Stands in for the kernel's attempt map when the programs have none: every attempt is the
+/// tracker's to end.
+struct NoMap;
+
+impl AttemptMap for NoMap {
+    fn remove(&mut self, _: &lqtrace_common::clients::AttemptKey) -> bool {
+        true
+    }
+    fn keys(&self) -> Vec<lqtrace_common::clients::AttemptKey> {
+        Vec::new()
+    }
+}
+
+/// The caller of listen() or close() named in a record.
+fn process(l: &ListenRecord) -> Process {
+    let n = l.comm.iter().position(|&c| c == 0).unwrap_or(l.comm.len());
+    Process {
+        pid: l.pid,
+        comm: String::from_utf8_lossy(&l.comm[..n]).into_owned(),
     }
 }
 
@@ -163,12 +203,41 @@ struct Enricher {
     ending: bool,
     labels: HashMap<u32, (Arc<str>, Instant)>,
     held: HashSet<u32>,
+    ports: Ports,
+    attempts: Attempts,
+    kernel: KernelMaps,
+    accept_poller: AcceptPoller,
+    last_tick: Instant,
 }
+
+/// The kernel maps the enricher reads and writes (absent when the programs lack them).
+#[derive(Default)]
+pub struct KernelMaps {
+    pub attempts: Option<Box<dyn AttemptMap + Send>>,
+    pub accepts: Option<Box<dyn AcceptSource + Send>>,
+}
+
+/// How often attempts are checked for having given up, and accept counters read.
+const TICK: Duration = Duration::from_millis(100);
 
 impl Enricher {
     fn run(mut self, rx: &mpsc::Receiver<Input>) {
-        while let Ok(input) = rx.recv() {
+        loop {
+            let input = match rx.recv_timeout(TICK.saturating_sub(self.last_tick.elapsed())) {
+                Ok(input) => Some(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let now = Instant::now();
+            if self.last_tick.elapsed() >= TICK {
+                self.tick();
+            }
+            let Some(input) = input else {
+                if !self.flush() {
+                    return;
+                }
+                continue;
+            };
             match input {
                 Input::Records(records) => {
                     self.queued.0.fetch_sub(records.len(), Ordering::AcqRel);
@@ -191,13 +260,21 @@ impl Enricher {
                         self.scan_in_flight = None;
                     }
                 }
+                Input::Existing(ports) => {
+                    for (netns, port) in ports {
+                        self.ports.existing(netns, port);
+                    }
+                }
                 Input::End => self.ending = true,
             }
             if !self.drain() || !self.flush() {
                 return;
             }
             if self.ending && self.queue.is_empty() {
-                let _ = self.out.blocking_send(Output::End);
+                self.finish();
+                if self.flush() {
+                    let _ = self.out.blocking_send(Output::End);
+                }
                 return;
             }
         }
@@ -276,11 +353,32 @@ impl Enricher {
         match what {
             Pending::Record(Record::Bracket(b)) => {
                 let who = self.attribution(b.netns, b.sock_ino);
-                self.batch
-                    .push(Event::Drop(DropEvent::new(&b, &self.clock, who)));
+                let e = DropEvent::new(&b, &self.clock, who);
+                if e.is_drop() && e.rport != 0 {
+                    let untracked = e.attempt_untracked || self.kernel.attempts.is_none();
+                    if let Some(o) = self.attempts.dropped(key_of(&e), &e, untracked, &self.clock) {
+                        self.batch.push(Event::Outcome(o));
+                    }
+                }
+                self.batch.push(Event::Drop(e));
             }
             Pending::Record(Record::Listen(l)) => self.listen(&l),
-            Pending::Record(Record::Outcome(_) | Record::Refused(_)) => {}
+            Pending::Record(Record::Outcome(o)) => {
+                let e = self.attempts.resolved(&o, &self.clock);
+                self.batch.push(Event::Outcome(e));
+            }
+            Pending::Record(Record::Refused(r)) => {
+                let e = self.ports.refused(
+                    r.netns,
+                    addr(r.ip_version, &r.laddr),
+                    r.lport,
+                    addr(r.ip_version, &r.raddr),
+                    r.rport,
+                    r.ts_ns,
+                    &self.clock,
+                );
+                self.batch.push(Event::Refused(e));
+            }
             Pending::Queues(ts_ns, snap) => {
                 let listeners = snap
                     .into_iter()
@@ -351,6 +449,40 @@ impl Enricher {
         label
     }
 
+    /// Every TICK: attempts that gave up, and the accept counters.
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        let now_ns = monotonic_ns();
+        if !self.attempts.is_empty() {
+            let mut none = NoMap;
+            let map: &mut dyn AttemptMap = match self.kernel.attempts.as_deref_mut() {
+                Some(m) => m,
+                None => &mut none,
+            };
+            for o in self.attempts.expire(now_ns, map, &self.clock) {
+                self.batch.push(Event::Outcome(o));
+            }
+        }
+        if let Some(src) = self.kernel.accepts.as_deref()
+            && let Some(snap) = self.accept_poller.poll(src, now_ns)
+        {
+            self.batch.push(Event::Accepts(snap));
+        }
+    }
+
+    /// The end of the run: what is still open is unresolved.
+    fn finish(&mut self) {
+        let mut none = NoMap;
+        let map: &mut dyn AttemptMap = match self.kernel.attempts.as_deref_mut() {
+            Some(m) => m,
+            None => &mut none,
+        };
+        for o in self.attempts.finish(map, &self.clock) {
+            self.batch.push(Event::Outcome(o));
+        }
+        self.tick();
+    }
+
     fn listen(&mut self, l: &ListenRecord) {
         let backlog = (l.has_backlog != 0).then_some(l.backlog);
         let ino = match l.kind {
@@ -368,24 +500,35 @@ impl Enricher {
             },
             KIND_LISTEN_CLOSE if l.sock_ino != 0 => {
                 self.backlogs.closed(l.sock_ino);
-                self.batch.push(Event::ListenClose(ListenCloseEvent {
+                let mut e = ListenCloseEvent {
                     netns: l.netns,
                     sock_ino: l.sock_ino,
                     ts_ns: l.ts_ns,
-                }));
+                    laddr: addr(l.ip_version, &l.laddr),
+                    lport: l.sport,
+                    by: process(l),
+                    last: false,
+                };
+                self.ports.closed(&mut e);
+                self.batch.push(Event::ListenClose(e));
                 return;
             }
             _ => return,
         };
-        let comm_len = l.comm.iter().position(|&c| c == 0).unwrap_or(l.comm.len());
-        self.batch.push(Event::Listen(ListenEvent {
+        let mut e = ListenEvent {
             netns: l.netns,
             sock_ino: ino,
             ts_ns: l.ts_ns,
             requested_backlog: backlog,
-            pid: l.pid,
-            comm: String::from_utf8_lossy(&l.comm[..comm_len]).into_owned(),
-        }));
+            laddr: addr(l.ip_version, &l.laddr),
+            lport: l.sport,
+            by: process(l),
+            reopens: None,
+        };
+        if l.kind == KIND_LISTEN {
+            self.ports.listened(&mut e);
+        }
+        self.batch.push(Event::Listen(e));
     }
 
     /// Hand the batch to the session; false when the session is gone.

@@ -3,4 +3,5 @@
 
 pub mod hooks;
 pub mod loader;
+pub mod maps;
 pub mod records;

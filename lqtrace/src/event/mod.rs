@@ -5,6 +5,8 @@
 //! Events derive `Serialize`: the JSON lines are these structs (keys documented in README.md,
 //! checked against the README table by `tests/json_keys.rs`).
 
+pub mod accepts;
+pub mod clients;
 pub mod reason;
 pub mod time;
 
@@ -76,8 +78,16 @@ pub struct DropEvent {
     pub cpu: u32,
     pub late: bool,
     pub owners: Owners,
+    /// Since the listener's owners last took a connection with accept(); `None` when lqtrace
+    /// saw no accept since it started.
+    pub last_accept_ms_ago: Option<u64>,
+    /// Connections they took in the last second.
+    pub accepts_per_s: u32,
     #[serde(skip)]
     pub netns_label: Arc<str>,
+    /// The kernel could not follow this drop's connection attempt (its map was full).
+    #[serde(skip)]
+    pub attempt_untracked: bool,
 }
 
 impl DropEvent {
@@ -116,7 +126,11 @@ impl DropEvent {
             cpu: r.cpu,
             late: r.flags & FLAG_LATE != 0,
             owners: who.owners,
+            last_accept_ms_ago: (r.last_accept_ns != 0)
+                .then(|| r.ts_ns.saturating_sub(r.last_accept_ns) / 1_000_000),
+            accepts_per_s: r.accepts_per_s,
             netns_label: who.netns_label,
+            attempt_untracked: r.flags & lqtrace_common::FLAG_ATTEMPT_UNTRACKED != 0,
         }
     }
 
@@ -154,9 +168,14 @@ pub struct ListenEvent {
     pub sock_ino: u64,
     pub ts_ns: u64,
     pub requested_backlog: Option<i32>,
+    pub laddr: IpAddr,
+    /// 0 for a socket bound to port 0 (the port is chosen after the state change).
+    pub lport: u16,
     /// The caller of `listen()` (thread group id) and its comm.
-    pub pid: u32,
-    pub comm: String,
+    pub by: clients::Process,
+    /// The port had no listener until this one: when the last one there closed, and who closed
+    /// it (a listener gap ends).
+    pub reopens: Option<(u64, clients::Process)>,
 }
 
 /// A listening socket closed (left TCP_LISTEN for TCP_CLOSE).
@@ -165,6 +184,12 @@ pub struct ListenCloseEvent {
     pub netns: u32,
     pub sock_ino: u64,
     pub ts_ns: u64,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    /// Who closed it (the task in whose context the state changed).
+    pub by: clients::Process,
+    /// No other socket listens on that port in that namespace now (a listener gap starts).
+    pub last: bool,
 }
 
 /// Accept-queue occupancy of one listener at a point in time (a `sock_diag` snapshot).
@@ -188,9 +213,12 @@ pub struct QueueSnapshot {
 #[derive(Debug, Clone)]
 pub enum Event {
     Drop(DropEvent),
+    Outcome(clients::OutcomeEvent),
+    Refused(clients::RefusedEvent),
     Listen(ListenEvent),
     ListenClose(ListenCloseEvent),
     Queues(QueueSnapshot),
+    Accepts(accepts::AcceptSnapshot),
 }
 
 pub fn addr(ip_version: u8, bytes: &[u8; 16]) -> IpAddr {
@@ -241,7 +269,10 @@ pub(crate) mod tests {
             cpu: 0,
             late: false,
             owners: [Owner::test(42, "java")].into(),
+            last_accept_ms_ago: Some(1200),
+            accepts_per_s: 3,
             netns_label: "4026531840".into(),
+            attempt_untracked: false,
         }
     }
 

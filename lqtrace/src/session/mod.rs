@@ -27,13 +27,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use lqtrace_common::clients::PortKey;
 use namespaces::{Namespaces, Reading};
 use reader::Reader;
 
 use crate::{
-    attribution::enricher::{self, Input, Output},
+    attribution::enricher::{self, Input, KernelMaps, Output},
     bpf::{
-        hooks,
+        self, hooks,
         loader::{self, Tracer},
     },
     cli::Filter,
@@ -112,8 +113,23 @@ impl Session {
         let started = Instant::now();
         let mut tracer = load_tracer(opts, true)?;
         let ring = tracer.take_events()?;
+        let watched: Vec<PortKey> = opts
+            .filter
+            .ports
+            .iter()
+            .map(|&port| PortKey {
+                netns: 0,
+                port,
+                _pad: 0,
+            })
+            .collect();
+        bpf::maps::watch_ports(&mut tracer.ebpf, &watched);
+        let kernel = KernelMaps {
+            attempts: bpf::maps::attempts(&mut tracer.ebpf),
+            accepts: bpf::maps::accepts(&mut tracer.ebpf),
+        };
         let namespaces = Arc::new(Mutex::new(Namespaces::default()));
-        let enricher = enricher::start(Clock::now(), Arc::clone(&namespaces))?;
+        let enricher = enricher::start(Clock::now(), Arc::clone(&namespaces), kernel, &[])?;
         let reader = Reader::start(ring, enricher.input.clone(), Arc::clone(&enricher.queued))?;
 
         // setns into every namespace: off the runtime's thread.
@@ -157,6 +173,7 @@ impl Session {
             traced_from: Instant::now(),
         };
         session.read_stats();
+        session.count_existing_listeners();
         Ok(session)
     }
 
@@ -234,6 +251,23 @@ impl Session {
             let snap = sockdiag::snapshot_all();
             let _ = input.send(Input::Queues(monotonic_ns(), snap));
             sampling.store(false, Ordering::Release);
+        });
+    }
+
+    /// The listeners that existed at start, per port (sock_diag in every namespace, on the
+    /// blocking pool): so that closing one of several sockets on a port is not taken for the
+    /// port losing its listener.
+    fn count_existing_listeners(&self) {
+        let Some(enricher) = &self.enricher else {
+            return;
+        };
+        let input = enricher.input.clone();
+        tokio::task::spawn_blocking(move || {
+            let ports = sockdiag::snapshot_all()
+                .into_iter()
+                .map(|l| (l.netns, l.lport))
+                .collect();
+            let _ = input.send(Input::Existing(ports));
         });
     }
 

@@ -22,12 +22,19 @@ use std::{
 use lqtrace_common::STAT_COUNT;
 
 use super::{
+    impact::Impact,
+    refused::RefusedPorts,
     summary::{ListenerTotals, Reconciliation, Summary},
     timeline::Timeline,
 };
 use crate::{
     attribution::owners::Owners,
-    event::{DropEvent, Event, ListenerId, QueueSnapshot, ReasonCounts, monotonic_ns},
+    event::{
+        Clock, DropEvent, Event, ListenerId, QueueSnapshot, ReasonCounts,
+        accepts::{AcceptSample, AcceptSnapshot},
+        clients::OutcomeEvent,
+        monotonic_ns,
+    },
     session::namespaces::Reading,
 };
 
@@ -84,6 +91,10 @@ pub struct ListenerStats {
     pub requested_backlog: Option<i32>,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// How its attempts with drops ended.
+    pub impact: Impact,
+    /// The longest time since the last accept seen at one of its drops (a stall under way).
+    pub max_accept_gap_ms: Option<u64>,
 }
 
 impl ListenerStats {
@@ -105,6 +116,28 @@ impl ListenerStats {
             accept_queue_max: self.accept_queue_max,
             requested_backlog: self.requested_backlog,
             somaxconn: self.somaxconn,
+            impact: self.impact.summary(),
+        }
+    }
+}
+
+/// A listener's accept activity, from the kernel's counters (cumulative since lqtrace started
+/// watching it).
+#[derive(Debug, Clone)]
+pub struct AcceptState {
+    pub last: AcceptSample,
+    /// When the counters were last read.
+    pub read_ns: u64,
+    /// Accepts in the last second, from the last samples: (read time, cumulative accepts).
+    recent: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl AcceptState {
+    /// Accepts per second over the last second of samples.
+    pub fn rate(&self) -> f64 {
+        match (self.recent.front(), self.recent.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) as f64 * 1e9 / (b.0 - a.0) as f64,
+            _ => 0.0,
         }
     }
 }
@@ -112,12 +145,15 @@ impl ListenerStats {
 #[derive(Debug)]
 pub struct Aggregate {
     started_ns: u64,
+    clock: Clock,
     pub timeline: Timeline,
     listeners: HashMap<ListenerId, ListenerStats>,
     netns: BTreeMap<u32, NetnsTally>,
     start_ns: HashMap<u32, u64>,
     end_ns: Option<HashMap<u32, u64>>,
     queues: Option<QueueSnapshot>,
+    accepts: HashMap<ListenerId, AcceptState>,
+    pub refused: RefusedPorts,
     pub tracer: TracerStats,
     pub pipeline: PipelineStats,
     evicted_listeners: u64,
@@ -127,12 +163,15 @@ impl Aggregate {
     pub fn new(started_ns: u64) -> Aggregate {
         Aggregate {
             started_ns,
+            clock: Clock::now(),
             timeline: Timeline::new(started_ns),
             listeners: HashMap::new(),
             netns: BTreeMap::new(),
             start_ns: HashMap::new(),
             end_ns: None,
             queues: None,
+            accepts: HashMap::new(),
+            refused: RefusedPorts::default(),
             tracer: [0; STAT_COUNT as usize],
             pipeline: PipelineStats::default(),
             evicted_listeners: 0,
@@ -155,6 +194,7 @@ impl Aggregate {
         match e {
             Event::Drop(d) => self.add_drop(d, shown),
             Event::Listen(l) => {
+                self.refused.listened(l);
                 if let Some(b) = l.requested_backlog {
                     for s in self.listeners.values_mut() {
                         if s.id.netns == l.netns && s.id.sock_ino == l.sock_ino {
@@ -163,7 +203,23 @@ impl Aggregate {
                     }
                 }
             }
-            Event::ListenClose(_) => {}
+            Event::ListenClose(c) => self.refused.closed(c),
+            Event::Outcome(o) => {
+                if shown {
+                    self.add_outcome(o);
+                }
+            }
+            Event::Refused(r) => {
+                if shown {
+                    self.refused.refused(r);
+                    self.timeline.add_refused(r.ts_ns);
+                }
+            }
+            Event::Accepts(a) => {
+                if shown {
+                    self.add_accepts(a);
+                }
+            }
             Event::Queues(q) => {
                 if shown {
                     self.timeline.add_snapshot(q);
@@ -210,7 +266,12 @@ impl Aggregate {
                 requested_backlog: None,
                 first_ns: e.ts_ns,
                 last_ns: e.ts_ns,
+                impact: Impact::default(),
+                max_accept_gap_ms: None,
             });
+        if let Some(gap) = e.last_accept_ms_ago {
+            s.max_accept_gap_ms = Some(s.max_accept_gap_ms.map_or(gap, |m| m.max(gap)));
+        }
         if !e.owners.is_empty() {
             s.owners = Arc::clone(&e.owners);
         }
@@ -223,6 +284,56 @@ impl Aggregate {
             s.requested_backlog = e.requested_backlog;
         }
         s.last_ns = s.last_ns.max(e.ts_ns);
+    }
+
+    fn add_outcome(&mut self, o: &OutcomeEvent) {
+        self.timeline.add_outcome(o);
+        let id = ListenerId {
+            netns: o.netns,
+            sock_ino: o.sock_ino,
+            lport: o.lport,
+        };
+        if let Some(s) = self.listeners.get_mut(&id) {
+            s.impact.add(o);
+        }
+    }
+
+    fn add_accepts(&mut self, snap: &AcceptSnapshot) {
+        for a in &snap.listeners {
+            let st = self.accepts.entry(a.listener).or_insert_with(|| AcceptState {
+                last: AcceptSample {
+                    accepts: 0,
+                    arrivals: 0,
+                    ..a.clone()
+                },
+                read_ns: snap.ts_ns,
+                recent: std::collections::VecDeque::new(),
+            });
+            let arrivals = a.arrivals.saturating_sub(st.last.arrivals);
+            let accepts = a.accepts.saturating_sub(st.last.accepts);
+            st.last = a.clone();
+            st.read_ns = snap.ts_ns;
+            st.recent.push_back((snap.ts_ns, a.accepts));
+            while st
+                .recent
+                .front()
+                .is_some_and(|(t, _)| snap.ts_ns.saturating_sub(*t) > 1_000_000_000)
+            {
+                st.recent.pop_front();
+            }
+            self.timeline
+                .add_accepts(snap.ts_ns, a.listener, arrivals, accepts);
+        }
+        if self.accepts.len() > MAX_LISTENERS {
+            let now = snap.ts_ns;
+            self.accepts
+                .retain(|_, s| now.saturating_sub(s.read_ns) < LISTENER_IDLE);
+        }
+    }
+
+    /// A listener's accept activity, if the kernel counted any.
+    pub fn accepts(&self, id: &ListenerId) -> Option<&AcceptState> {
+        self.accepts.get(id)
     }
 
     fn evict_idle(&mut self, now_ns: u64) {
@@ -346,6 +457,7 @@ impl Aggregate {
                 .map(ListenerStats::totals)
                 .collect(),
             reconciliation: self.reconciliation(start, end),
+            refused: self.refused.summary(&self.clock, monotonic_ns()),
             lost_records: t[STAT_LOST_DROP_RECORDS as usize] + p.queue_full_records,
             lost_drops: t[STAT_LOST_DROPS as usize] + p.queue_full_drops,
             lost_other: t[STAT_LOST_OTHER as usize],
@@ -431,8 +543,13 @@ mod tests {
                 sock_ino: d.sock_ino,
                 ts_ns: 11,
                 requested_backlog: Some(7),
-                pid: 1,
-                comm: "x".into(),
+                laddr: d.laddr,
+                lport: d.lport,
+                by: crate::event::clients::Process {
+                    pid: 1,
+                    comm: "x".into(),
+                },
+                reopens: None,
             }),
             true,
         );

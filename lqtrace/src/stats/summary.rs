@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Serialize, Serializer};
 
+use super::{impact::ImpactSummary, refused::RefusedPort};
 use crate::{attribution::owners::Owners, event::Reason};
 
 /// One listening socket that had drops or syncookies (and passed the filters).
@@ -25,6 +26,8 @@ pub struct ListenerTotals {
     pub accept_queue_max: u32,
     pub requested_backlog: Option<i32>,
     pub somaxconn: u32,
+    /// How its connection attempts with drops ended.
+    pub impact: ImpactSummary,
 }
 
 /// One network namespace: drops lqtrace recorded vs the kernel's ListenDrops delta.
@@ -88,6 +91,8 @@ pub struct Summary {
     /// Listeners with at least one drop or syncookie that passed the filters, most drops first.
     pub listeners: Vec<ListenerTotals>,
     pub reconciliation: Vec<Reconciliation>,
+    /// Ports that refused SYNs (nothing listened), with their listener gaps.
+    pub refused: Vec<RefusedPort>,
     /// Drop records lost on the way (kernel ring buffer full, or the enricher's queue full) and
     /// the listen drops they stood for.
     pub lost_records: u64,

@@ -1,10 +1,12 @@
-//! Time series of a session for live views and reports: per-bucket (initially one second) drop
-//! counts by reason, host-wide and per listener, and per-listener accept-queue occupancy.
+//! Time series of a session for live views and reports: per-bucket (initially 100 ms, fine
+//! enough to show a burst or a stall) drop counts by reason, host-wide and per listener, and
+//! per listener the accept-queue occupancy, connections arriving in the accept queue and taken
+//! by accept(), and the attempts that were refused or ended.
 //!
 //! Memory is bounded two ways:
-//! - duration: at most `max_buckets` buckets (default 3600); past that, adjacent buckets are
-//!   merged pairwise and the bucket width doubles (1 s, 2 s, 4 s, ...), so a long run keeps its
-//!   whole history at a coarser resolution;
+//! - duration: at most `max_buckets` buckets (default 3600, six minutes); past that, adjacent
+//!   buckets are merged pairwise and the bucket width doubles (100 ms, 200 ms, 400 ms, ...), so
+//!   a long run keeps its whole history at a coarser resolution;
 //! - listeners: per-listener series are kept for at most `2 × max_listeners` listeners (default
 //!   50); when that is exceeded the set is pruned back to the `max_listeners` with the most drops
 //!   (then the fullest accept queue). Host-wide counts always include every drop; pruned
@@ -14,14 +16,18 @@
 //! Times are kernel CLOCK_MONOTONIC nanoseconds, the clock of `DropEvent::ts_ns`.
 //!
 //! Queue samples come from the drop records themselves (the accept-queue length at the drop) and
-//! from periodic `sock_diag` snapshots of every listener ([`QueueSampler`]).
+//! from periodic `sock_diag` snapshots of every listener (`Session::sample_queues`).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
-use crate::event::{DropEvent, ListenerId, QueueSnapshot, Reason, ReasonCounts, endpoint};
+use crate::event::{
+    DropEvent, ListenerId, QueueSnapshot, Reason, ReasonCounts,
+    clients::{Outcome, OutcomeEvent},
+    endpoint,
+};
 
 /// Accept-queue occupancy seen in a bucket: the largest length, and the limit (sk_max_ack_backlog).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,11 +40,16 @@ pub struct QueueLevel {
 pub struct ListenerBucket {
     pub drops: ReasonCounts,
     pub queue: Option<QueueLevel>,
+    /// Connections that entered the accept queue, and that accept() took.
+    pub arrivals: u64,
+    pub accepts: u64,
 }
 
 impl ListenerBucket {
     fn merge(&mut self, other: &ListenerBucket) {
         self.drops.merge(&other.drops);
+        self.arrivals += other.arrivals;
+        self.accepts += other.accepts;
         self.queue = match (self.queue, other.queue) {
             (Some(a), Some(b)) => Some(QueueLevel {
                 max: a.max.max(b.max),
@@ -46,6 +57,23 @@ impl ListenerBucket {
             }),
             (a, b) => a.or(b),
         };
+    }
+}
+
+/// What the clients saw in one bucket, host-wide (shown listeners and ports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientBucket {
+    pub refused: u64,
+    /// Attempts ended, by `Outcome::ALL` order.
+    pub outcomes: [u64; 4],
+}
+
+impl ClientBucket {
+    fn merge(&mut self, other: &ClientBucket) {
+        self.refused += other.refused;
+        for (a, b) in self.outcomes.iter_mut().zip(other.outcomes) {
+            *a += b;
+        }
     }
 }
 
@@ -129,6 +157,8 @@ impl ListenerSeries {
     }
 }
 
+/// The initial bucket width: 100 ms.
+pub const BASE_BUCKET_NS: u64 = 100_000_000;
 pub const DEFAULT_MAX_BUCKETS: usize = 3600;
 pub const DEFAULT_MAX_LISTENERS: usize = 50;
 
@@ -139,6 +169,8 @@ pub struct Timeline {
     max_buckets: usize,
     max_listeners: usize,
     host: Vec<ReasonCounts>,
+    /// What the clients saw, host-wide, per bucket (same indexes as `host`).
+    clients: Vec<ClientBucket>,
     listeners: HashMap<ListenerId, ListenerSeries>,
     evicted: u64,
 }
@@ -150,12 +182,23 @@ impl Timeline {
     }
 
     pub fn with_limits(start_ns: u64, max_buckets: usize, max_listeners: usize) -> Timeline {
+        Timeline::with_width(start_ns, BASE_BUCKET_NS, max_buckets, max_listeners)
+    }
+
+    /// A timeline whose buckets start `bucket_ns` wide.
+    pub fn with_width(
+        start_ns: u64,
+        bucket_ns: u64,
+        max_buckets: usize,
+        max_listeners: usize,
+    ) -> Timeline {
         Timeline {
             start_ns,
-            bucket_ns: 1_000_000_000,
+            bucket_ns: bucket_ns.max(1),
             max_buckets: max_buckets.max(2),
             max_listeners: max_listeners.max(1),
             host: Vec::new(),
+            clients: Vec::new(),
             listeners: HashMap::new(),
             evicted: 0,
         }
@@ -244,6 +287,17 @@ impl Timeline {
                 b
             })
             .collect();
+        let old = std::mem::take(&mut self.clients);
+        self.clients = old
+            .chunks(2)
+            .map(|c| {
+                let mut b = c[0];
+                if let Some(n) = c.get(1) {
+                    b.merge(n);
+                }
+                b
+            })
+            .collect();
         for l in self.listeners.values_mut() {
             l.merge_pairs();
         }
@@ -252,8 +306,34 @@ impl Timeline {
     fn host_bucket(&mut self, idx: usize) -> &mut ReasonCounts {
         if self.host.len() <= idx {
             self.host.resize(idx + 1, ReasonCounts::default());
+            self.clients.resize(idx + 1, ClientBucket::default());
         }
         &mut self.host[idx]
+    }
+
+    fn client_bucket(&mut self, ts_ns: u64) -> &mut ClientBucket {
+        let idx = self.index(ts_ns);
+        self.host_bucket(idx);
+        &mut self.clients[idx]
+    }
+
+    /// A SYN refused at `ts_ns`.
+    pub fn add_refused(&mut self, ts_ns: u64) {
+        self.client_bucket(ts_ns).refused += 1;
+    }
+
+    /// An attempt ended (counted when its fate was known).
+    pub fn add_outcome(&mut self, o: &OutcomeEvent) {
+        let i = Outcome::ALL
+            .iter()
+            .position(|x| *x == o.outcome)
+            .unwrap_or(3);
+        self.client_bucket(o.ts_ns).outcomes[i] += 1;
+    }
+
+    /// What the clients saw, per bucket.
+    pub fn clients(&self) -> &[ClientBucket] {
+        &self.clients
     }
 
     /// Make the series reach `ts_ns` (trailing quiet seconds show as zeros).
@@ -266,9 +346,15 @@ impl Timeline {
         if !self.listeners.contains_key(&key) && self.listeners.len() >= 2 * self.max_listeners {
             self.prune();
         }
-        self.listeners
+        let l = self
+            .listeners
             .entry(key)
-            .or_insert_with(|| ListenerSeries::new(key, laddr))
+            .or_insert_with(|| ListenerSeries::new(key, laddr));
+        // A series started from accept counters has no address yet.
+        if l.laddr.is_unspecified() && !laddr.is_unspecified() {
+            l.laddr = laddr;
+        }
+        l
     }
 
     /// Keep the `max_listeners` best-ranked series.
@@ -340,6 +426,20 @@ impl Timeline {
 }
 
 impl Timeline {
+    /// Connections that arrived in a listener's accept queue, and that accept() took, since the
+    /// previous sample (`ts_ns`: when the counters were read).
+    pub fn add_accepts(&mut self, ts_ns: u64, key: ListenerId, arrivals: u64, accepts: u64) {
+        if arrivals == 0 && accepts == 0 {
+            return;
+        }
+        let idx = self.index(ts_ns);
+        self.host_bucket(idx);
+        let l = self.series(key, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let b = l.bucket_mut(idx);
+        b.arrivals += arrivals;
+        b.accepts += accepts;
+    }
+
     /// Record every listener's accept queue from a snapshot.
     pub fn add_snapshot(&mut self, snap: &QueueSnapshot) {
         for l in &snap.listeners {
@@ -392,7 +492,7 @@ mod tests {
 
     #[test]
     fn per_second_buckets_by_reason() {
-        let mut t = Timeline::new(T0);
+        let mut t = Timeline::with_width(T0, S, 3600, 50);
         t.add_event(&ev(500, 80, Reason::SynAcceptQueueFull, 5));
         t.add_event(&ev(1200, 80, Reason::SynAcceptQueueFull, 5));
         t.add_event(&ev(1700, 80, Reason::AckAcceptQueueFull, 3));
@@ -435,7 +535,7 @@ mod tests {
 
     #[test]
     fn syncookies_and_counts() {
-        let mut t = Timeline::new(T0);
+        let mut t = Timeline::with_width(T0, S, 3600, 50);
         let mut e = ev(0, 80, Reason::AckAcceptQueueFull, 4);
         e.count = 3;
         t.add_event(&e);
@@ -447,7 +547,7 @@ mod tests {
 
     #[test]
     fn early_events_and_extend() {
-        let mut t = Timeline::new(T0);
+        let mut t = Timeline::with_width(T0, S, 3600, 50);
         let mut e = ev(0, 80, Reason::SynOther, 0);
         e.ts_ns = T0 - S; // recorded before the timeline started
         t.add_event(&e);
@@ -460,7 +560,7 @@ mod tests {
 
     #[test]
     fn queue_samples_without_drops() {
-        let mut t = Timeline::new(T0);
+        let mut t = Timeline::with_width(T0, S, 3600, 50);
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         // An idle listener of a periodic snapshot is not tracked...
         t.sample_queue(T0, key(90), ip, 0, 128);
@@ -488,7 +588,7 @@ mod tests {
 
     #[test]
     fn long_runs_merge_buckets() {
-        let mut t = Timeline::with_limits(T0, 10, 50);
+        let mut t = Timeline::with_width(T0, S, 10, 50);
         for s in 0..10u64 {
             t.add_event(&ev(s * 1000 + 1, 80, Reason::SynAcceptQueueFull, s as u32));
         }
@@ -518,7 +618,7 @@ mod tests {
 
     #[test]
     fn listeners_are_capped_keeping_the_busiest() {
-        let mut t = Timeline::with_limits(T0, 3600, 3);
+        let mut t = Timeline::with_width(T0, S, 3600, 3);
         // Port 1 is busy; ports 2..=20 get one drop each.
         for i in 0..50 {
             t.add_event(&ev(i, 1, Reason::SynAcceptQueueFull, 1));

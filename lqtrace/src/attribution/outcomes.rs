@@ -1,0 +1,266 @@
+//! The outcome of every connection attempt that had a dropped packet.
+//!
+//! The kernel keeps each such attempt in the `ATTEMPTS` map from its first drop and resolves the
+//! ones it can see resolved (the handshake completed at the listener, or this host sent a RST)
+//! with an outcome record, after deleting the map entry (lqtrace-common/src/clients.rs). This
+//! tracker follows the same attempts from the drop events, matches the kernel's outcome records
+//! to them, and ends the others itself: an attempt whose client sent nothing more within the
+//! time its retransmission schedule allows gave up, and at the end of the run the rest are
+//! unresolved. To end one it deletes the kernel's entry first; only a successful delete (or an
+//! attempt the kernel could not track) lets it report, so each attempt gets exactly one outcome
+//! whichever side sees its end first.
+//!
+//! The schedule: Linux retransmits a SYN after 1 s, then 2, 4, 8 ... s (TCP_TIMEOUT_INIT,
+//! doubling; `tcp_syn_retries`), and a SYN-ACK whose final ACK was dropped on the same schedule
+//! (`tcp_synack_retries`), each bringing the client's ACK again. So after the n-th dropped packet
+//! of an attempt the next one is due within 2^(n-1) s; [`allowance`] adds a margin for timer
+//! slack and load.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use lqtrace_common::clients::{
+    AttemptKey, OUTCOME_CONNECTED, OUTCOME_RESET, OutcomeRecord, RESOLVED_BY_NEW_ATTEMPT,
+};
+
+use crate::{
+    attribution::owners::Owners,
+    event::{
+        Clock, DropEvent,
+        clients::{Outcome, OutcomeEvent, ms_between},
+    },
+};
+
+/// Attempts followed at once, at most; past that, new ones are reported unresolved at once
+/// (counted), never silently lost.
+pub const MAX_ATTEMPTS: usize = 1 << 16;
+
+/// How long after its last dropped packet an attempt with `drops` drops is given before it
+/// counts as given up: the next retransmission is due 2^(drops-1) s later; allow half as much
+/// again plus 300 ms, capped at two minutes (Linux gives up a SYN after ~127 s by default).
+pub fn allowance(drops: u32) -> Duration {
+    let gap_ms = 1000u64 << drops.saturating_sub(1).min(7);
+    Duration::from_millis((gap_ms * 3 / 2 + 300).min(120_000))
+}
+
+/// The kernel's attempt map, as the tracker needs it: delete an entry, report whether it was
+/// there. (A trait so the tracker's logic is tested without a kernel.)
+pub trait AttemptMap {
+    /// Remove `key`; true when the entry existed (so its outcome is ours to report).
+    fn remove(&mut self, key: &AttemptKey) -> bool;
+    /// Every key still in the map (for the end of the run).
+    fn keys(&self) -> Vec<AttemptKey>;
+}
+
+/// One attempt being followed.
+#[derive(Debug, Clone)]
+struct Attempt {
+    first_ns: u64,
+    last_ns: u64,
+    drops: u32,
+    /// The kernel has no entry for it (its map was full): nobody will delete one.
+    untracked: bool,
+    sock_ino: u64,
+    laddr: IpAddr,
+    raddr: IpAddr,
+    owners: Owners,
+}
+
+#[derive(Debug, Default)]
+pub struct Attempts {
+    open: HashMap<AttemptKey, Attempt>,
+    /// Attempts reported unresolved at once because `open` was full.
+    pub overflow: u64,
+}
+
+impl Attempts {
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// A drop event: start or extend its attempt. `untracked`: the kernel could not keep it.
+    /// Returns an outcome when the attempt cannot be followed (table full).
+    pub fn dropped(
+        &mut self,
+        key: AttemptKey,
+        e: &DropEvent,
+        untracked: bool,
+        clock: &Clock,
+    ) -> Option<OutcomeEvent> {
+        if let Some(a) = self.open.get_mut(&key) {
+            a.drops += e.count;
+            a.last_ns = a.last_ns.max(e.ts_ns);
+            a.untracked |= untracked;
+            return None;
+        }
+        let a = Attempt {
+            first_ns: e.ts_ns,
+            last_ns: e.ts_ns,
+            drops: e.count,
+            untracked,
+            sock_ino: e.sock_ino,
+            laddr: e.laddr,
+            raddr: e.raddr,
+            owners: Arc::clone(&e.owners),
+        };
+        if self.open.len() >= MAX_ATTEMPTS {
+            self.overflow += 1;
+            return Some(event(&key, &a, Outcome::Unresolved, a.last_ns, clock));
+        }
+        self.open.insert(key, a);
+        None
+    }
+
+    /// An outcome record from the kernel. The attempt it names is ended with it (a record for an
+    /// attempt this tracker never saw, e.g. whose drop record was lost, is reported from the
+    /// record's own figures).
+    pub fn resolved(&mut self, r: &OutcomeRecord, clock: &Clock) -> OutcomeEvent {
+        let outcome = match (r.outcome, r.resolved_by) {
+            (_, RESOLVED_BY_NEW_ATTEMPT) => Outcome::GaveUp,
+            (OUTCOME_CONNECTED, _) => Outcome::Connected,
+            (OUTCOME_RESET, _) => Outcome::Reset,
+            _ => Outcome::Unresolved,
+        };
+        let a = self.open.remove(&r.key).unwrap_or_else(|| Attempt {
+            first_ns: r.value.first_ns,
+            last_ns: r.value.last_ns,
+            drops: r.value.drops,
+            untracked: false,
+            sock_ino: r.value.sock_ino,
+            laddr: crate::event::addr(r.key.ip_version, &r.key.laddr),
+            raddr: crate::event::addr(r.key.ip_version, &r.key.raddr),
+            owners: Owners::default(),
+        });
+        let end = match outcome {
+            Outcome::GaveUp => a.last_ns,
+            _ => r.ts_ns,
+        };
+        event(&r.key, &a, outcome, end, clock)
+    }
+
+    /// Attempts silent for longer than their allowance at `now_ns`: ended as given up, where
+    /// the kernel's entry could be deleted (else the kernel resolved it and its record is on the
+    /// way).
+    pub fn expire(
+        &mut self,
+        now_ns: u64,
+        map: &mut dyn AttemptMap,
+        clock: &Clock,
+    ) -> Vec<OutcomeEvent> {
+        let due: Vec<AttemptKey> = self
+            .open
+            .iter()
+            .filter(|(_, a)| {
+                now_ns.saturating_sub(a.last_ns) > allowance(a.drops).as_nanos() as u64
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            let ours = self.open.get(&key).is_some_and(|a| a.untracked) || map.remove(&key);
+            if !ours {
+                continue; // resolved in the kernel meanwhile: its record follows
+            }
+            if let Some(a) = self.open.remove(&key) {
+                out.push(event(&key, &a, Outcome::GaveUp, a.last_ns, clock));
+            }
+        }
+        out
+    }
+
+    /// The end of the run: every attempt still open, and every entry left in the kernel's map
+    /// (attempts whose drop record never arrived), is unresolved.
+    pub fn finish(&mut self, map: &mut dyn AttemptMap, clock: &Clock) -> Vec<OutcomeEvent> {
+        let mut out: Vec<OutcomeEvent> = std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|(key, a)| {
+                if !a.untracked {
+                    map.remove(&key);
+                }
+                event(&key, &a, Outcome::Unresolved, a.last_ns, clock)
+            })
+            .collect();
+        for key in map.keys() {
+            if map.remove(&key) {
+                let a = Attempt {
+                    first_ns: 0,
+                    last_ns: 0,
+                    drops: 0,
+                    untracked: false,
+                    sock_ino: 0,
+                    laddr: crate::event::addr(key.ip_version, &key.laddr),
+                    raddr: crate::event::addr(key.ip_version, &key.raddr),
+                    owners: Owners::default(),
+                };
+                out.push(event(&key, &a, Outcome::Unresolved, 0, clock));
+            }
+        }
+        out.sort_by_key(|e| e.first_drop_ns);
+        out
+    }
+}
+
+fn event(key: &AttemptKey, a: &Attempt, outcome: Outcome, end_ns: u64, clock: &Clock) -> OutcomeEvent {
+    OutcomeEvent {
+        kind: (),
+        ts: clock.wall(end_ns),
+        ts_ns: end_ns,
+        outcome,
+        netns: key.netns,
+        laddr: a.laddr,
+        lport: key.lport,
+        raddr: a.raddr,
+        rport: key.rport,
+        sock_ino: a.sock_ino,
+        owners: Arc::clone(&a.owners),
+        drops: a.drops,
+        first_drop_ts: clock.wall(a.first_ns),
+        delay_ms: ms_between(a.first_ns, end_ns),
+        first_drop_ns: a.first_ns,
+    }
+}
+
+/// The attempt key of a drop event, as the kernel builds it (IPv4 and v4-mapped addresses as
+/// IPv4 in the first 4 bytes).
+pub fn key_of(e: &DropEvent) -> AttemptKey {
+    let (v, laddr) = packed(&e.laddr);
+    let (_, raddr) = packed(&e.raddr);
+    AttemptKey {
+        netns: e.netns,
+        lport: e.lport,
+        rport: e.rport,
+        laddr,
+        raddr,
+        ip_version: v,
+        _pad: [0; 3],
+    }
+}
+
+fn packed(a: &IpAddr) -> (u8, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (4, out)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                out[..4].copy_from_slice(&v4.octets());
+                (4, out)
+            }
+            None => (6, v6.octets()),
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "outcomes_tests.rs"]
+mod tests;

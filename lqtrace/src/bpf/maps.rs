@@ -1,0 +1,71 @@
+//! The kernel maps userspace reads and writes besides the ring buffer: the attempt map the
+//! outcome tracker ends attempts in, the per-listener accept counters, and the ports whose
+//! refused SYNs are recorded. Each is optional: an object without the map (or a map that does
+//! not convert) leaves the feature off, with a warning, instead of failing the tracer.
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use lqtrace_common::{
+    accepts::AcceptStats,
+    clients::{AttemptKey, AttemptValue, PortKey},
+};
+
+use crate::attribution::{accepts::AcceptSource, outcomes::AttemptMap};
+
+struct Attempts(HashMap<MapData, AttemptKey, AttemptValue>);
+
+impl AttemptMap for Attempts {
+    fn remove(&mut self, key: &AttemptKey) -> bool {
+        self.0.remove(key).is_ok()
+    }
+    fn keys(&self) -> Vec<AttemptKey> {
+        self.0.keys().filter_map(Result::ok).collect()
+    }
+}
+
+struct Accepts(HashMap<MapData, u64, AcceptStats>);
+
+impl AcceptSource for Accepts {
+    fn entries(&self) -> Vec<(u64, AcceptStats)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Option<HashMap<MapData, K, V>> {
+    let map = ebpf.take_map(name)?;
+    match HashMap::try_from(map) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!("map {name}: {e}");
+            None
+        }
+    }
+}
+
+/// The `ATTEMPTS` map, for the outcome tracker.
+pub fn attempts(ebpf: &mut Ebpf) -> Option<Box<dyn AttemptMap + Send>> {
+    take::<AttemptKey, AttemptValue>(ebpf, "ATTEMPTS").map(|m| Box::new(Attempts(m)) as _)
+}
+
+/// The `ACCEPT_STATS` map, for the accept poller.
+pub fn accepts(ebpf: &mut Ebpf) -> Option<Box<dyn AcceptSource + Send>> {
+    take::<u64, AcceptStats>(ebpf, "ACCEPT_STATS").map(|m| Box::new(Accepts(m)) as _)
+}
+
+/// Watch these ports for refused SYNs (`netns` 0: in every namespace).
+pub fn watch_ports(ebpf: &mut Ebpf, ports: &[PortKey]) {
+    let Some(map) = ebpf.map_mut("REFUSED_PORTS") else {
+        return;
+    };
+    let Ok(mut m) = HashMap::<&mut MapData, PortKey, u8>::try_from(map) else {
+        log::warn!("map REFUSED_PORTS: unexpected type");
+        return;
+    };
+    for p in ports {
+        if let Err(e) = m.insert(p, 1, 0) {
+            log::warn!("watching port {} for refused SYNs: {e}", p.port);
+        }
+    }
+}
