@@ -46,8 +46,9 @@ impl Btf {
             };
             // Not the anonymous ones: thousands of equal keys would make the table crawl.
             for key in subs.map(|sub| (id as u32, sub)) {
-                if !btf.key_name(key).is_empty() {
-                    names.insert_unique(hash(&key), key, hash);
+                let name = btf.key_name(key);
+                if !name.is_empty() {
+                    names.insert_unique(btf.hasher.hash_one(name), key, hash);
                 }
             }
         }
