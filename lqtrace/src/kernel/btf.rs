@@ -437,7 +437,8 @@ impl Btf {
                 _ => "",
             };
             let name = t.map_or(&[][..], |t| self.str_at(t.name_off));
-            let name = match String::from_utf8_lossy(name) {
+            // Escaped: a name from a hostile file must not break the one-line error.
+            let name = match String::from_utf8_lossy(name).escape_debug().to_string() {
                 n if n.is_empty() && tag.ends_with(' ') => "(anon)".into(),
                 n => n,
             };
