@@ -7,7 +7,9 @@
 //! - `TRACE_EVENT(e, ...)` writes `struct trace_event_raw_e` (include/trace/trace_events.h). An
 //!   event made with `DEFINE_EVENT(class, e, ...)` writes its class's struct instead: e.g.
 //!   `tcp:tcp_send_reset` is `trace_event_raw_tcp_event_sk_skb` on 5.10 and 6.1 and has its own
-//!   `trace_event_raw_tcp_send_reset` on 6.12 and later. [`Record::structs`] lists both.
+//!   `trace_event_raw_tcp_send_reset` on 6.12 and later. A `Record` lists the candidates in
+//!   order (`structs: &["trace_event_raw_tcp_send_reset", "trace_event_raw_tcp_event_sk_skb"]`),
+//!   then each field is one `tp_field` line.
 //! - `syscalls:sys_enter_*` writes `struct syscall_trace_enter { struct trace_entry ent; int nr;
 //!   unsigned long args[]; }` and `sys_exit_*` `struct syscall_trace_exit { ...; long ret; }`
 //!   (kernel/trace/trace.h): every argument takes one `unsigned long` whatever its C type

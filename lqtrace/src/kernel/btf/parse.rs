@@ -5,6 +5,8 @@ use super::*;
 
 /// `struct btf_header` up to `str_len`; newer kernels may append fields (hdr_len says).
 const HEADER_LEN: usize = 24;
+/// Most types and enumerators that may share a name.
+const MAX_SAME_NAME: usize = 64;
 
 /// Bytes of records after the header of a type of this kind; None for an unknown kind.
 fn trailing_len(kind: u8, vlen: usize) -> Option<usize> {
@@ -44,11 +46,23 @@ impl Btf {
                 ENUM | ENUM64 => 1..t.vlen() as u32 + 1,
                 _ => continue,
             };
-            // Not the anonymous ones: thousands of equal keys would make the table crawl.
+            // Equal names share a probe sequence, so inserting n of them costs n²: skip the
+            // anonymous ones (thousands) and refuse more than MAX_SAME_NAME of any other
+            // (vmlinux has at most 7), so no file can make this crawl.
             for key in subs.map(|sub| (id as u32, sub)) {
-                if !btf.key_name(key).is_empty() {
-                    names.insert_unique(hash(&key), key, hash);
+                let name = btf.key_name(key);
+                if name.is_empty() {
+                    continue;
                 }
+                let h = btf.hasher.hash_one(name);
+                let same = names.iter_hash(h).filter(|&&k| btf.key_name(k) == name);
+                if same.count() >= MAX_SAME_NAME {
+                    let name = String::from_utf8_lossy(name);
+                    bail!(
+                        "is invalid: more than {MAX_SAME_NAME} types or enumerators named {name:?}"
+                    );
+                }
+                names.insert_unique(h, key, hash);
             }
         }
         btf.names = names;

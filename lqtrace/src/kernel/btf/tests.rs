@@ -316,6 +316,31 @@ fn loops_in_hostile_input_are_fenced() {
 }
 
 #[test]
+fn many_equal_names_are_refused_not_slow() {
+    let blob = |n: usize| {
+        let mut b = Builder::new();
+        for _ in 0..n {
+            b.composite(STRUCT, "dup\nx", 0, &[]);
+        }
+        b.build()
+    };
+    assert!(Btf::parse(&blob(64)).is_ok());
+    let msg = parse_err(&blob(65));
+    assert_eq!(
+        msg,
+        "BTF data is invalid: more than 64 types or enumerators named \"dup\\nx\""
+    );
+    // 100k anonymous structs: not indexed, so parsed at once.
+    let mut b = Builder::new();
+    for _ in 0..100_000 {
+        b.composite(STRUCT, "", 0, &[]);
+    }
+    let started = Instant::now();
+    assert!(Btf::parse(&b.build()).is_ok());
+    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+}
+
+#[test]
 fn file_errors_name_the_file() {
     let missing = Path::new("/nonexistent/lqtrace/vmlinux");
     let msg = err(Btf::from_file(missing));
