@@ -44,7 +44,6 @@ pub struct ChildEntry {
 
 #[cfg(test)]
 mod tests {
-    use core::mem::size_of;
 
     use super::*;
 

@@ -115,7 +115,7 @@ pub struct PortKey {
 
 #[cfg(test)]
 mod tests {
-    use core::mem::{offset_of, size_of};
+    use core::mem::offset_of;
 
     use super::*;
 

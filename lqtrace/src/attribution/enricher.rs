@@ -30,8 +30,8 @@ use super::{
     accepts::{AcceptPoller, AcceptSource},
     backlog::Backlogs,
     outcomes::{AttemptMap, Attempts, key_of},
-    ports::Ports,
     owners::{MIN_STALE_RESCAN_INTERVAL, OwnerIndex, Owners, Scan, Want},
+    ports::Ports,
 };
 use crate::{
     bpf::records::Record,
@@ -356,7 +356,10 @@ impl Enricher {
                 let e = DropEvent::new(&b, &self.clock, who);
                 if e.is_drop() && e.rport != 0 {
                     let untracked = e.attempt_untracked || self.kernel.attempts.is_none();
-                    if let Some(o) = self.attempts.dropped(key_of(&e), &e, untracked, &self.clock) {
+                    if let Some(o) = self
+                        .attempts
+                        .dropped(key_of(&e), &e, untracked, &self.clock)
+                    {
                         self.batch.push(Event::Outcome(o));
                     }
                 }

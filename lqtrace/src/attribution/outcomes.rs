@@ -16,12 +16,7 @@
 //! of an attempt the next one is due within 2^(n-1) s; [`allowance`] adds a margin for timer
 //! slack and load.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use lqtrace_common::clients::{
     AttemptKey, OUTCOME_CONNECTED, OUTCOME_RESET, OutcomeRecord, RESOLVED_BY_NEW_ATTEMPT,
@@ -208,7 +203,13 @@ impl Attempts {
     }
 }
 
-fn event(key: &AttemptKey, a: &Attempt, outcome: Outcome, end_ns: u64, clock: &Clock) -> OutcomeEvent {
+fn event(
+    key: &AttemptKey,
+    a: &Attempt,
+    outcome: Outcome,
+    end_ns: u64,
+    clock: &Clock,
+) -> OutcomeEvent {
     OutcomeEvent {
         kind: (),
         ts: clock.wall(end_ns),

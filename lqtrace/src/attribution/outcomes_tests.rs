@@ -75,7 +75,10 @@ fn one_outcome_per_attempt_whoever_sees_the_end() {
         ..Default::default()
     };
     let o = t.resolved(&rec, &clock);
-    assert_eq!((o.outcome, o.delay_ms, o.rport), (Outcome::Connected, 1000.0, 1));
+    assert_eq!(
+        (o.outcome, o.delay_ms, o.rport),
+        (Outcome::Connected, 1000.0, 1)
+    );
     // Much later: attempt 2 has given up; the tracker ends it (its entry existed).
     let gone = t.expire(10 * S, &mut kernel, &clock);
     assert_eq!(gone.len(), 1);
@@ -124,7 +127,10 @@ fn retransmissions_extend_the_attempt_and_a_new_isn_supersedes_it() {
         ..Default::default()
     };
     let o = t.resolved(&rec, &clock);
-    assert_eq!((o.outcome, o.drops, o.delay_ms), (Outcome::GaveUp, 2, 1000.0));
+    assert_eq!(
+        (o.outcome, o.drops, o.delay_ms),
+        (Outcome::GaveUp, 2, 1000.0)
+    );
 }
 
 #[test]

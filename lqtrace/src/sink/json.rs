@@ -92,7 +92,10 @@ mod tests {
         };
         let e = sample();
         let record: Value = serde_json::from_str(&event_line(&e)).unwrap();
-        assert_eq!(object_keys(&record), readme_keys("Records of kind `drop` and `syncookie`"));
+        assert_eq!(
+            object_keys(&record),
+            readme_keys("Records of kind `drop` and `syncookie`")
+        );
         assert_eq!(
             object_keys(&record["owners"][0]),
             readme_keys("Each entry of `owners`")
@@ -168,22 +171,34 @@ mod tests {
         stat.0.insert("TcpExt.ListenDrops".into(), 1);
         let end = [(
             e.netns,
-            crate::session::namespaces::Reading { at_ns: u64::MAX, stat },
+            crate::session::namespaces::Reading {
+                at_ns: u64::MAX,
+                stat,
+            },
         )]
         .into();
         let s = agg.summary(&Default::default(), &end, Default::default());
         let v: Value = serde_json::from_str(&summary_line(&s)).unwrap();
-        assert_eq!(object_keys(&v), readme_keys("The summary object, printed last"));
+        assert_eq!(
+            object_keys(&v),
+            readme_keys("The summary object, printed last")
+        );
         let l = &v["listeners"][0];
         assert_eq!(object_keys(l), readme_keys("Each entry of `listeners`"));
-        assert_eq!(object_keys(&l["impact"]), readme_keys("The `impact` of a listener"));
+        assert_eq!(
+            object_keys(&l["impact"]),
+            readme_keys("The `impact` of a listener")
+        );
         assert_eq!(
             object_keys(&v["reconciliation"][0]),
             readme_keys("Each entry of `reconciliation`")
         );
         let r = &v["refused"][0];
         assert_eq!(object_keys(r), readme_keys("Each entry of `refused`"));
-        assert_eq!(object_keys(&r["gaps"][0]), readme_keys("Each entry of `gaps`"));
+        assert_eq!(
+            object_keys(&r["gaps"][0]),
+            readme_keys("Each entry of `gaps`")
+        );
         assert_eq!(r["gaps"][0]["reopened_by"]["pid"], 1);
     }
 }

@@ -300,15 +300,18 @@ impl Aggregate {
 
     fn add_accepts(&mut self, snap: &AcceptSnapshot) {
         for a in &snap.listeners {
-            let st = self.accepts.entry(a.listener).or_insert_with(|| AcceptState {
-                last: AcceptSample {
-                    accepts: 0,
-                    arrivals: 0,
-                    ..a.clone()
-                },
-                read_ns: snap.ts_ns,
-                recent: std::collections::VecDeque::new(),
-            });
+            let st = self
+                .accepts
+                .entry(a.listener)
+                .or_insert_with(|| AcceptState {
+                    last: AcceptSample {
+                        accepts: 0,
+                        arrivals: 0,
+                        ..a.clone()
+                    },
+                    read_ns: snap.ts_ns,
+                    recent: std::collections::VecDeque::new(),
+                });
             let arrivals = a.arrivals.saturating_sub(st.last.arrivals);
             let accepts = a.accepts.saturating_sub(st.last.accepts);
             st.last = a.clone();

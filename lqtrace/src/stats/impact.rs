@@ -13,7 +13,8 @@ const FINE_MS: u64 = 100;
 const FINE_UP_TO_MS: u64 = 10_000;
 const COARSE_MS: u64 = 1_000;
 const LAST_MS: u64 = 130_000;
-const BUCKETS: usize = (FINE_UP_TO_MS / FINE_MS + (LAST_MS - FINE_UP_TO_MS) / COARSE_MS) as usize + 1;
+const BUCKETS: usize =
+    (FINE_UP_TO_MS / FINE_MS + (LAST_MS - FINE_UP_TO_MS) / COARSE_MS) as usize + 1;
 
 /// Connect delays (first dropped packet → handshake completed), in ms.
 #[derive(Debug, Clone, PartialEq)]

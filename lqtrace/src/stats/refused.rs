@@ -78,7 +78,8 @@ impl RefusedPorts {
     }
 
     fn port(&mut self, netns: u32, lport: u16) -> Option<&mut Port> {
-        if lport == 0 || (self.ports.len() >= MAX_PORTS && !self.ports.contains_key(&(netns, lport)))
+        if lport == 0
+            || (self.ports.len() >= MAX_PORTS && !self.ports.contains_key(&(netns, lport)))
         {
             return None;
         }
