@@ -46,12 +46,14 @@ fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Option<HashMap
 
 /// The `ATTEMPTS` map, for the outcome tracker.
 pub fn attempts(ebpf: &mut Ebpf) -> Option<Box<dyn AttemptMap + Send>> {
-    take::<AttemptKey, AttemptValue>(ebpf, "ATTEMPTS").map(|m| Box::new(Attempts(m)) as _)
+    let m = take::<AttemptKey, AttemptValue>(ebpf, "ATTEMPTS")?;
+    Some(Box::new(Attempts(m)))
 }
 
 /// The `ACCEPT_STATS` map, for the accept poller.
 pub fn accepts(ebpf: &mut Ebpf) -> Option<Box<dyn AcceptSource + Send>> {
-    take::<u64, AcceptStats>(ebpf, "ACCEPT_STATS").map(|m| Box::new(Accepts(m)) as _)
+    let m = take::<u64, AcceptStats>(ebpf, "ACCEPT_STATS")?;
+    Some(Box::new(Accepts(m)))
 }
 
 /// Watch these ports for refused SYNs (`netns` 0: in every namespace).

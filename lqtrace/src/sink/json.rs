@@ -115,7 +115,7 @@ mod tests {
             raddr: e.raddr,
             rport: e.rport,
             sock_ino: e.sock_ino,
-            owners: e.owners.clone(),
+            owners: std::sync::Arc::clone(&e.owners),
             drops: 1,
             first_drop_ts: e.ts,
             delay_ms: 1000.0,
