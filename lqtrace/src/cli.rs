@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     attribution::owners::Owner,
-    event::DropEvent,
+    event::{DropEvent, Event},
     kernel::{preflight::DEFAULT_BTF, sockdiag::ListenerSnapshot},
 };
 
@@ -192,6 +192,24 @@ impl Filter {
 
     pub fn matches(&self, e: &DropEvent) -> bool {
         self.listener_matches(e.lport, &e.owners)
+    }
+
+    /// A line event passes: a drop or an outcome by its listener; a refused SYN by its port and
+    /// (for `-p`/`--comm`) by who closed the listener that was there.
+    pub fn event_matches(&self, e: &Event) -> bool {
+        match e {
+            Event::Drop(d) => self.matches(d),
+            Event::Outcome(o) => self.listener_matches(o.lport, &o.owners),
+            Event::Refused(r) => {
+                let closer: Vec<Owner> = r
+                    .closed_by
+                    .iter()
+                    .map(|p| Owner::new(p.pid, p.comm.clone(), String::new(), String::new()))
+                    .collect();
+                self.listener_matches(r.lport, &closer)
+            }
+            _ => true,
+        }
     }
 }
 

@@ -221,6 +221,20 @@ pub enum Event {
     Accepts(accepts::AcceptSnapshot),
 }
 
+impl Event {
+    /// The network namespace a line event is about.
+    pub fn netns(&self) -> Option<u32> {
+        match self {
+            Event::Drop(d) => Some(d.netns),
+            Event::Outcome(o) => Some(o.netns),
+            Event::Refused(r) => Some(r.netns),
+            Event::Listen(l) => Some(l.netns),
+            Event::ListenClose(l) => Some(l.netns),
+            Event::Queues(_) | Event::Accepts(_) => None,
+        }
+    }
+}
+
 pub fn addr(ip_version: u8, bytes: &[u8; 16]) -> IpAddr {
     if ip_version == 4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))

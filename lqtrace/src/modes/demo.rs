@@ -94,7 +94,7 @@ below as it happens (this namespace only), then the reconciliation with the name
         tokio::select! {
             events = session.next_events() => {
                 for e in events? {
-                    if e.netns == ns.inum() && printer.event(&e).is_err() {
+                    if e.netns() == Some(ns.inum()) && printer.event(&e).is_err() {
                         output_closed = true;
                     }
                 }
@@ -131,7 +131,7 @@ below as it happens (this namespace only), then the reconciliation with the name
         last, mut summary, ..
     } = session.finish().await;
     if !output_closed {
-        for e in last.iter().filter(|e| e.netns == ns.inum()) {
+        for e in last.iter().filter(|e| e.netns() == Some(ns.inum())) {
             printer.event(e)?;
         }
     }

@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attribution::owners::Owner,
     cli::{Cli, Filter, RunArgs},
-    event::{DropEvent, WallTime, endpoint},
+    event::{Event, WallTime, endpoint},
     session::{Finished, Session, SessionOptions},
     sink::{
         BANNER, Printer,
@@ -217,7 +217,7 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
-    fn events(&mut self, events: &[DropEvent]) {
+    fn events(&mut self, events: &[Event]) {
         for e in events {
             if self.json && !self.closed && self.printer.event(e).is_err() {
                 self.closed = true;

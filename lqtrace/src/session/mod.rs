@@ -38,7 +38,7 @@ use crate::{
         loader::{self, Tracer},
     },
     cli::Filter,
-    event::{Clock, DropEvent, Event, QueueSnapshot, monotonic_ns},
+    event::{Clock, Event, QueueSnapshot, monotonic_ns},
     kernel::{btf::Btf, layout, preflight, sockdiag, tracefs},
     sink::metrics::Metrics,
     stats::{aggregate::Aggregate, summary::Summary, timeline::Timeline},
@@ -177,9 +177,9 @@ impl Session {
         Ok(session)
     }
 
-    /// Wait until events arrive; add them to the aggregate and return the drop events that pass
-    /// the filter (for the modes' line sinks). Cancel-safe.
-    pub async fn next_events(&mut self) -> Result<Vec<DropEvent>> {
+    /// Wait until events arrive; add them to the aggregate and return those for the modes' line
+    /// sinks (drops, outcomes, refused SYNs) that pass the filter. Cancel-safe.
+    pub async fn next_events(&mut self) -> Result<Vec<Event>> {
         loop {
             let Some(enricher) = self.enricher.as_mut() else {
                 return std::future::pending().await;
@@ -202,17 +202,22 @@ impl Session {
     }
 
     /// Add events to the aggregate (all of them; filters decide what is shown).
-    fn add(&mut self, events: Vec<Event>) -> Vec<DropEvent> {
+    fn add(&mut self, events: Vec<Event>) -> Vec<Event> {
         let mut shown = Vec::new();
         let mut agg = lock(&self.aggregate);
         for e in events {
             match e {
-                Event::Drop(d) => {
-                    let pass = self.filter.matches(&d);
-                    agg.add_drop(&d, pass);
+                Event::Drop(_) | Event::Outcome(_) | Event::Refused(_) => {
+                    let pass = self.filter.event_matches(&e);
+                    agg.add(&e, pass);
                     if pass {
-                        shown.push(d);
+                        shown.push(e);
                     }
+                }
+                Event::Accepts(mut a) => {
+                    a.listeners
+                        .retain(|l| self.filter.port_matches(l.listener.lport));
+                    agg.add(&Event::Accepts(a), true);
                 }
                 Event::Queues(q) => {
                     let filtered = Event::Queues(QueueSnapshot {
@@ -336,8 +341,8 @@ impl Session {
 
 /// What a session leaves at its end.
 pub struct Finished {
-    /// Shown drop events drained at the end (not yet handed to the sinks).
-    pub last: Vec<DropEvent>,
+    /// Shown line events drained at the end (not yet handed to the sinks).
+    pub last: Vec<Event>,
     pub summary: Summary,
     pub timeline: Timeline,
 }

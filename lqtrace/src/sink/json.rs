@@ -2,11 +2,25 @@
 //! structs). Keys are stable, users' jq scripts depend on them: README's "JSON keys" tables
 //! list them, and a test here compares those tables with what is serialized.
 
-use crate::{event::DropEvent, stats::summary::Summary};
+use crate::{
+    event::{DropEvent, Event},
+    stats::summary::Summary,
+};
 
 /// The record as one line of JSON.
 pub fn event_line(e: &DropEvent) -> String {
     serde_json::to_string(e).unwrap_or_default()
+}
+
+/// A line event as one line of JSON (`None` for events that are not printed).
+pub fn line(e: &Event) -> Option<String> {
+    let s = match e {
+        Event::Drop(d) => serde_json::to_string(d),
+        Event::Outcome(o) => serde_json::to_string(o),
+        Event::Refused(r) => serde_json::to_string(r),
+        _ => return None,
+    };
+    s.ok()
 }
 
 /// The summary as one line of JSON.

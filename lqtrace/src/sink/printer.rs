@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{json, text};
-use crate::{event::DropEvent, stats::summary::Summary};
+use crate::{event::Event, stats::summary::Summary};
 
 pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
 
@@ -72,13 +72,16 @@ impl Printer {
         Ok(())
     }
 
-    pub fn event(&mut self, e: &DropEvent) -> io::Result<()> {
+    /// A line event (drop, outcome, refused SYN); other events print nothing.
+    pub fn event(&mut self, e: &Event) -> io::Result<()> {
         let line = if self.json {
-            json::event_line(e)
+            json::line(e)
         } else {
-            text::event(e)
+            text::line(e)
         };
-        self.line(line);
+        if let Some(line) = line {
+            self.line(line);
+        }
         self.check()
     }
 

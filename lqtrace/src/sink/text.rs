@@ -2,7 +2,11 @@
 
 use crate::{
     attribution::owners::Owner,
-    event::{DropEvent, endpoint},
+    event::{
+        DropEvent, Event,
+        clients::{Outcome, OutcomeEvent, RefusedEvent},
+        endpoint,
+    },
     stats::summary::Summary,
 };
 
@@ -24,6 +28,80 @@ fn owner_cols(owners: &[Owner]) -> (String, String) {
     }
 }
 
+/// A line event in the table's columns (`None` for events that are not printed). Outcomes and
+/// refused SYNs use STAGE for their kind and REASON for what happened.
+pub fn line(e: &Event) -> Option<String> {
+    match e {
+        Event::Drop(d) => Some(event(d)),
+        Event::Outcome(o) => Some(outcome(o)),
+        Event::Refused(r) => Some(refused(r)),
+        _ => None,
+    }
+}
+
+/// E.g. `connected +1.00s (1 drop)`, `gave_up after 2 drops, 3.00s`.
+fn outcome(o: &OutcomeEvent) -> String {
+    let (pid, comm) = owner_cols(&o.owners);
+    let drops = format!("{} drop{}", o.drops, if o.drops == 1 { "" } else { "s" });
+    let what = match o.outcome {
+        Outcome::Connected => format!("connected +{:.2}s ({drops})", o.delay_ms / 1e3),
+        other => format!("{} after {drops}, {:.2}s", other.as_str(), o.delay_ms / 1e3),
+    };
+    row(
+        &o.ts,
+        &pid,
+        &comm,
+        endpoint(&o.laddr, o.lport),
+        endpoint(&o.raddr, o.rport),
+        "conn",
+        &what,
+    )
+}
+
+/// E.g. `refused (listener closed 120 ms ago)`, with PID/COMM of who closed it.
+fn refused(r: &RefusedEvent) -> String {
+    let (pid, comm) = r
+        .closed_by
+        .as_ref()
+        .map_or(("-".to_string(), "-".to_string()), |p| {
+            (p.pid.to_string(), p.comm.clone())
+        });
+    let what = match r.listener_closed_ms_ago {
+        Some(ms) => format!("refused (listener closed {ms:.0} ms ago)"),
+        None => "refused (no listener)".to_string(),
+    };
+    row(
+        &r.ts,
+        &pid,
+        &comm,
+        endpoint(&r.laddr, r.lport),
+        endpoint(&r.raddr, r.rport),
+        "rst",
+        &what,
+    )
+}
+
+/// The first six columns, then the rest of the line.
+fn row(
+    ts: &crate::event::WallTime,
+    pid: &str,
+    comm: &str,
+    local: String,
+    remote: String,
+    stage: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "{:<12} {:<7} {:<16.16} {:<31} {:<31} {:<5} {rest}",
+        ts.local_hms(),
+        pid,
+        comm,
+        local,
+        remote,
+        stage
+    )
+}
+
 pub fn event(e: &DropEvent) -> String {
     let (pid, comm) = owner_cols(&e.owners);
     let mut reason = e.reason.as_str().to_string();
@@ -33,17 +111,19 @@ pub fn event(e: &DropEvent) -> String {
     if e.count > 1 {
         reason.push_str(&format!(" x{}", e.count));
     }
-    format!(
-        "{:<12} {:<7} {:<16.16} {:<31} {:<31} {:<5} {:<32} {:<11} {}",
-        e.ts.local_hms(),
-        pid,
-        comm,
+    let rest = format!(
+        "{reason:<32} {:<11} {}",
+        format!("{}/{}", e.accept_queue, e.accept_queue_max),
+        e.syn_queue
+    );
+    row(
+        &e.ts,
+        &pid,
+        &comm,
         endpoint(&e.laddr, e.lport),
         endpoint(&e.raddr, e.rport),
         e.stage.as_str(),
-        reason,
-        format!("{}/{}", e.accept_queue, e.accept_queue_max),
-        e.syn_queue
+        &rest,
     )
 }
 
