@@ -26,6 +26,7 @@ use super::{
     refused::RefusedPorts,
     summary::{ListenerTotals, Reconciliation, Summary},
     timeline::Timeline,
+    verdict::{Verdict, judge},
 };
 use crate::{
     attribution::owners::Owners,
@@ -102,7 +103,16 @@ impl ListenerStats {
         self.counts.drops()
     }
 
-    fn totals(&self) -> ListenerTotals {
+    fn totals(&self, verdict: Option<Verdict>) -> ListenerTotals {
+        let (verdict, verdict_detail, backlog_needed, backlog_basis) = match verdict {
+            Some(v) => (
+                Some(v.verdict),
+                Some(v.verdict_detail),
+                v.backlog_needed,
+                v.backlog_basis,
+            ),
+            None => (None, None, None, None),
+        };
         ListenerTotals {
             netns: self.id.netns,
             laddr: self.laddr,
@@ -117,6 +127,10 @@ impl ListenerStats {
             requested_backlog: self.requested_backlog,
             somaxconn: self.somaxconn,
             impact: self.impact.summary(),
+            verdict,
+            verdict_detail,
+            backlog_needed,
+            backlog_basis,
         }
     }
 }
@@ -334,6 +348,17 @@ impl Aggregate {
         }
     }
 
+    /// Why a listener with drops fell behind (`accepts_counted`: a hook variant observes
+    /// accept()).
+    pub fn verdict(&self, l: &ListenerStats, accepts_counted: bool) -> Option<Verdict> {
+        judge(
+            l,
+            self.timeline.listener(&l.id),
+            self.timeline.bucket_secs(),
+            accepts_counted,
+        )
+    }
+
     /// A listener's accept activity, if the kernel counted any.
     pub fn accepts(&self, id: &ListenerId) -> Option<&AcceptState> {
         self.accepts.get(id)
@@ -457,7 +482,7 @@ impl Aggregate {
             listeners: self
                 .listeners()
                 .into_iter()
-                .map(ListenerStats::totals)
+                .map(|l| l.totals(self.verdict(l, hooks.contains_key("accept"))))
                 .collect(),
             reconciliation: self.reconciliation(start, end),
             refused: self.refused.summary(&self.clock, monotonic_ns()),

@@ -5,3 +5,4 @@ pub mod impact;
 pub mod refused;
 pub mod summary;
 pub mod timeline;
+pub mod verdict;

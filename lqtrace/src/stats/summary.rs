@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Serialize, Serializer};
 
-use super::{impact::ImpactSummary, refused::RefusedPort};
+use super::{impact::ImpactSummary, refused::RefusedPort, verdict::Kind};
 use crate::{attribution::owners::Owners, event::Reason};
 
 /// One listening socket that had drops or syncookies (and passed the filters).
@@ -28,6 +28,12 @@ pub struct ListenerTotals {
     pub somaxconn: u32,
     /// How its connection attempts with drops ended.
     pub impact: ImpactSummary,
+    /// Why it fell behind (`stalled`, `too_slow`, `burst`; `null` when accepts were not
+    /// observed), with the figures it rests on, and the backlog that would have absorbed it.
+    pub verdict: Option<Kind>,
+    pub verdict_detail: Option<String>,
+    pub backlog_needed: Option<u32>,
+    pub backlog_basis: Option<String>,
 }
 
 /// One network namespace: drops lqtrace recorded vs the kernel's ListenDrops delta.

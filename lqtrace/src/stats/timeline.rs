@@ -43,6 +43,10 @@ pub struct ListenerBucket {
     /// Connections that entered the accept queue, and that accept() took.
     pub arrivals: u64,
     pub accepts: u64,
+    /// Connection attempts whose first packet was dropped here, and attempts with drops that
+    /// got in here (counted in `arrivals` too).
+    pub attempts: u64,
+    pub rescued: u64,
 }
 
 impl ListenerBucket {
@@ -50,6 +54,8 @@ impl ListenerBucket {
         self.drops.merge(&other.drops);
         self.arrivals += other.arrivals;
         self.accepts += other.accepts;
+        self.attempts += other.attempts;
+        self.rescued += other.rescued;
         self.queue = match (self.queue, other.queue) {
             (Some(a), Some(b)) => Some(QueueLevel {
                 max: a.max.max(b.max),
@@ -322,13 +328,30 @@ impl Timeline {
         self.client_bucket(ts_ns).refused += 1;
     }
 
-    /// An attempt ended (counted when its fate was known).
+    /// An attempt ended (counted when its fate was known; its listener's series also gets the
+    /// attempt at its first drop, and the connection when it got in).
     pub fn add_outcome(&mut self, o: &OutcomeEvent) {
         let i = Outcome::ALL
             .iter()
             .position(|x| *x == o.outcome)
             .unwrap_or(3);
         self.client_bucket(o.ts_ns).outcomes[i] += 1;
+        let key = ListenerId {
+            netns: o.netns,
+            sock_ino: o.sock_ino,
+            lport: o.lport,
+        };
+        if self.listeners.contains_key(&key) {
+            // The later time first: a merge it causes must not leave `first` stale.
+            let end = self.index(o.ts_ns.max(o.first_drop_ns));
+            let first = self.index(o.first_drop_ns);
+            if let Some(l) = self.listeners.get_mut(&key) {
+                l.bucket_mut(first).attempts += 1;
+                if o.outcome == Outcome::Connected {
+                    l.bucket_mut(end).rescued += 1;
+                }
+            }
+        }
     }
 
     /// What the clients saw, per bucket.
