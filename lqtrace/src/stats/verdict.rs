@@ -115,9 +115,7 @@ pub fn judge(
         return None;
     }
     let s = series.map(|s| steps(s, bucket_secs))?;
-    let Some((first, last)) = drop_span(&s) else {
-        return None;
-    };
+    let (first, last) = drop_span(&s)?;
     // Over the drop period: how much arrived, how much was taken.
     let (demand, accepts) = s
         .rows
@@ -155,7 +153,7 @@ pub fn judge(
 fn drop_span(s: &Steps) -> Option<(usize, usize)> {
     let mut it = s.rows.iter().filter(|r| r.3 > 0).map(|r| r.0);
     let first = it.next()?;
-    Some((first, it.last().unwrap_or(first)))
+    Some((first, it.next_back().unwrap_or(first)))
 }
 
 /// The busiest window of up to one second inside the drop period: (arrivals, its length).
