@@ -82,6 +82,11 @@ pub struct Cli {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while tracing.
     #[arg(long, value_name = "ADDR", global = true)]
     pub metrics: Option<SocketAddr>,
+
+    /// Record SYNs refused at every port (default: only ports that had a listener during the
+    /// run, or named with -P; a port scan would flood the output).
+    #[arg(long, global = true)]
+    pub refused_all: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

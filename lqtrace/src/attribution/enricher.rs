@@ -97,7 +97,6 @@ pub fn start(
     clock: Clock,
     namespaces: Arc<Mutex<Namespaces>>,
     kernel: KernelMaps,
-    existing: &[(u32, u16)],
 ) -> Result<Handle> {
     let (input, rx) = mpsc::channel::<Input>();
     let (out_tx, output) = tokio::sync::mpsc::channel(OUT_BATCHES);
@@ -128,9 +127,6 @@ pub fn start(
         accept_poller: AcceptPoller::default(),
         last_tick: Instant::now(),
     };
-    for &(netns, port) in existing {
-        e.ports.existing(netns, port);
-    }
     e.request_scan();
     let enricher = std::thread::Builder::new()
         .name("lqtrace-enrich".into())

@@ -53,6 +53,8 @@ pub struct SessionOptions {
     pub forced: hooks::Forced,
     /// `--metrics`: serve Prometheus metrics on this address while the session runs.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--refused-all`: record refused SYNs at every port.
+    pub refused_all: bool,
 }
 
 impl SessionOptions {
@@ -63,6 +65,7 @@ impl SessionOptions {
             filter: Filter::from_cli(cli),
             forced: cli.hooks.clone().unwrap_or_default(),
             metrics: cli.metrics,
+            refused_all: cli.refused_all,
         }
     }
 }
@@ -129,7 +132,7 @@ impl Session {
             accepts: bpf::maps::accepts(&mut tracer.ebpf),
         };
         let namespaces = Arc::new(Mutex::new(Namespaces::default()));
-        let enricher = enricher::start(Clock::now(), Arc::clone(&namespaces), kernel, &[])?;
+        let enricher = enricher::start(Clock::now(), Arc::clone(&namespaces), kernel)?;
         let reader = Reader::start(ring, enricher.input.clone(), Arc::clone(&enricher.queued))?;
 
         // setns into every namespace: off the runtime's thread.
