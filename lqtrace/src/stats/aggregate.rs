@@ -103,7 +103,7 @@ impl ListenerStats {
         self.counts.drops()
     }
 
-    fn totals(&self, verdict: Option<Verdict>) -> ListenerTotals {
+    fn totals(&self, verdict: Option<Verdict>, accepts: Option<&AcceptState>) -> ListenerTotals {
         let (verdict, verdict_detail, backlog_needed, backlog_basis) = match verdict {
             Some(v) => (
                 Some(v.verdict),
@@ -131,6 +131,10 @@ impl ListenerStats {
             verdict_detail,
             backlog_needed,
             backlog_basis,
+            accepts: accepts.map(|a| a.last.accepts),
+            arrivals: accepts.map(|a| a.last.arrivals),
+            accept_wait_p50_ms: accepts.and_then(|a| a.wait_quantile_ms(0.5)),
+            accept_wait_p99_ms: accepts.and_then(|a| a.wait_quantile_ms(0.99)),
         }
     }
 }
@@ -147,6 +151,24 @@ pub struct AcceptState {
 }
 
 impl AcceptState {
+    /// The `q`-quantile of the accept-queue wait, in ms: the upper bound of its log2 µs bucket.
+    pub fn wait_quantile_ms(&self, q: f64) -> Option<f64> {
+        let h = &self.last.wait_hist;
+        let total: u64 = h.iter().map(|&n| u64::from(n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in h.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= rank {
+                return Some((1u64 << (i + 1)) as f64 / 1e3);
+            }
+        }
+        None
+    }
+
     /// Accepts per second over the last second of samples.
     pub fn rate(&self) -> f64 {
         match (self.recent.front(), self.recent.back()) {
@@ -482,7 +504,12 @@ impl Aggregate {
             listeners: self
                 .listeners()
                 .into_iter()
-                .map(|l| l.totals(self.verdict(l, hooks.contains_key("accept"))))
+                .map(|l| {
+                    l.totals(
+                        self.verdict(l, hooks.contains_key("accept")),
+                        self.accepts.get(&l.id),
+                    )
+                })
                 .collect(),
             reconciliation: self.reconciliation(start, end),
             refused: self.refused.summary(&self.clock, monotonic_ns()),

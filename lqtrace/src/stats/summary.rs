@@ -34,6 +34,14 @@ pub struct ListenerTotals {
     pub verdict_detail: Option<String>,
     pub backlog_needed: Option<u32>,
     pub backlog_basis: Option<String>,
+    /// Connections its owners took with accept(), and connections that entered its accept
+    /// queue, while lqtrace watched (`null` when accepts were not observed).
+    pub accepts: Option<u64>,
+    pub arrivals: Option<u64>,
+    /// How long connections waited in the accept queue: median and 99th percentile, in ms
+    /// (log2 buckets: within a factor of two).
+    pub accept_wait_p50_ms: Option<f64>,
+    pub accept_wait_p99_ms: Option<f64>,
 }
 
 /// One network namespace: drops lqtrace recorded vs the kernel's ListenDrops delta.
