@@ -94,8 +94,6 @@ pub struct ListenerStats {
     pub last_ns: u64,
     /// How its attempts with drops ended.
     pub impact: Impact,
-    /// The longest time since the last accept seen at one of its drops (a stall under way).
-    pub max_accept_gap_ms: Option<u64>,
 }
 
 impl ListenerStats {
@@ -303,11 +301,7 @@ impl Aggregate {
                 first_ns: e.ts_ns,
                 last_ns: e.ts_ns,
                 impact: Impact::default(),
-                max_accept_gap_ms: None,
             });
-        if let Some(gap) = e.last_accept_ms_ago {
-            s.max_accept_gap_ms = Some(s.max_accept_gap_ms.map_or(gap, |m| m.max(gap)));
-        }
         if !e.owners.is_empty() {
             s.owners = Arc::clone(&e.owners);
         }

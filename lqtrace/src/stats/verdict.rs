@@ -1,9 +1,11 @@
 //! Why a listener fell behind, from its time series (100 ms buckets): connections arriving,
 //! connections taken by accept(), drops, and the time since the last accept seen at each drop.
 //!
-//! - `stalled`: the owners stopped accepting while the queue was full: at a drop, the last
-//!   accept() was at least [`STALL_MS`] ago (a GC pause, a blocked event loop, every worker
-//!   busy).
+//! - `stalled`: the owners stopped accepting while connections waited: for at least
+//!   [`STALL_MS`] no accept() while the queue was not empty (more had arrived than were taken),
+//!   and drops in that time (a GC pause, a blocked event loop, every worker busy). An idle
+//!   listener whose last accept was long ago is not stalled when a burst arrives: the pause
+//!   counts only while something waits.
 //! - `too_slow`: they kept accepting, but fewer connections per second than arrived, sustained
 //!   over at least [`SUSTAINED_S`] (capacity: more workers, or faster ones).
 //! - `burst`: more connections arrived within a short window than the queue holds, while
@@ -99,22 +101,18 @@ pub fn judge(
         backlog_needed,
         backlog_basis: backlog_basis.clone(),
     };
-    if let Some(gap) = l.max_accept_gap_ms.filter(|g| *g >= STALL_MS) {
-        return Some(with(
-            Kind::Stalled,
-            format!(
-                "no accept() for {:.1} s at a drop while the accept queue was full ({}/{} at the drops; {} drops)",
-                gap as f64 / 1e3,
-                l.peak_accept_queue,
-                limit,
-                l.drops()
-            ),
-        ));
-    }
     if !accepts_counted {
         return None;
     }
     let s = series.map(|s| steps(s, bucket_secs))?;
+    if let Some((secs, waiting, drops)) = longest_stall(&s) {
+        return Some(with(
+            Kind::Stalled,
+            format!(
+                "no accept() for {secs:.1} s while up to {waiting} connections waited ({drops} drops in that time; limit {limit})"
+            ),
+        ));
+    }
     let (first, last) = drop_span(&s)?;
     // Over the drop period: how much arrived, how much was taken.
     let (demand, accepts) = s
@@ -147,6 +145,45 @@ pub fn judge(
             "{peak_n} connections arrived within {peak_s:.1} s (limit {limit}) while accept() kept pace ({out_rate:.0}/s accepted, {in_rate:.0}/s arrived over {span_s:.1} s)"
         ),
     ))
+}
+
+/// The longest run of steps without an accept while connections waited, if it lasted at least
+/// STALL_MS and had drops: (its length in s, the most that waited, its drops).
+fn longest_stall(s: &Steps) -> Option<(f64, i64, u64)> {
+    let step_ns = (s.secs * 1e9) as u64;
+    let min_steps = (STALL_MS * 1_000_000).div_ceil(step_ns.max(1)) as usize;
+    let (mut waiting, mut best): (i64, Option<(usize, i64, u64)>) = (0, None);
+    let mut run: Option<(usize, usize, i64, u64)> = None; // (start, last, most waiting, drops)
+    let mut prev: Option<usize> = None;
+    let close = |run: &mut Option<(usize, usize, i64, u64)>,
+                 best: &mut Option<(usize, i64, u64)>| {
+        if let Some((start, last, most, drops)) = run.take() {
+            let len = last - start + 1;
+            if len >= min_steps && drops > 0 && best.is_none_or(|b| len > b.0) {
+                *best = Some((len, most, drops));
+            }
+        }
+    };
+    for &(i, demand, accepts, drops) in &s.rows {
+        // A step missing between two rows had no accept either: it extends a run only while
+        // something waited (it did, if the run was open).
+        if prev.is_some_and(|p| i > p + 1) && waiting <= 0 {
+            close(&mut run, &mut best);
+        }
+        prev = Some(i);
+        let was_waiting = waiting > 0;
+        waiting = (waiting + demand as i64 - accepts as i64).max(0);
+        if accepts == 0 && (was_waiting || demand > 0 || drops > 0) {
+            let r = run.get_or_insert((i, i, 0, 0));
+            r.1 = i;
+            r.2 = r.2.max(waiting);
+            r.3 += drops;
+        } else {
+            close(&mut run, &mut best);
+        }
+    }
+    close(&mut run, &mut best);
+    best.map(|(len, most, drops)| (len as f64 * s.secs, most, drops))
 }
 
 /// The first and last bucket with a drop.

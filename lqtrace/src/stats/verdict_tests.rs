@@ -68,10 +68,32 @@ fn a_pause_in_accepts_is_a_stall() {
     for ms in [0, 100, 200] {
         agg.timeline.add_accepts(T0 + ms * MS, id(), 10, 10);
     }
-    drop_at(&mut agg, 2500, Some(2300));
+    // From 300 ms on, 3 arrive per step and none is taken, for 2 s; drops from 1 s.
+    for step in 3..23u64 {
+        agg.timeline.add_accepts(T0 + step * 100 * MS, id(), 3, 0);
+        if step >= 10 {
+            drop_at(&mut agg, step * 100 + 50, Some(step * 100 - 200));
+        }
+    }
+    agg.timeline.add_accepts(T0 + 2300 * MS, id(), 0, 60);
     let v = verdict(&agg);
-    assert_eq!(v.verdict, Kind::Stalled);
-    assert!(v.verdict_detail.contains("no accept() for 2.3 s"), "{v:?}");
+    assert_eq!(v.verdict, Kind::Stalled, "{v:?}");
+    assert!(v.verdict_detail.contains("no accept() for 2.0 s"), "{v:?}");
+}
+
+#[test]
+fn an_idle_listener_hit_by_a_burst_is_not_stalled() {
+    let mut agg = Aggregate::new(T0);
+    agg.timeline.add_accepts(T0, id(), 1, 1);
+    // 10 s idle, then 50 arrive in one step (5 get in, 45 dropped) and are taken in 200 ms.
+    drop_at(&mut agg, 10_000, Some(10_000));
+    for _ in 0..45 {
+        attempt(&mut agg.timeline, 10_000, 11_000);
+    }
+    agg.timeline.add_accepts(T0 + 10_000 * MS, id(), 5, 3);
+    agg.timeline.add_accepts(T0 + 10_100 * MS, id(), 0, 2);
+    agg.timeline.add_accepts(T0 + 11_000 * MS, id(), 45, 45);
+    assert_eq!(verdict(&agg).verdict, Kind::Burst);
 }
 
 #[test]

@@ -1,0 +1,340 @@
+//! What the clients saw (issue 9), against the clients themselves: each test client records how
+//! its connect() ended and how long it took, by local port, and lqtrace's `outcome` and `refused`
+//! records must say the same.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+/// How one client's connect() ended.
+#[derive(Debug, Clone)]
+struct Client {
+    port: u16,
+    took: Duration,
+    result: Result<(), ErrorKind>,
+}
+
+/// Connect from a fresh socket; `patience`: give up (close) after this long, as an impatient
+/// client would. Returns the local port, the time taken and the result.
+fn connect_once(to: SocketAddr, patience: Duration) -> Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+    let t0 = Instant::now();
+    let result = sock
+        .connect_timeout(&to.into(), patience)
+        .map_err(|e| e.kind());
+    let took = t0.elapsed();
+    // Keep the connection until the test ends? Not needed: the handshake is what is measured.
+    drop(sock);
+    Client { port, took, result }
+}
+
+/// A server on `l` that accepts nothing until `start_after`, then accepts and closes everything
+/// at once, until stopped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u32>>,
+}
+
+impl Server {
+    fn start(l: TcpListener, start_after: Duration) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(start_after);
+            l.set_nonblocking(true).unwrap();
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok(_) => n += 1,
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            n
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+fn outcomes_in<'a>(records: &'a [Value], netns: u32) -> Vec<&'a Value> {
+    records_in(records, netns, "outcome")
+}
+
+fn by_port(records: &[&Value]) -> BTreeMap<u16, Vec<Value>> {
+    let mut m: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+    for r in records {
+        m.entry(u(r, "rport") as u16)
+            .or_default()
+            .push((*r).clone());
+    }
+    m
+}
+
+/// A listener with backlog 1 that accepts nothing for 1.5 s: clients starting every 50 ms over
+/// the first second find the accept queue full and their SYN dropped; their retransmission one
+/// second later (or three, for those whose first retransmission came before 1.5 s) gets in, and
+/// connect() returns that much later. Three impatient clients close after 400 ms, before their
+/// SYN is retransmitted: they gave up.
+#[test]
+fn delayed_clients_and_their_outcomes_agree() {
+    require_root!();
+    let label = "client_delays";
+    let ns = new_ns("lqt-cdel");
+    let tracer = Tracer::start(&[]);
+    let a: SocketAddr = "127.0.0.1:5301".parse().unwrap();
+    let l = ns
+        .run(move || listen_tcp(a, 1, ListenOpts::default()))
+        .unwrap();
+    let server = Server::start(l, Duration::from_millis(1500));
+    let clients: Vec<Client> = ns
+        .run(move || {
+            let mut threads = Vec::new();
+            for i in 0..20u64 {
+                threads.push(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50 * i));
+                    connect_once(a, Duration::from_secs(10))
+                }));
+            }
+            for i in 0..3u64 {
+                threads.push(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(120 + 10 * i));
+                    connect_once(a, Duration::from_millis(400))
+                }));
+            }
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+        .unwrap();
+    // The impatient clients' attempts end 1.8 s after their drop (the retransmission that never
+    // came): wait for that before stopping.
+    std::thread::sleep(Duration::from_millis(2500));
+    let accepted = server.stop();
+    let out = tracer.stop();
+
+    let outcomes = outcomes_in(&out.records, ns.inum());
+    let per_port = by_port(&outcomes);
+    let dropped: BTreeSet<u16> = records_in(&out.records, ns.inum(), "drop")
+        .iter()
+        .map(|r| u(r, "rport") as u16)
+        .collect();
+    eprintln!(
+        "[{label}] {} clients, {accepted} accepted; drops at {} ports; outcomes {}",
+        clients.len(),
+        dropped.len(),
+        dump(&outcomes)
+    );
+    // Exactly one outcome per attempt that had a drop.
+    assert_eq!(
+        per_port.keys().copied().collect::<BTreeSet<_>>(),
+        dropped,
+        "[{label}] ports with an outcome vs ports with a drop"
+    );
+    for (port, os) in &per_port {
+        assert_eq!(os.len(), 1, "[{label}] port {port}: {os:?}");
+    }
+    // Connected and delayed by ≥ 0.9 s: exactly the clients whose connect() took that long,
+    // with the same delay within 10%.
+    let slow: BTreeMap<u16, Duration> = clients
+        .iter()
+        .filter(|c| c.result.is_ok() && c.took >= Duration::from_millis(900))
+        .map(|c| (c.port, c.took))
+        .collect();
+    let delayed: BTreeMap<u16, f64> = per_port
+        .iter()
+        .filter(|(_, os)| os[0]["outcome"] == "connected")
+        .map(|(p, os)| (*p, os[0]["delay_ms"].as_f64().unwrap()))
+        .filter(|(_, ms)| *ms >= 900.0)
+        .collect();
+    assert_eq!(
+        slow.keys().collect::<Vec<_>>(),
+        delayed.keys().collect::<Vec<_>>(),
+        "[{label}] slow clients (left) vs connected outcomes delayed >= 0.9 s (right)"
+    );
+    assert!(
+        slow.len() >= 10,
+        "[{label}] too few delayed clients: {slow:?}"
+    );
+    for (port, took) in &slow {
+        let ms = delayed[port];
+        let client_ms = took.as_secs_f64() * 1e3;
+        assert!(
+            (ms - client_ms).abs() <= 0.1 * client_ms,
+            "[{label}] port {port}: lqtrace says +{ms:.0} ms, the client waited {client_ms:.0} ms"
+        );
+    }
+    // The impatient ones gave up.
+    let impatient: BTreeSet<u16> = clients
+        .iter()
+        .filter(|c| c.result.is_err())
+        .map(|c| c.port)
+        .collect();
+    assert_eq!(impatient.len(), 3, "[{label}] {clients:?}");
+    for port in &impatient {
+        assert_eq!(
+            per_port.get(port).map(|o| o[0]["outcome"].clone()),
+            Some(Value::from("gave_up")),
+            "[{label}] impatient client at port {port}"
+        );
+    }
+    // The summary's impact adds the same up.
+    let sum = summary(&out.records);
+    let l = summary_listeners(sum, ns.inum());
+    let impact = &l[0]["impact"];
+    assert_eq!(u(impact, "attempts"), outcomes.len() as u64, "{impact}");
+    assert_eq!(u(impact, "connected"), delayed.len() as u64, "{impact}");
+    assert_eq!(u(impact, "gave_up"), 3, "{impact}");
+}
+
+/// A listener closed and re-opened while clients connect: the SYNs in the gap are refused (the
+/// clients see ECONNREFUSED), and the `refused` records name exactly those clients, how long
+/// ago the listener closed, and who closed it; the summary has the gap.
+#[test]
+fn a_restart_gap_is_refused_and_reported() {
+    require_root!();
+    let label = "restart_gap";
+    let ns = new_ns("lqt-gap");
+    let tracer = Tracer::start(&[]);
+    let a: SocketAddr = "127.0.0.1:5302".parse().unwrap();
+    let me = std::process::id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    // The "service": listens, closes at 0.6 s, listens again at 1.1 s, accepting everything.
+    let service = ns
+        .run(move || {
+            std::thread::spawn(move || {
+                let serve = |l: &TcpListener, until: Instant| {
+                    l.set_nonblocking(true).unwrap();
+                    while Instant::now() < until && !s.load(Ordering::Relaxed) {
+                        if l.accept().is_err() {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                };
+                let l = listen_tcp(a, 128, ListenOpts::default());
+                serve(&l, Instant::now() + Duration::from_millis(600));
+                drop(l);
+                std::thread::sleep(Duration::from_millis(500));
+                let l = listen_tcp(a, 128, ListenOpts::default());
+                serve(&l, Instant::now() + Duration::from_secs(30));
+            })
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let clients: Vec<Client> = ns
+        .run(move || {
+            (0..70)
+                .map(|_| {
+                    let c = connect_once(a, Duration::from_secs(2));
+                    std::thread::sleep(Duration::from_millis(20));
+                    c
+                })
+                .collect()
+        })
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    service.join().unwrap();
+    let out = tracer.stop();
+
+    let refused_clients: BTreeSet<u16> = clients
+        .iter()
+        .filter(|c| c.result == Err(ErrorKind::ConnectionRefused))
+        .map(|c| c.port)
+        .collect();
+    let refused = records_in(&out.records, ns.inum(), "refused");
+    let recorded: BTreeSet<u16> = refused.iter().map(|r| u(r, "rport") as u16).collect();
+    eprintln!(
+        "[{label}] {} clients, {} refused; records {}",
+        clients.len(),
+        refused_clients.len(),
+        dump(&refused)
+    );
+    assert!(refused_clients.len() >= 5, "[{label}] {clients:?}");
+    assert_eq!(
+        recorded, refused_clients,
+        "[{label}] refused records (left) vs clients that saw ECONNREFUSED (right)"
+    );
+    for r in &refused {
+        let ago = r["listener_closed_ms_ago"].as_f64().unwrap();
+        assert!((0.0..=600.0).contains(&ago), "[{label}] {r}");
+        assert_eq!(u(&r["closed_by"], "pid"), u64::from(me), "[{label}] {r}");
+        assert_eq!(r["lport"], 5302);
+    }
+    let sum = summary(&out.records);
+    let ports: Vec<&Value> = sum["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| u(p, "netns") == u64::from(ns.inum()))
+        .collect();
+    assert_eq!(ports.len(), 1, "[{label}] {sum}");
+    assert_eq!(u(ports[0], "count"), refused.len() as u64);
+    let gaps = ports[0]["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "[{label}] {gaps:?}");
+    let gap = gaps[0]["gap_ms"].as_f64().unwrap();
+    assert!((400.0..=800.0).contains(&gap), "[{label}] gap {gap} ms");
+    assert_eq!(u(&gaps[0]["closed_by"], "pid"), u64::from(me));
+    assert_eq!(u(&gaps[0]["reopened_by"], "pid"), u64::from(me));
+}
+
+/// An SO_REUSEPORT group that loses one member while another still listens refuses nothing.
+#[test]
+fn a_reuseport_member_leaving_is_no_gap() {
+    require_root!();
+    let label = "reuseport_leave";
+    let ns = new_ns("lqt-rpgap");
+    let tracer = Tracer::start(&[]);
+    let a: SocketAddr = "127.0.0.1:5303".parse().unwrap();
+    let (l1, l2) = ns
+        .run(move || {
+            let opts = || ListenOpts {
+                reuseport: true,
+                ..ListenOpts::default()
+            };
+            (listen_tcp(a, 128, opts()), listen_tcp(a, 128, opts()))
+        })
+        .unwrap();
+    let clients = ns
+        .run(move || {
+            let mut first = Some(l1);
+            let mut out = Vec::new();
+            for i in 0..60 {
+                if i == 20 {
+                    drop(first.take()); // one member leaves; the other still listens
+                }
+                out.push(connect_once(a, Duration::from_secs(2)));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            out
+        })
+        .unwrap();
+    drop(l2);
+    let out = tracer.stop();
+    assert!(
+        clients.iter().all(|c| c.result.is_ok()),
+        "[{label}] a client was refused: {clients:?}"
+    );
+    let refused = records_in(&out.records, ns.inum(), "refused");
+    assert!(refused.is_empty(), "[{label}] {}", dump(&refused));
+}
