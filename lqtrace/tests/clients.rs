@@ -79,7 +79,7 @@ impl Server {
     }
 }
 
-fn outcomes_in<'a>(records: &'a [Value], netns: u32) -> Vec<&'a Value> {
+fn outcomes_in(records: &[Value], netns: u32) -> Vec<&Value> {
     records_in(records, netns, "outcome")
 }
 
