@@ -13,10 +13,12 @@
 //!
 //! `backlog_needed` replays the run against an unbounded queue: every connection attempt enters
 //! when it first knocked (an attempt whose first SYN was dropped counts then, not when its
-//! retransmission got in), and leaves when the owners accepted one. The longest that queue got
-//! is what the accept queue would have had to hold, so the smallest limit is one less (a queue
-//! of limit N holds N+1: `sk_acceptq_is_full` is `>`). It assumes the owners accept as they
-//! did; with more queued they may accept faster, which only shortens the queue.
+//! retransmission got in), and leaves when the owners accepted one. Within a step it takes the
+//! arrivals before the accepts (the step is 100 ms: a burst comes faster than it is taken), so
+//! the longest that queue got is an upper bound of what the accept queue had to hold, and the
+//! smallest limit is one less (a queue of limit N holds N+1: `sk_acceptq_is_full` is `>`). It
+//! assumes the owners accept as they did; with more queued they may accept faster, which only
+//! shortens the queue.
 
 use serde::Serialize;
 
@@ -217,14 +219,14 @@ fn backlog_needed(s: &Steps, limit: u32, somaxconn: u32) -> Option<(u32, String)
     // Buckets without a row had no arrivals and no accepts: the queue is carried.
     let (mut q, mut peak) = (0i64, 0i64);
     for &(_, demand, accepts, _) in &s.rows {
+        peak = peak.max(q + demand as i64);
         q = (q + demand as i64 - accepts as i64).max(0);
-        peak = peak.max(q);
     }
     let needed = u32::try_from((peak - 1).max(0))
         .unwrap_or(u32::MAX)
         .max(limit + 1);
     let mut basis = format!(
-        "an unbounded queue replaying this run ({:.0} ms steps: each attempt queued at its first SYN, removed at each accept) peaked at {peak}; the queue holds limit + 1",
+        "an unbounded queue replaying this run ({:.0} ms steps: each attempt queued at its first SYN, removed at each accept, arrivals before accepts within a step) peaked at {peak}; the queue holds limit + 1",
         s.secs * 1e3
     );
     if needed > somaxconn {
