@@ -25,7 +25,10 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Table},
 };
 
-use super::rows::{Header, TopRow, bar, compact_rates, hms, queue_text, sort_name};
+use super::rows::{
+    Header, TopRow, accept_rate_text, bar, compact_rates, hms, last_accept_text, queue_text,
+    sort_name,
+};
 use crate::{attribution::owners::owners_label, cli::TopSort};
 
 /// Puts the terminal back (raw mode off, main screen, cursor shown) when dropped: on every
@@ -101,6 +104,32 @@ fn queue_cell(r: &TopRow) -> Cell<'static> {
     ]))
 }
 
+/// A count since start, coloured once it is not zero.
+fn count_cell(n: u64, color: Color) -> Cell<'static> {
+    let style = if n > 0 {
+        Style::default().fg(color)
+    } else {
+        Style::default()
+    };
+    Cell::from(Span::styled(n.to_string(), style))
+}
+
+/// Time since the last accept(), red when it is a stall (a second or more while connections
+/// wait in the queue).
+fn last_accept_cell(r: &TopRow) -> Cell<'static> {
+    let waiting = r.queue_now.unwrap_or(0) > 0;
+    let stalled = r
+        .accepts
+        .as_ref()
+        .is_some_and(|a| a.last_ms_ago.is_none_or(|ms| ms >= 1_000));
+    let style = if waiting && stalled {
+        Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+    } else {
+        Style::default()
+    };
+    Cell::from(Span::styled(last_accept_text(r.accepts.as_ref()), style))
+}
+
 pub fn draw(f: &mut Frame<'_>, h: &Header, rows: &[TopRow], sort: TopSort, interval: Duration) {
     let [top, table_area, help] = Layout::vertical([
         Constraint::Length(1),
@@ -144,6 +173,12 @@ pub fn draw(f: &mut Frame<'_>, h: &Header, rows: &[TopRow], sort: TopSort, inter
         Cell::from("OWNER"),
         Cell::from(per),
         Cell::from("TOTAL"),
+        Cell::from("DELAYED"),
+        Cell::from("GAVE UP"),
+        Cell::from("RESET"),
+        Cell::from("REFUSED"),
+        Cell::from("LAST ACC"),
+        Cell::from("ACC/s"),
         Cell::from("ACCEPT QUEUE now/limit"),
     ])
     .style(Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED));
@@ -164,17 +199,31 @@ pub fn draw(f: &mut Frame<'_>, h: &Header, rows: &[TopRow], sort: TopSort, inter
                     rate_style,
                 )),
                 Cell::from(r.total.to_string()),
+                count_cell(r.clients.delayed, Color::Yellow),
+                count_cell(r.clients.gave_up, Color::Red),
+                count_cell(r.clients.reset, Color::Red),
+                count_cell(r.clients.refused, Color::Red),
+                last_accept_cell(r),
+                Cell::from(accept_rate_text(r.accepts.as_ref())),
                 queue_cell(r),
             ])
         })
         .collect();
     let empty = body.is_empty();
+    // 178 columns in all: the whole table fits a 180-column terminal; narrower ones squeeze the
+    // queue bar last.
     let widths = [
         Constraint::Length(28),
         Constraint::Length(11),
         Constraint::Length(20),
-        Constraint::Length(32),
-        Constraint::Length(9),
+        Constraint::Length(30),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(6),
         Constraint::Min(30),
     ];
     let title = if empty {
@@ -197,4 +246,105 @@ pub fn draw(f: &mut Frame<'_>, h: &Header, rows: &[TopRow], sort: TopSort, inter
         .style(Style::default().fg(Color::DarkGray)),
         help,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::{
+        attribution::owners::Owner,
+        event::{ListenerId, Reason, ReasonCounts},
+        modes::top::rows::{Accepts, Clients},
+    };
+
+    fn screen(width: u16) -> Vec<String> {
+        let mut counts = ReasonCounts::default();
+        counts.add(Reason::SynAcceptQueueFull, 178);
+        let row = TopRow {
+            key: ListenerId {
+                netns: 4026532314,
+                sock_ino: 1,
+                lport: 5401,
+            },
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            owners: [Owner::test(31641, "python3")].into(),
+            interval: counts,
+            interval_secs: 1.0,
+            counts,
+            total: 256,
+            queue_now: Some(2),
+            queue_peak: 2,
+            queue_limit: 1,
+            clients: Clients {
+                delayed: 41,
+                gave_up: 4,
+                reset: 2,
+                refused: 3,
+            },
+            accepts: Some(Accepts {
+                last_ms_ago: Some(2100),
+                per_s: 0.0,
+            }),
+        };
+        let h = Header {
+            elapsed: Duration::from_secs(2),
+            total_drops: 256,
+            shown_drops: 256,
+            lost: 0,
+            listeners: 1,
+        };
+        let mut t = Terminal::new(TestBackend::new(width, 8)).unwrap();
+        t.draw(|f| draw(f, &h, &[row], TopSort::Rate, Duration::from_secs(1)))
+            .unwrap();
+        let buf = t.backend().buffer();
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_column_fits_180_columns() {
+        let lines = screen(180);
+        let header = lines.iter().find(|l| l.starts_with("LISTENER")).unwrap();
+        for col in [
+            "NETNS",
+            "OWNER",
+            "DROPS/s",
+            "TOTAL",
+            "DELAYED",
+            "GAVE UP",
+            "RESET",
+            "REFUSED",
+            "LAST ACC",
+            "ACC/s",
+            "ACCEPT QUEUE now/limit",
+        ] {
+            assert!(header.contains(col), "{col} missing: {header}");
+        }
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with("127.0.0.1:5401 "))
+            .unwrap();
+        for part in [
+            "4026532314",
+            "31641/python3",
+            "syn_acc 178",
+            " 41 ",
+            " 2.1s ",
+            "2/1 peak 2",
+        ] {
+            assert!(row.contains(part), "{part:?} missing: {row}");
+        }
+        // The columns line up with the header.
+        assert_eq!(row.find(" 41 ").map(|i| i + 1), header.find("DELAYED"));
+        assert_eq!(row.find("2.1s"), header.find("LAST ACC"));
+    }
 }
