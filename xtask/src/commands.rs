@@ -235,9 +235,7 @@ spec:
 
 /// deploy/prometheusrule.yaml as it must be for the rules file `rules`.
 pub fn prometheus_rule(rules: &str) -> String {
-    let groups = rules
-        .find("\ngroups:")
-        .map_or(rules, |i| &rules[i + 1..]);
+    let groups = rules.find("\ngroups:").map_or(rules, |i| &rules[i + 1..]);
     let mut out = PROMETHEUS_RULE_HEADER.to_string();
     for line in groups.lines() {
         if !line.is_empty() {
@@ -249,12 +247,20 @@ pub fn prometheus_rule(rules: &str) -> String {
     out
 }
 
-fn rule_files_present() -> anyhow::Result<()> {
-    for f in [RULES, RULE_TESTS] {
-        let p = util::workspace_root().join(f);
-        if !p.is_file() {
-            bail!("{} is missing", p.display());
-        }
+/// Before the promtool steps: the rule files are there, and the PrometheusRule has the rules
+/// file's groups.
+fn rules_in_sync() -> anyhow::Result<()> {
+    let root = util::workspace_root();
+    let read = |f: &str| {
+        fs::read_to_string(root.join(f))
+            .with_context(|| format!("reading {}", root.join(f).display()))
+    };
+    let rules = read(RULES)?;
+    read(RULE_TESTS)?;
+    if read(PROMETHEUS_RULE)? != prometheus_rule(&rules) {
+        bail!(
+            "{PROMETHEUS_RULE} differs from {RULES}: its `spec:` must be the rules file from `groups:` on, indented by two spaces, under the header in xtask/src/commands.rs"
+        );
     }
     Ok(())
 }
@@ -310,7 +316,7 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
         Step {
             name: "alert and recording rules (promtool check rules)",
             cmd: promtool(&["check", "rules", RULES]),
-            precheck: Some(rule_files_present),
+            precheck: Some(rules_in_sync),
         },
         Step {
             name: "rule unit tests (promtool test rules)",
@@ -496,24 +502,16 @@ mod tests {
             render(&promtool(&["test", "rules", RULE_TESTS]))
                 .ends_with("promtool test rules deploy/lqtrace-rules.test.yaml")
         );
-        rule_files_present().unwrap();
     }
 
     #[test]
     fn prometheus_rule_has_the_rules_files_groups() {
-        let root = util::workspace_root();
-        let rules = fs::read_to_string(root.join(RULES)).unwrap();
-        let have = fs::read_to_string(root.join(PROMETHEUS_RULE)).unwrap();
-        assert!(
-            have == prometheus_rule(&rules),
-            "{PROMETHEUS_RULE} differs from {RULES} under `spec:`; write it again with the header \
-             of commands::PROMETHEUS_RULE_HEADER and the rules file from `groups:` on, indented \
-             by two spaces"
-        );
+        rules_in_sync().unwrap();
         let small = prometheus_rule("# comment\ngroups:\n  - name: x\n\n    rules: []\n");
         assert!(
             small.ends_with("spec:\n  groups:\n    - name: x\n\n      rules: []\n"),
             "{small}"
         );
+        assert!(small.starts_with(PROMETHEUS_RULE_HEADER), "{small}");
     }
 }

@@ -363,7 +363,7 @@ mod tests {
                 raddr: d.raddr,
                 rport: d.rport,
                 sock_ino: d.sock_ino,
-                owners: d.owners.clone(),
+                owners: std::sync::Arc::clone(&d.owners),
                 drops: 1,
                 first_drop_ts: d.ts,
                 delay_ms,

@@ -175,7 +175,7 @@ fn rows_read_impact_refusals_and_accepts_from_the_aggregate() {
                 raddr: e.raddr,
                 rport: e.rport,
                 sock_ino: e.sock_ino,
-                owners: e.owners.clone(),
+                owners: Arc::clone(&e.owners),
                 drops: 1,
                 first_drop_ts: e.ts,
                 delay_ms: 1000.0,

@@ -403,7 +403,7 @@ fn outcome(e: &DropEvent, outcome: Outcome, delay_ms: f64) -> Event {
         raddr: e.raddr,
         rport: e.rport,
         sock_ino: e.sock_ino,
-        owners: e.owners.clone(),
+        owners: std::sync::Arc::clone(&e.owners),
         drops: 1,
         first_drop_ts: e.ts,
         delay_ms,

@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use plotters::{coord::Shift, prelude::*};
+use plotters::{
+    coord::{Shift, types::RangedCoordf64},
+    prelude::*,
+};
 
 use super::plots::{
     DrawResult, FONT, PlotData, axis_label, legend, per_second, reason_color, step_label, steps,
@@ -13,7 +16,7 @@ use super::plots::{
 };
 use crate::{
     event::{ListenerId, Reason, clients::Outcome},
-    stats::timeline::{ListenerSeries, Timeline},
+    stats::timeline::{ClientBucket, ListenerBucket, ListenerSeries, Timeline},
 };
 
 /// Listeners drawn in the queue and arrivals panels.
@@ -29,20 +32,19 @@ pub const SERIES_COLORS: [RGBColor; TOP_LISTENERS] = [
 
 const GAP_COLOR: RGBColor = RGBColor(200, 40, 40);
 
+/// A chart with seconds on x and a value on y.
+type TimeChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// How a series of the clients panel reads a bucket.
+type ClientSeries = (&'static str, RGBColor, fn(&ClientBucket) -> u64);
+
 /// A chart over the run's time axis: the same margins and label areas in every time panel.
 fn time_chart<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     caption: String,
     tl: &Timeline,
     y_max: f64,
-) -> Result<
-    ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    DrawingAreaErrorKind<DB::ErrorType>,
-> {
+) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     ChartBuilder::on(area)
         .caption(caption, (FONT, 20))
         .margin(12)
@@ -114,11 +116,7 @@ pub fn clients<DB: DrawingBackend>(
     d: &PlotData<'_>,
 ) -> DrawResult<DB> {
     let tl = d.timeline;
-    let series: [(
-        &str,
-        RGBColor,
-        fn(&crate::stats::timeline::ClientBucket) -> u64,
-    ); 3] = [
+    let series: [ClientSeries; 3] = [
         ("refused (no listener)", GAP_COLOR, |b| b.refused),
         ("reset", RGBColor(117, 80, 160), |b| {
             b.outcomes[index(Outcome::Reset)]
@@ -457,7 +455,7 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
     let tl = d.timeline;
     let listeners = flow_listeners(tl);
     let colors = colors(tl);
-    let rate = |l: &ListenerSeries, f: fn(&crate::stats::timeline::ListenerBucket) -> u64| {
+    let rate = |l: &ListenerSeries, f: fn(&ListenerBucket) -> u64| {
         (0..tl.len())
             .map(|i| (i, per_second(tl, l.bucket(i).map_or(0, f))))
             .collect::<Vec<_>>()

@@ -289,7 +289,7 @@ pub(crate) mod tests {
                 raddr: e.raddr,
                 rport: e.rport,
                 sock_ino: 8080,
-                owners: e.owners.clone(),
+                owners: std::sync::Arc::clone(&e.owners),
                 drops: 1,
                 first_drop_ts: e.ts,
                 delay_ms: ms,
