@@ -40,7 +40,8 @@ pub struct Facts {
 pub enum Cause<'a> {
     /// A snapshot (`lqtrace listeners`): nothing was traced, so the cause is not known.
     NotTraced,
-    /// Traced, but accept() was not observed (no hook for it on this kernel), so no verdict.
+    /// Traced, but accept() was not observed at the listener (no hook for it on this kernel, or
+    /// its series was not kept), so no verdict.
     NoVerdict,
     /// The verdict of the trace, with the figures it rests on and the backlog that would have
     /// absorbed the run.
@@ -191,7 +192,7 @@ fn remedy_with(f: &Facts, cause: &Cause<'_>, with_detail: bool) -> String {
             o.knob
         ),
         Cause::NoVerdict => format!(
-            "{NOT_ACCEPTING}; why is not known: no hook observes accept() on this kernel (see `lqtrace check`); {}: {}",
+            "{NOT_ACCEPTING}; why is not known: accept() was not observed at this listener (`lqtrace check` lists the hooks for it); {}: {}",
             o.fact, o.knob
         ),
         Cause::Verdict {
@@ -503,7 +504,7 @@ mod tests {
         // Traced without an accept() hook.
         let none = advise(&f, &Cause::NoVerdict);
         assert!(
-            none.contains("why is not known: no hook observes accept() on this kernel"),
+            none.contains("why is not known: accept() was not observed at this listener"),
             "{none}"
         );
         // After the queue emptied again, the verdict still says why.

@@ -180,7 +180,7 @@ pub fn clients<DB: DrawingBackend>(
         }
         chart.draw_series(std::iter::once(Text::new(
             format!(":{port}"),
-            (*a, y_max * 0.97),
+            (*a, y_max * 0.12),
             (FONT, 12).into_font().color(&GAP_COLOR),
         )))?;
     }
