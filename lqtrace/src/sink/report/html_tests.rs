@@ -67,7 +67,7 @@ fn page_has_plots_tables_and_hooks() {
         delays: &Delays::default(),
         gaps: &[],
     };
-    let data = input.plot_data();
+    let data = input.plot_data(&[]);
     let drops = Figure::Drops.svg(&data).unwrap();
     let queue = Figure::Queue.svg(&data).unwrap();
     let page = render(&input, &drops, &queue, &["r.drops.png".into()]);

@@ -28,16 +28,39 @@ pub struct ReportInput<'a> {
     pub timeline: &'a Timeline,
     /// Connect delays of the shown listeners' attempts that connected, merged.
     pub delays: &'a Delays,
-    /// Listener gaps: (netns, port, gap).
+    /// Listener gaps: (netns, port, gap); those at ports of the summary are drawn.
     pub gaps: &'a [(u32, u16, Gap)],
 }
 
+/// Gap bands drawn at most (the oldest first).
+const MAX_GAPS: usize = 200;
+
 impl ReportInput<'_> {
-    fn plot_data(&self) -> PlotData<'_> {
+    /// The gaps worth a band: at ports that refused SYNs or whose listener is in the summary
+    /// (any listener closing on the host is a gap, and most say nothing about this run).
+    fn relevant_gaps(&self) -> Vec<(u32, u16, Gap)> {
+        let s = self.summary;
+        let shown = |netns: u32, port: u16| {
+            s.refused
+                .iter()
+                .any(|p| p.netns == netns && p.lport == port)
+                || s.listeners
+                    .iter()
+                    .any(|l| l.netns == netns && l.lport == port)
+        };
+        self.gaps
+            .iter()
+            .filter(|(n, p, _)| shown(*n, *p))
+            .take(MAX_GAPS)
+            .cloned()
+            .collect()
+    }
+
+    fn plot_data<'a>(&'a self, gaps: &'a [(u32, u16, Gap)]) -> PlotData<'a> {
         PlotData {
             timeline: self.timeline,
             delays: self.delays,
-            gaps: self.gaps,
+            gaps,
         }
     }
 }
@@ -71,7 +94,8 @@ pub fn image_path(report: &Path, what: &str, ext: &str) -> PathBuf {
 
 /// Write the HTML report and the plot images.
 pub fn write(path: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
-    let data = input.plot_data();
+    let gaps = input.relevant_gaps();
+    let data = input.plot_data(&gaps);
     let svgs = Figure::ALL
         .iter()
         .map(|f| f.svg(&data))
@@ -176,5 +200,41 @@ mod tests {
             assert_eq!(&std::fs::read(img).unwrap()[..4], b"\x89PNG");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_gaps_at_the_summarys_ports_are_drawn() {
+        let (tl, delays, mut gaps) = plots::tests::synthetic();
+        let netns = gaps[0].0;
+        let mut other = gaps[0].clone();
+        other.1 = 22; // a listener of another service closed: not this run's business
+        gaps.push(other);
+        let mut summary = Summary::default();
+        let argv = vec!["true".to_string()];
+        let kept = |summary: &Summary| {
+            ReportInput {
+                command: &argv,
+                started: crate::event::WallTime(0),
+                duration_s: 1.0,
+                exit: String::new(),
+                filters: String::new(),
+                summary,
+                timeline: &tl,
+                delays: &delays,
+                gaps: &gaps,
+            }
+            .relevant_gaps()
+        };
+        assert!(kept(&summary).is_empty());
+        summary.refused.push(crate::stats::refused::RefusedPort {
+            netns,
+            laddr: None,
+            lport: 9090,
+            count: 1,
+            gaps: Vec::new(),
+        });
+        let kept = kept(&summary);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|(n, p, _)| (*n, *p) == (netns, 9090)));
     }
 }
