@@ -204,6 +204,67 @@ fn cargo_test(args: &[&str], after_dashdash: &[OsString]) -> Command {
     cmd
 }
 
+/// The Prometheus rules in deploy/, their promtool unit tests, and the same groups as a
+/// PrometheusRule for prometheus-operator (kept identical: see [`prometheus_rule`]).
+pub const RULES: &str = "deploy/lqtrace-rules.yaml";
+pub const RULE_TESTS: &str = "deploy/lqtrace-rules.test.yaml";
+pub const PROMETHEUS_RULE: &str = "deploy/prometheusrule.yaml";
+
+/// `promtool ARGS...` in the workspace root (Debian's `prometheus` package ships it).
+fn promtool(args: &[&str]) -> Command {
+    let mut cmd = util::command("promtool");
+    cmd.current_dir(util::workspace_root()).args(args);
+    cmd
+}
+
+/// The header of deploy/prometheusrule.yaml; its `spec` is the rules file from `groups:` on,
+/// indented by two spaces.
+const PROMETHEUS_RULE_HEADER: &str = "\
+# PrometheusRule for prometheus-operator: the groups of deploy/lqtrace-rules.yaml (this file is
+# that one under `spec:`, indented; `cargo xtask test` fails when they differ). Its labels must
+# match your Prometheus resource's ruleSelector.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: lqtrace
+  namespace: lqtrace
+  labels:
+    app.kubernetes.io/name: lqtrace
+spec:
+";
+
+/// deploy/prometheusrule.yaml as it must be for the rules file `rules`.
+pub fn prometheus_rule(rules: &str) -> String {
+    let groups = rules.find("\ngroups:").map_or(rules, |i| &rules[i + 1..]);
+    let mut out = PROMETHEUS_RULE_HEADER.to_string();
+    for line in groups.lines() {
+        if !line.is_empty() {
+            out.push_str("  ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Before the promtool steps: the rule files are there, and the PrometheusRule has the rules
+/// file's groups.
+fn rules_in_sync() -> anyhow::Result<()> {
+    let root = util::workspace_root();
+    let read = |f: &str| {
+        fs::read_to_string(root.join(f))
+            .with_context(|| format!("reading {}", root.join(f).display()))
+    };
+    let rules = read(RULES)?;
+    read(RULE_TESTS)?;
+    if read(PROMETHEUS_RULE)? != prometheus_rule(&rules) {
+        bail!(
+            "{PROMETHEUS_RULE} differs from {RULES}: its `spec:` must be the rules file from `groups:` on, indented by two spaces, under the header in xtask/src/commands.rs"
+        );
+    }
+    Ok(())
+}
+
 fn integration_tests_present() -> anyhow::Result<()> {
     let dir = util::workspace_root().join("lqtrace/tests");
     let found = fs::read_dir(&dir)
@@ -250,6 +311,16 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
         Step {
             name: "xtask tests",
             cmd: cargo_test(&["-p", "xtask"], &[]),
+            precheck: None,
+        },
+        Step {
+            name: "alert and recording rules (promtool check rules)",
+            cmd: promtool(&["check", "rules", RULES]),
+            precheck: Some(rules_in_sync),
+        },
+        Step {
+            name: "rule unit tests (promtool test rules)",
+            cmd: promtool(&["test", "rules", RULE_TESTS]),
             precheck: None,
         },
     ];
@@ -419,5 +490,28 @@ mod tests {
             "{shown}"
         );
         assert_eq!(render(&fmt_check_cmd()), "cargo +nightly fmt --all --check");
+    }
+
+    #[test]
+    fn promtool_command_lines() {
+        assert!(
+            render(&promtool(&["check", "rules", RULES]))
+                .ends_with("promtool check rules deploy/lqtrace-rules.yaml")
+        );
+        assert!(
+            render(&promtool(&["test", "rules", RULE_TESTS]))
+                .ends_with("promtool test rules deploy/lqtrace-rules.test.yaml")
+        );
+    }
+
+    #[test]
+    fn prometheus_rule_has_the_rules_files_groups() {
+        rules_in_sync().unwrap();
+        let small = prometheus_rule("# comment\ngroups:\n  - name: x\n\n    rules: []\n");
+        assert!(
+            small.ends_with("spec:\n  groups:\n    - name: x\n\n      rules: []\n"),
+            "{small}"
+        );
+        assert!(small.starts_with(PROMETHEUS_RULE_HEADER), "{small}");
     }
 }

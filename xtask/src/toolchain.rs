@@ -97,6 +97,11 @@ pub fn check_all() -> Vec<Check> {
             name: "prometheus",
             status: system::check_program("prometheus", "prometheus"),
         },
+        // Checks and unit-tests the alert and recording rules in deploy/ (same package).
+        Check {
+            name: "promtool",
+            status: system::check_program("promtool", "prometheus"),
+        },
         Check {
             name: "setcap",
             status: system::check_program("setcap", "libcap2-bin"),

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::stop::{Stop, Why};
 use crate::{
-    advice::{self, Facts},
+    advice::{self, Cause, Facts},
     cli::{Cli, DemoArgs, Filter},
     kernel::{
         netns::{self, TempNetns},
@@ -139,14 +139,21 @@ below as it happens (this namespace only), then the reconciliation with the name
     summary.reconciliation.retain(|r| r.netns == ns.inum());
     let demo_listener = summary.listeners.iter().filter(|l| l.lport == addr.port());
     let recorded: u64 = demo_listener.clone().map(|l| l.drops).sum();
-    let peak = demo_listener.map(|l| l.peak_accept_queue).max();
+    let peak = demo_listener.clone().map(|l| l.peak_accept_queue).max();
+    // The run's verdict for the server's socket (the one with the most drops, first).
+    let verdict = demo_listener.clone().next().map(Cause::of);
     let reconciliation = summary.reconciliation.first().cloned();
     if !output_closed {
         printer.summary(&summary).context("writing the summary")?;
     }
 
     let advice_line = match &snapshot {
-        Ok(Some(s)) => Some(advice_for(s, recorded, peak)),
+        Ok(Some(s)) => Some(advice_for(
+            s,
+            recorded,
+            peak,
+            &verdict.unwrap_or(Cause::NoVerdict),
+        )),
         Ok(None) => None,
         Err(e) => {
             eprintln!("lqtrace demo: could not read the demo listener's state: {e:#}");
@@ -193,19 +200,23 @@ below as it happens (this namespace only), then the reconciliation with the name
     Ok(code)
 }
 
-fn advice_for(s: &ListenerSnapshot, recorded: u64, peak: Option<u32>) -> String {
-    advice::advise(&Facts {
-        accept_queue: s.accept_queue,
-        accept_queue_max: s.accept_queue_max,
-        somaxconn: s.somaxconn,
-        requested_backlog: Some(BACKLOG),
-        drops: if recorded > 0 {
-            recorded
-        } else {
-            s.drops as u64
+fn advice_for(s: &ListenerSnapshot, recorded: u64, peak: Option<u32>, cause: &Cause<'_>) -> String {
+    advice::advise(
+        &Facts {
+            lport: s.lport,
+            accept_queue: s.accept_queue,
+            accept_queue_max: s.accept_queue_max,
+            somaxconn: s.somaxconn,
+            requested_backlog: Some(BACKLOG),
+            drops: if recorded > 0 {
+                recorded
+            } else {
+                s.drops as u64
+            },
+            peak_accept_queue: peak,
         },
-        peak_accept_queue: peak,
-    })
+        cause,
+    )
 }
 
 /// What the run itself established, for the advice paragraph.

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    advice::{self, Facts},
+    advice::{self, Cause, Facts},
     attribution::owners::{OwnerIndex, Owners, Scan, owners_label},
     cli::{Cli, ListenersArgs},
     kernel::sockdiag::{self, ListenerSnapshot},
@@ -40,16 +40,21 @@ pub fn derive_backlog(accept_queue_max: u32, somaxconn: u32) -> Option<i32> {
 
 pub fn row(snap: ListenerSnapshot, owners: Owners) -> Row {
     let requested_backlog = derive_backlog(snap.accept_queue_max, snap.somaxconn);
-    let advice = advice::advise(&Facts {
-        accept_queue: snap.accept_queue,
-        accept_queue_max: snap.accept_queue_max,
-        somaxconn: snap.somaxconn,
-        // Advice from the derived value is the "unknown" rule's reasoning; pass None so the
-        // wording says it was derived.
-        requested_backlog: None,
-        drops: snap.drops as u64,
-        peak_accept_queue: None,
-    });
+    // A snapshot has no verdict: the advice says how to get one.
+    let advice = advice::advise(
+        &Facts {
+            lport: snap.lport,
+            accept_queue: snap.accept_queue,
+            accept_queue_max: snap.accept_queue_max,
+            somaxconn: snap.somaxconn,
+            // Advice from the derived value is the "unknown" rule's reasoning; pass None so the
+            // wording says it was derived.
+            requested_backlog: None,
+            drops: snap.drops as u64,
+            peak_accept_queue: None,
+        },
+        &Cause::NotTraced,
+    );
     Row {
         requested_backlog_derived: requested_backlog.is_some(),
         requested_backlog,

@@ -151,6 +151,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         last,
         summary,
         timeline,
+        delays,
+        gaps,
     } = session.finish().await;
     out.events(&last);
     if !out.closed {
@@ -189,6 +191,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
             filters: describe_filter(&filter),
             summary: &summary,
             timeline: &timeline,
+            delays: &delays,
+            gaps: &gaps,
         };
         let files = report::write(path, &input)
             .with_context(|| format!("writing the report {}", path.display()))?;

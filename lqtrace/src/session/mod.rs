@@ -41,7 +41,9 @@ use crate::{
     event::{Clock, Event, QueueSnapshot, monotonic_ns},
     kernel::{btf::Btf, layout, preflight, sockdiag, tracefs},
     sink::metrics::Metrics,
-    stats::{aggregate::Aggregate, summary::Summary, timeline::Timeline},
+    stats::{
+        aggregate::Aggregate, impact::Delays, refused::Gap, summary::Summary, timeline::Timeline,
+    },
 };
 
 #[derive(Debug, Clone)]
@@ -331,6 +333,15 @@ impl Session {
         let agg = lock(&self.aggregate);
         let summary = agg.summary(&self.start, &end, self.hooks());
         let mut timeline = agg.timeline.clone();
+        let mut delays = Delays::default();
+        for l in agg.listeners() {
+            delays.merge(&l.impact.delays);
+        }
+        let gaps = agg
+            .refused
+            .gaps()
+            .map(|(n, p, g)| (n, p, g.clone()))
+            .collect();
         drop(agg);
         timeline.extend_to(monotonic_ns());
         drop(self.metrics.take());
@@ -338,6 +349,8 @@ impl Session {
             last,
             summary,
             timeline,
+            delays,
+            gaps,
         }
     }
 }
@@ -348,6 +361,11 @@ pub struct Finished {
     pub last: Vec<Event>,
     pub summary: Summary,
     pub timeline: Timeline,
+    /// Connect delays of the shown listeners' attempts that connected, merged (the report's
+    /// histogram).
+    pub delays: Delays,
+    /// Every listener gap seen, as (netns, port, gap) (the report's timeline).
+    pub gaps: Vec<(u32, u16, Gap)>,
 }
 
 fn hooks_of(tracer: &Tracer) -> BTreeMap<String, String> {

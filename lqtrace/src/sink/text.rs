@@ -1,10 +1,11 @@
 //! Text output: fixed-width columns, in the style of the BCC/bpftrace tools.
 
 use crate::{
+    advice::{self, Cause, Facts},
     attribution::owners::Owner,
     event::{
         DropEvent, Event,
-        clients::{Outcome, OutcomeEvent, RefusedEvent},
+        clients::{Outcome, OutcomeEvent, Process, RefusedEvent},
         endpoint,
     },
     stats::summary::Summary,
@@ -166,6 +167,8 @@ pub fn summary(s: &Summary) -> Vec<String> {
             ));
         }
     }
+    out.extend(listener_details(s));
+    out.extend(refused_ports(s));
     out.push("Reconciliation with the kernel (TcpExt ListenDrops delta over the run):".into());
     if s.reconciliation.is_empty() {
         out.push("  no namespace had listen drops".into());
@@ -198,9 +201,105 @@ pub fn summary(s: &Summary) -> Vec<String> {
         let hooks: Vec<String> = s
             .hooks
             .iter()
-            .map(|(g, m)| format!("{g} drops via {m}"))
+            .map(|(g, m)| match g.as_str() {
+                "syn" | "ack" => format!("{g} drops via {m}"),
+                _ => format!("{g} via {m}"),
+            })
             .collect();
         out.push(format!("Hooks: {}", hooks.join(", ")));
+    }
+    out
+}
+
+/// Per listener with outcomes or a verdict: what its clients saw, why it fell behind, the
+/// backlog that would have absorbed the run, and what to change. Nothing when no listener has
+/// either (the summary stays as it was).
+fn listener_details(s: &Summary) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in &s.listeners {
+        if l.impact.attempts == 0 && l.verdict.is_none() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push("What the clients saw, and why:".to_string());
+        }
+        let (pid, comm) = owner_cols(&l.owners);
+        out.push(format!(
+            "  {} (sock {}, netns {}) {pid}/{comm}",
+            endpoint(&l.laddr, l.lport),
+            l.sock_ino,
+            l.netns
+        ));
+        if l.impact.attempts > 0 {
+            out.push(format!("    clients: {}", l.impact.sentence()));
+        }
+        match (l.verdict, &l.verdict_detail) {
+            (Some(v), Some(d)) => out.push(format!("    verdict: {}: {d}", v.as_str())),
+            (Some(v), None) => out.push(format!("    verdict: {}", v.as_str())),
+            (None, _) => {
+                out.push("    verdict: unknown (accept() was not observed at this listener)".into())
+            }
+        }
+        if let Some(n) = l.backlog_needed {
+            match &l.backlog_basis {
+                Some(b) => out.push(format!("    backlog needed: {n} ({b})")),
+                None => out.push(format!("    backlog needed: {n}")),
+            }
+        }
+        if l.verdict.is_some() {
+            out.push(format!(
+                "    advice: {}",
+                advice::remedy(&Facts::of(l), &Cause::of(l))
+            ));
+        }
+    }
+    out
+}
+
+/// "PID/COMM" of a process named in a record.
+fn process(p: &Process) -> String {
+    format!("{}/{}", p.pid, p.comm)
+}
+
+/// The ports that refused SYNs, with their listener gaps: "closed HH:MM:SS.mmm by PID/COMM,
+/// reopened after N ms by PID/COMM" (or "not reopened").
+fn refused_ports(s: &Summary) -> Vec<String> {
+    if s.refused.is_empty() {
+        return Vec::new();
+    }
+    let mut out =
+        vec!["Refused connections (SYNs answered with a RST: no listener on the port):".into()];
+    for p in &s.refused {
+        let port = match p.laddr {
+            Some(a) => endpoint(&a, p.lport),
+            None => format!("*:{}", p.lport),
+        };
+        out.push(format!(
+            "  {port:<31} netns {:<12} refused {:>7}",
+            p.netns, p.count
+        ));
+        for g in &p.gaps {
+            let closed = format!(
+                "closed {} by {}",
+                g.closed_ts.local_hms(),
+                process(&g.closed_by)
+            );
+            let line = match &g.reopened_by {
+                Some(by) => format!(
+                    "    gap: {closed}, reopened after {:.0} ms by {}",
+                    g.gap_ms,
+                    process(by)
+                ),
+                None => format!(
+                    "    gap: {closed}, not reopened ({:.0} ms until the end)",
+                    g.gap_ms
+                ),
+            };
+            out.push(line);
+        }
+        if p.gaps.is_empty() {
+            out.push("    no gap seen (no listener there closed while lqtrace ran)".into());
+        }
     }
     out
 }
@@ -237,5 +336,203 @@ mod tests {
         assert!(event(&e).contains(" -       ?"));
         e.owners = [Owner::test(1, "a"), Owner::test(2, "b")].into();
         assert!(event(&e).contains("a+1"));
+    }
+
+    /// A summary with one listener whose attempts had outcomes, a stall, and a port that
+    /// refused SYNs while it had no listener.
+    fn rich_summary() -> Summary {
+        use crate::{
+            event::{ListenCloseEvent, ListenEvent},
+            stats::aggregate::Aggregate,
+        };
+        let ms = 1_000_000u64;
+        let mut agg = Aggregate::new(0);
+        let mut d = sample();
+        d.ts_ns = 1_000 * ms;
+        d.last_accept_ms_ago = Some(2300);
+        agg.add(&Event::Drop(d.clone()), true);
+        let outcome = |outcome, delay_ms: f64| {
+            Event::Outcome(OutcomeEvent {
+                kind: (),
+                ts: d.ts,
+                ts_ns: d.ts_ns + (delay_ms as u64) * ms,
+                outcome,
+                netns: d.netns,
+                laddr: d.laddr,
+                lport: d.lport,
+                raddr: d.raddr,
+                rport: d.rport,
+                sock_ino: d.sock_ino,
+                owners: std::sync::Arc::clone(&d.owners),
+                drops: 1,
+                first_drop_ts: d.ts,
+                delay_ms,
+                first_drop_ns: d.ts_ns,
+            })
+        };
+        for (o, ms) in [
+            (Outcome::Connected, 1003.0),
+            (Outcome::Connected, 3010.0),
+            (Outcome::GaveUp, 7000.0),
+        ] {
+            agg.add(&outcome(o, ms), true);
+        }
+        let by = |pid, comm: &str| Process {
+            pid,
+            comm: comm.into(),
+        };
+        agg.add(
+            &Event::ListenClose(ListenCloseEvent {
+                netns: 7,
+                sock_ino: 5,
+                ts_ns: 2_000 * ms,
+                laddr: d.laddr,
+                lport: 9090,
+                by: by(100, "nginx"),
+                last: true,
+            }),
+            true,
+        );
+        agg.add(
+            &Event::Refused(RefusedEvent {
+                kind: (),
+                ts: d.ts,
+                ts_ns: 2_100 * ms,
+                netns: 7,
+                laddr: d.laddr,
+                lport: 9090,
+                raddr: d.raddr,
+                rport: 40000,
+                listener_closed_ms_ago: Some(100.0),
+                closed_by: Some(by(100, "nginx")),
+            }),
+            true,
+        );
+        agg.add(
+            &Event::Listen(ListenEvent {
+                netns: 7,
+                sock_ino: 6,
+                ts_ns: 2_350 * ms,
+                requested_backlog: Some(511),
+                laddr: d.laddr,
+                lport: 9090,
+                by: by(101, "nginx"),
+                reopens: Some((2_000 * ms, by(100, "nginx"))),
+            }),
+            true,
+        );
+        agg.summary(&Default::default(), &Default::default(), Default::default())
+    }
+
+    #[test]
+    fn impact_verdict_and_refused_ports() {
+        let lines = summary(&rich_summary());
+        let text = lines.join("\n");
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no line starting with {needle:?}:\n{text}"))
+        };
+        let details = at("What the clients saw, and why:");
+        assert!(
+            details > at("  LISTENER"),
+            "after the listener table:\n{text}"
+        );
+        assert_eq!(
+            lines[details + 1],
+            "  127.0.0.1:8080 (sock 1234, netns 4026531840) 42/java"
+        );
+        assert_eq!(
+            lines[details + 2],
+            "    clients: 2 connection attempts delayed, p50 +1.1 s, max +3.0 s; 1 gave up"
+        );
+        assert!(
+            lines[details + 3].starts_with("    verdict: stalled: no accept() for 2.3 s at a drop"),
+            "{text}"
+        );
+        assert!(
+            lines[details + 4]
+                .starts_with("    backlog needed: 51 (an unbounded queue replaying this run"),
+            "{text}"
+        );
+        assert!(
+            lines[details + 5].starts_with("    advice: the application is not calling accept() fast enough: its owners stopped accepting: look for"),
+            "the verdict's figures are on the line above: {text}"
+        );
+        let refused = at("Refused connections");
+        assert!(refused < at("Reconciliation with the kernel"), "{text}");
+        let port = &lines[refused + 1];
+        assert!(
+            port.starts_with("  127.0.0.1:9090 ")
+                && port.contains("netns 7 ")
+                && port.ends_with("refused       1"),
+            "{port:?}"
+        );
+        let gap = &lines[refused + 2];
+        assert!(
+            gap.starts_with("    gap: closed ")
+                && gap.ends_with(" by 100/nginx, reopened after 350 ms by 101/nginx"),
+            "{gap:?}"
+        );
+        // `closed HH:MM:SS.mmm`
+        let hms = &gap["    gap: closed ".len()..][..12];
+        assert!(
+            hms.as_bytes()[2] == b':' && hms.as_bytes()[8] == b'.',
+            "{hms}"
+        );
+    }
+
+    #[test]
+    fn without_outcomes_verdicts_or_refusals_the_summary_is_unchanged() {
+        let mut agg = crate::stats::aggregate::Aggregate::new(0);
+        let mut e = sample();
+        e.last_accept_ms_ago = None;
+        agg.add_drop(&e, true);
+        let s = agg.summary(
+            &Default::default(),
+            &Default::default(),
+            [
+                ("syn".to_string(), "cgroup".to_string()),
+                ("ack".into(), "cgroup".into()),
+            ]
+            .into(),
+        );
+        let lines = summary(&s);
+        assert_eq!(lines.len(), 8, "{lines:#?}");
+        assert!(lines[1].starts_with("Summary after "));
+        assert!(lines[2].starts_with("  LISTENER"));
+        assert!(lines[3].starts_with("  127.0.0.1:8080"));
+        assert_eq!(
+            lines[4],
+            "Reconciliation with the kernel (TcpExt ListenDrops delta over the run):"
+        );
+        assert!(lines[5].starts_with("  netns 4026531840   recorded       1  kernel ?"));
+        assert!(lines[6].starts_with("Lost records: 0 (standing for 0 drops)"));
+        assert_eq!(
+            lines[7],
+            "Hooks: ack drops via cgroup, syn drops via cgroup"
+        );
+    }
+
+    #[test]
+    fn an_unjudged_listener_and_a_port_without_gaps() {
+        let mut s = rich_summary();
+        let l = &mut s.listeners[0];
+        (l.verdict, l.verdict_detail, l.backlog_needed) = (None, None, None);
+        s.refused[0].gaps.clear();
+        s.hooks.insert("accept".into(), "fentry".into());
+        s.hooks.insert("syn".into(), "fentry".into());
+        let text = summary(&s).join("\n");
+        assert!(
+            text.contains("\n    verdict: unknown (accept() was not observed at this listener)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("advice:"), "{text}");
+        assert!(text.contains("\n    no gap seen"), "{text}");
+        assert!(
+            text.ends_with("Hooks: accept via fentry, syn drops via fentry"),
+            "{text}"
+        );
     }
 }

@@ -380,6 +380,11 @@ impl Aggregate {
         self.accepts.get(id)
     }
 
+    /// Every listener's accept activity the kernel counted (the metrics export them all).
+    pub fn accept_states(&self) -> impl Iterator<Item = &AcceptState> {
+        self.accepts.values()
+    }
+
     fn evict_idle(&mut self, now_ns: u64) {
         let before = self.listeners.len();
         self.listeners

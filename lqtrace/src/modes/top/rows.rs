@@ -1,8 +1,11 @@
 //! The rows of `lqtrace top`, read from the aggregate: per listener, drops per second over the
 //! last interval (the difference of the aggregate's cumulative counts between two ticks),
-//! totals, and the accept queue now (latest snapshot) against its limit. Listeners with a
-//! non-empty accept queue and no drop yet are shown too: they are next. Plain-line and JSON
-//! renderings for a stdout that is not a terminal live here as well.
+//! totals, what its clients saw since start (attempts delayed, given up, reset; SYNs refused at
+//! its port while nothing listened), its accept activity (time since the last accept(), accepts
+//! per second over the last second, from the kernel's per-listener counters) and the accept
+//! queue now (latest snapshot) against its limit. Listeners with a non-empty accept queue and no
+//! drop yet are shown too: they are next. Plain-line and JSON renderings for a stdout that is
+//! not a terminal live here as well.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
@@ -11,7 +14,7 @@ use serde_json::json;
 use crate::{
     attribution::owners::{Owners, owners_label},
     cli::{Filter, TopSort},
-    event::{ListenerId, Reason, ReasonCounts, WallTime, endpoint},
+    event::{ListenerId, Reason, ReasonCounts, WallTime, clients::Outcome, endpoint, monotonic_ns},
     stats::aggregate::Aggregate,
 };
 
@@ -32,6 +35,30 @@ pub struct TopRow {
     pub queue_now: Option<u32>,
     pub queue_peak: u32,
     pub queue_limit: u32,
+    /// What its clients saw since start.
+    pub clients: Clients,
+    /// Accept activity, when the kernel counted accepts at this listener.
+    pub accepts: Option<Accepts>,
+}
+
+/// Connection attempts with drops by how they ended, and SYNs refused at the port, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clients {
+    /// Got in after a drop (a retransmission was accepted).
+    pub delayed: u64,
+    pub gave_up: u64,
+    pub reset: u64,
+    /// SYNs at this port answered with a RST because no listener was there.
+    pub refused: u64,
+}
+
+/// A listener's accept activity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accepts {
+    /// Since the last accept(), in ms (`None`: none since lqtrace started).
+    pub last_ms_ago: Option<u64>,
+    /// accept() calls per second over the last second of samples.
+    pub per_s: f64,
 }
 
 impl TopRow {
@@ -158,6 +185,29 @@ pub fn queue_text(r: &TopRow) -> String {
     format!("{now}/{} peak {}", r.queue_limit, r.queue_peak)
 }
 
+/// Time since the last accept(): "350ms", "2.1s", "3m05s"; "never" when none was seen, "-"
+/// when accepts are not counted at this listener.
+pub fn last_accept_text(a: Option<&Accepts>) -> String {
+    let Some(a) = a else {
+        return "-".into();
+    };
+    match a.last_ms_ago {
+        None => "never".into(),
+        Some(ms) if ms < 1_000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1e3),
+        Some(ms) => format!("{}m{:02}s", ms / 60_000, (ms / 1_000) % 60),
+    }
+}
+
+/// Accepts per second, "-" when accepts are not counted at this listener.
+pub fn accept_rate_text(a: Option<&Accepts>) -> String {
+    match a {
+        None => "-".into(),
+        Some(a) if a.per_s >= 10.0 || a.per_s == a.per_s.trunc() => format!("{:.0}", a.per_s),
+        Some(a) => format!("{:.1}", a.per_s),
+    }
+}
+
 /// Figures for the header line.
 pub struct Header {
     pub elapsed: Duration,
@@ -207,6 +257,24 @@ impl TopState {
     }
 
     pub fn rows(&self, agg: &Aggregate) -> Vec<TopRow> {
+        let now_ns = monotonic_ns();
+        let clients = |id: &ListenerId| {
+            let impact = agg.listener(id).map(|l| &l.impact);
+            let n = |o| impact.map_or(0, |i| i.get(o));
+            Clients {
+                delayed: n(Outcome::Connected),
+                gave_up: n(Outcome::GaveUp),
+                reset: n(Outcome::Reset),
+                refused: agg.refused.count(id.netns, id.lport),
+            }
+        };
+        let accepts = |id: &ListenerId| {
+            agg.accepts(id).map(|a| Accepts {
+                last_ms_ago: (a.last.last_accept_ns != 0)
+                    .then(|| now_ns.saturating_sub(a.last.last_accept_ns) / 1_000_000),
+                per_s: a.rate(),
+            })
+        };
         let now: HashMap<ListenerId, (u32, u32)> = agg
             .queues()
             .map(|q| {
@@ -233,6 +301,8 @@ impl TopState {
                     queue_now: snap.map(|s| s.0),
                     queue_peak: l.peak_accept_queue.max(peak(&l.id)),
                     queue_limit: snap.map_or(l.accept_queue_max, |s| s.1),
+                    clients: clients(&l.id),
+                    accepts: accepts(&l.id),
                 }
             })
             .collect();
@@ -257,6 +327,8 @@ impl TopState {
                 queue_now: Some(s.accept_queue),
                 queue_peak: peak(&s.listener).max(s.accept_queue),
                 queue_limit: s.accept_queue_max,
+                clients: clients(&s.listener),
+                accepts: accepts(&s.listener),
             });
         }
         sort_rows(&mut rows, self.sort);
@@ -282,14 +354,21 @@ pub fn plain_block_header(h: &Header) -> String {
 }
 
 pub fn plain_row(r: &TopRow) -> String {
+    let c = &r.clients;
     format!(
-        "  {:<28} netns {:<10} owner {:<20} drops/s {}  total {}  accept_queue {}",
+        "  {:<28} netns {:<10} owner {:<20} drops/s {}  total {}  accept_queue {}  clients delayed {} gave_up {} reset {} refused {}  last_accept {}  accepts/s {}",
         r.endpoint(),
         r.netns(),
         owners_label(&r.owners),
         compact_rates(&r.interval, r.interval_secs),
         r.total,
-        queue_text(r)
+        queue_text(r),
+        c.delayed,
+        c.gave_up,
+        c.reset,
+        c.refused,
+        last_accept_text(r.accepts.as_ref()),
+        accept_rate_text(r.accepts.as_ref()),
     )
 }
 
@@ -324,98 +403,15 @@ pub fn json_row(r: &TopRow, elapsed: Duration) -> serde_json::Value {
         "accept_queue": r.queue_now,
         "peak_accept_queue": r.queue_peak,
         "accept_queue_max": r.queue_limit,
+        "delayed": r.clients.delayed,
+        "gave_up": r.clients.gave_up,
+        "reset": r.clients.reset,
+        "refused": r.clients.refused,
+        "last_accept_ms_ago": r.accepts.and_then(|a| a.last_ms_ago),
+        "accepts_per_s": r.accepts.map(|a| (a.per_s * 100.0).round() / 100.0),
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::attribution::owners::Owner;
-
-    fn row(port: u16, rate: u64, total: u64, peak: u32, limit: u32) -> TopRow {
-        let mut interval = ReasonCounts::default();
-        interval.add(Reason::SynAcceptQueueFull, rate);
-        TopRow {
-            key: ListenerId {
-                netns: 1,
-                sock_ino: u64::from(port),
-                lport: port,
-            },
-            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            owners: Owners::default(),
-            interval,
-            interval_secs: 1.0,
-            counts: interval,
-            total,
-            queue_now: None,
-            queue_peak: peak,
-            queue_limit: limit,
-        }
-    }
-
-    #[test]
-    fn sorting() {
-        let mut rows = vec![
-            row(80, 1, 100, 1, 10),
-            row(81, 5, 10, 5, 5),
-            row(79, 0, 50, 0, 10),
-        ];
-        sort_rows(&mut rows, TopSort::Rate);
-        assert_eq!(
-            rows.iter().map(|r| r.lport()).collect::<Vec<_>>(),
-            [81, 80, 79]
-        );
-        sort_rows(&mut rows, TopSort::Total);
-        assert_eq!(
-            rows.iter().map(|r| r.lport()).collect::<Vec<_>>(),
-            [80, 79, 81]
-        );
-        sort_rows(&mut rows, TopSort::Queue);
-        assert_eq!(rows[0].lport(), 81);
-        sort_rows(&mut rows, TopSort::Port);
-        assert_eq!(
-            rows.iter().map(|r| r.lport()).collect::<Vec<_>>(),
-            [79, 80, 81]
-        );
-        let mut s = TopSort::Rate;
-        for _ in 0..4 {
-            s = next_sort(s);
-        }
-        assert_eq!(s, TopSort::Rate);
-    }
-
-    #[test]
-    fn compact_fields() {
-        let mut c = ReasonCounts::default();
-        c.add(Reason::SynAcceptQueueFull, 12);
-        c.add(Reason::AckAcceptQueueFull, 3);
-        assert_eq!(compact_rates(&c, 1.0), "syn_acc 12 syn_q 0 ack 3");
-        c.add(Reason::SynOther, 1);
-        assert_eq!(
-            compact_rates(&c, 2.0),
-            "syn_acc 6 syn_q 0 syn_oth 0.5 ack 1.5"
-        );
-        assert_eq!(bar(0, 10, 10), "░░░░░░░░░░");
-        assert_eq!(bar(5, 10, 10), "█████░░░░░");
-        assert_eq!(bar(11, 10, 10), "██████████");
-        assert_eq!(bar(1, 0, 4), "████");
-        let mut r = row(80, 1, 1, 3, 2);
-        assert_eq!(queue_text(&r), "-/2 peak 3");
-        r.queue_now = Some(1);
-        assert_eq!(queue_text(&r), "1/2 peak 3");
-        let line = plain_row(&r);
-        assert!(
-            line.contains("127.0.0.1:80") && line.contains("syn_acc 1") && line.contains("total 1"),
-            "{line}"
-        );
-        let j = json_row(&r, Duration::from_secs(2));
-        assert_eq!(j["lport"], 80);
-        assert_eq!(j["accept_queue"], 1);
-        assert_eq!(j["rate_by_reason"]["syn_accept_queue_full"], 1.0);
-        let o = Owner::test(1, "a");
-        assert_eq!(owners_label(std::slice::from_ref(&o)), "1/a");
-        assert_eq!(owners_label(&[o.clone(), o]), "1/a+1");
-    }
-}
+#[path = "rows_tests.rs"]
+mod tests;

@@ -1,5 +1,11 @@
 //! The exposition: what `GET /metrics` returns, rendered at each scrape from the aggregate
-//! (there is no second copy of a count: the values are the aggregate's, grouped by label set).
+//! (there is no second copy of a count: the values are the aggregate's, grouped by label set;
+//! `families.rs` turns them into metric families).
+//!
+//! A listener is exported when it had a drop or syncookie that passed the filters (its drop,
+//! outcome and delay metrics), or when the kernel counted accepts at it (its accept metrics:
+//! they show a stall before the first drop). Ports that refused SYNs have their own label sets
+//! (`netns`, `port`), capped the same way.
 //!
 //! Labels of a listener: `netns`, `port`, `comm` of its first owner (`unknown` when nobody holds
 //! the socket), `pod_uid` and `container_id` from that owner's cgroup path. At most
@@ -13,20 +19,21 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Result;
-use lqtrace_common::{
-    STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
-    STAT_UNBRACKETED,
-};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use lqtrace_common::accepts::WAIT_BUCKETS;
 
+use super::families::{Families, Series};
 use crate::{
-    bpf::hooks,
-    event::{Reason, ReasonCounts},
-    stats::aggregate::{Aggregate, ListenerStats},
+    attribution::owners::Owner,
+    event::{Clock, ListenerId, ReasonCounts, monotonic_ns},
+    stats::{
+        aggregate::{AcceptState, Aggregate, ListenerStats},
+        impact::Delays,
+    },
 };
 
-/// The listener labels, in the order every per-listener metric declares them (after `reason`).
-const LISTENER_LABELS: [&str; 5] = ["netns", "port", "comm", "pod_uid", "container_id"];
+/// The listener labels, in the order every per-listener metric declares them (after `reason`
+/// or `outcome`).
+pub const LISTENER_LABELS: [&str; 5] = ["netns", "port", "comm", "pod_uid", "container_id"];
 /// The value of `port` and `comm` (and of `netns` past the namespace cap) of aggregated series.
 pub const OTHER: &str = "other";
 
@@ -61,16 +68,16 @@ pub struct Info {
 struct Key([String; 5]);
 
 impl Key {
-    fn of(l: &ListenerStats) -> Key {
-        let owner = l.owners.first();
+    fn new(id: &ListenerId, owners: &[Owner]) -> Key {
+        let owner = owners.first();
         let comm = owner
             .map(|o| o.comm.as_str())
             .filter(|c| !c.is_empty())
             .unwrap_or("unknown");
         let container = owner.and_then(|o| o.container.as_deref());
         Key([
-            l.id.netns.to_string(),
-            l.id.lport.to_string(),
+            id.netns.to_string(),
+            id.lport.to_string(),
             comm.to_string(),
             container
                 .and_then(|c| c.pod_uid.clone())
@@ -97,7 +104,7 @@ impl Key {
 }
 
 /// What one label set adds up to.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Values {
     counts: ReasonCounts,
     /// Accept queue length and limit at the most recent drop, and the peak.
@@ -107,6 +114,44 @@ struct Values {
     last_ns: u64,
     first_ns: u64,
     has_drops: bool,
+    /// Attempts with drops by outcome (`Outcome::ALL` order), and the delays of those that
+    /// connected.
+    outcomes: [u64; 4],
+    delays: Delays,
+    accepts: Option<AcceptValues>,
+}
+
+/// Accept activity of a label set: counters summed, the most recent accept.
+#[derive(Debug, Clone, Copy, Default)]
+struct AcceptValues {
+    accepts: u64,
+    arrivals: u64,
+    last_accept_ns: u64,
+    waits: [u64; WAIT_BUCKETS],
+}
+
+impl AcceptValues {
+    fn of(a: &AcceptState) -> AcceptValues {
+        let mut waits = [0u64; WAIT_BUCKETS];
+        for (w, &n) in waits.iter_mut().zip(&a.last.wait_hist) {
+            *w = u64::from(n);
+        }
+        AcceptValues {
+            accepts: a.last.accepts,
+            arrivals: a.last.arrivals,
+            last_accept_ns: a.last.last_accept_ns,
+            waits,
+        }
+    }
+
+    fn merge(&mut self, o: &AcceptValues) {
+        self.accepts += o.accepts;
+        self.arrivals += o.arrivals;
+        self.last_accept_ns = self.last_accept_ns.max(o.last_accept_ns);
+        for (w, n) in self.waits.iter_mut().zip(o.waits) {
+            *w += n;
+        }
+    }
 }
 
 impl Values {
@@ -121,11 +166,19 @@ impl Values {
             self.peak = self.peak.max(l.peak_accept_queue);
             self.has_drops = true;
         }
+        for (a, b) in self.outcomes.iter_mut().zip(l.impact.outcomes) {
+            *a += b;
+        }
+        self.delays.merge(&l.impact.delays);
         self.first_ns = if self.first_ns == 0 {
             l.first_ns
         } else {
             self.first_ns.min(l.first_ns)
         };
+    }
+
+    fn add_accepts(&mut self, a: &AcceptValues) {
+        self.accepts.get_or_insert_default().merge(a);
     }
 
     fn merge(&mut self, v: &Values) {
@@ -139,6 +192,80 @@ impl Values {
             self.peak = self.peak.max(v.peak);
             self.has_drops = true;
         }
+        for (a, b) in self.outcomes.iter_mut().zip(v.outcomes) {
+            *a += b;
+        }
+        self.delays.merge(&v.delays);
+        if let Some(a) = &v.accepts {
+            self.add_accepts(a);
+        }
+    }
+
+    fn series<'a>(&'a self, key: &'a Key, now_ns: u64) -> Series<'a> {
+        Series {
+            labels: key.values(),
+            counts: &self.counts,
+            queue: self
+                .has_drops
+                .then_some((self.queue, self.limit, self.peak)),
+            outcomes: &self.outcomes,
+            delays: &self.delays,
+            accepts: self.accepts.as_ref().map(|a| {
+                (
+                    a.accepts,
+                    a.arrivals,
+                    (a.last_accept_ns != 0)
+                        .then(|| now_ns.saturating_sub(a.last_accept_ns) as f64 / 1e9),
+                    &a.waits,
+                )
+            }),
+        }
+    }
+}
+
+/// Which ports that refused SYNs are exported on their own (the aggregate never forgets a
+/// port, so nothing needs carrying).
+#[derive(Debug, Default)]
+struct Ports {
+    admitted: HashSet<(u32, u16)>,
+    aggregated: HashMap<(u32, u16), String>,
+    overflow_netns: HashSet<u32>,
+}
+
+impl Ports {
+    /// (netns, port) label values -> refused SYNs; new refusals of the cap are counted.
+    fn route(
+        &mut self,
+        limits: Limits,
+        refused: impl Iterator<Item = (u32, u16, u64)>,
+        refusals: &mut u64,
+    ) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for (netns, port, n) in refused {
+            let k = (netns, port);
+            if !self.admitted.contains(&k) && !self.aggregated.contains_key(&k) {
+                if self.admitted.len() < limits.max_series {
+                    self.admitted.insert(k);
+                } else {
+                    let ns = if self.overflow_netns.contains(&netns)
+                        || self.overflow_netns.len() < limits.max_overflow_netns
+                    {
+                        self.overflow_netns.insert(netns);
+                        netns.to_string()
+                    } else {
+                        OTHER.to_string()
+                    };
+                    self.aggregated.insert(k, ns);
+                    *refusals += 1;
+                }
+            }
+            let labels = match self.aggregated.get(&k) {
+                Some(ns) => (ns.clone(), OTHER.to_string()),
+                None => (netns.to_string(), port.to_string()),
+            };
+            *out.entry(labels).or_default() += n;
+        }
+        out
     }
 }
 
@@ -153,6 +280,7 @@ pub struct Exporter {
     carried: HashMap<String, Values>,
     overflow_netns: HashSet<String>,
     refusals: u64,
+    ports: Ports,
 }
 
 impl Exporter {
@@ -165,23 +293,57 @@ impl Exporter {
 
     /// The exposition text (format 0.0.4).
     pub fn render(&mut self, agg: &Aggregate, info: &Info) -> Result<String> {
+        let now_ns = monotonic_ns();
         let current = self.group(agg);
         let sets = self.route(&current);
-        let m = Families::new(self.limits)?;
+        let mut m = Families::new()?;
         for (key, v) in &sets {
-            m.set(key, v);
+            m.set(&v.series(key, now_ns));
+        }
+        // Only the counts are read; the clock would place the gaps, which are not exported.
+        let refused = agg.refused.summary(&Clock::with_offset(0), now_ns);
+        let ports = self.ports.route(
+            self.limits,
+            refused.iter().map(|p| (p.netns, p.lport, p.count)),
+            &mut self.refusals,
+        );
+        for ((netns, port), n) in &ports {
+            m.refused(netns, port, *n);
         }
         m.tracer(agg)?;
         m.info(info)?;
         m.labels(self.admitted.len(), self.refusals)?;
-        Ok(TextEncoder::new().encode_to_string(&m.registry.gather())?)
+        m.encode()
     }
 
-    /// The aggregate's listeners by label set, oldest first.
+    /// The aggregate's listeners by label set, oldest first, then those known only from their
+    /// accept counters.
     fn group(&self, agg: &Aggregate) -> Vec<(Key, Values)> {
         let mut by_key: HashMap<Key, Values> = HashMap::new();
         for l in agg.listeners() {
-            by_key.entry(Key::of(l)).or_default().add(l);
+            by_key.entry(Key::new(&l.id, &l.owners)).or_default().add(l);
+        }
+        // Owners of listeners without drops: from the latest socket snapshot, if any.
+        let snapshot: HashMap<ListenerId, &[Owner]> = agg
+            .queues()
+            .map(|q| {
+                q.listeners
+                    .iter()
+                    .map(|s| (s.listener, &s.owners[..]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for a in agg.accept_states() {
+            let id = a.last.listener;
+            let owners = match agg.listener(&id) {
+                Some(l) => &l.owners[..],
+                None => snapshot.get(&id).copied().unwrap_or_default(),
+            };
+            let v = by_key.entry(Key::new(&id, owners)).or_default();
+            if v.first_ns == 0 && !v.has_drops {
+                v.first_ns = u64::MAX;
+            }
+            v.add_accepts(&AcceptValues::of(a));
         }
         let mut v: Vec<(Key, Values)> = by_key.into_iter().collect();
         v.sort_by(|a, b| a.1.first_ns.cmp(&b.1.first_ns).then(a.0.cmp(&b.0)));
@@ -215,9 +377,9 @@ impl Exporter {
                 }
             }
             if self.admitted.contains(key) {
-                out.insert(key.clone(), *v);
+                out.insert(key.clone(), v.clone());
             } else if let Some((ns, last)) = self.refused.get_mut(key) {
-                *last = *v;
+                *last = v.clone();
                 out.entry(Key::overflow(ns)).or_default().merge(v);
             }
         }
@@ -236,191 +398,6 @@ impl Exporter {
         } else {
             OTHER.to_string()
         }
-    }
-}
-
-/// The metric families of one scrape.
-struct Families {
-    registry: Registry,
-    drops: IntCounterVec,
-    syncookies: IntCounterVec,
-    queue_length: IntGaugeVec,
-    queue_limit: IntGaugeVec,
-    queue_peak: IntGaugeVec,
-}
-
-impl Families {
-    fn new(limits: Limits) -> Result<Families> {
-        let registry = Registry::new();
-        let mut reason_labels = vec!["reason"];
-        reason_labels.extend(LISTENER_LABELS);
-        let counters = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauges = |name: &str, help: &str| -> Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), &LISTENER_LABELS)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let _ = limits;
-        Ok(Families {
-            drops: counters(
-                "lqtrace_listen_drops_total",
-                "TCP listen-queue drops (what TcpExt.ListenDrops counts), by reason and listener.",
-                &reason_labels,
-            )?,
-            syncookies: counters(
-                "lqtrace_syncookies_sent_total",
-                "SYNs answered with a SYN cookie because the SYN queue was full (not drops).",
-                &LISTENER_LABELS,
-            )?,
-            queue_length: gauges(
-                "lqtrace_accept_queue_length",
-                "Accept-queue length at the last drop.",
-            )?,
-            queue_limit: gauges(
-                "lqtrace_accept_queue_limit",
-                "Accept-queue limit, min(listen backlog, somaxconn), at the last drop.",
-            )?,
-            queue_peak: gauges(
-                "lqtrace_accept_queue_peak",
-                "Highest accept-queue length seen at a drop.",
-            )?,
-            registry,
-        })
-    }
-
-    fn set(&self, key: &Key, v: &Values) {
-        let labels = key.values();
-        for (r, n) in v.counts.nonzero() {
-            if r == Reason::SyncookieSent {
-                self.syncookies.with_label_values(&labels).inc_by(n);
-            } else {
-                let l = [
-                    r.as_str(),
-                    labels[0],
-                    labels[1],
-                    labels[2],
-                    labels[3],
-                    labels[4],
-                ];
-                self.drops.with_label_values(&l).inc_by(n);
-            }
-        }
-        if v.has_drops {
-            self.queue_length
-                .with_label_values(&labels)
-                .set(i64::from(v.queue));
-            self.queue_limit
-                .with_label_values(&labels)
-                .set(i64::from(v.limit));
-            self.queue_peak
-                .with_label_values(&labels)
-                .set(i64::from(v.peak));
-        }
-    }
-
-    fn counter(&self, name: &str, help: &str, value: u64) -> Result<()> {
-        let c = prometheus::IntCounter::new(name, help)?;
-        c.inc_by(value);
-        self.registry.register(Box::new(c))?;
-        Ok(())
-    }
-
-    fn gauge(&self, name: &str, help: &str, labels: &[&str], values: &[&[&str]]) -> Result<()> {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-        for v in values {
-            g.with_label_values(v).set(1);
-        }
-        self.registry.register(Box::new(g))?;
-        Ok(())
-    }
-
-    fn tracer(&self, agg: &Aggregate) -> Result<()> {
-        let t = &agg.tracer;
-        let p = &agg.pipeline;
-        self.counter(
-            "lqtrace_lost_records_total",
-            "Drop records lost on the way (ring buffer or enricher queue full).",
-            t[STAT_LOST_DROP_RECORDS as usize] + p.queue_full_records,
-        )?;
-        self.counter(
-            "lqtrace_lost_drops_total",
-            "Listen drops in lost records: missing from lqtrace_listen_drops_total.",
-            t[STAT_LOST_DROPS as usize] + p.queue_full_drops,
-        )?;
-        self.counter(
-            "lqtrace_lost_other_records_total",
-            "Other records lost (syncookie, listener bookkeeping).",
-            t[STAT_LOST_OTHER as usize],
-        )?;
-        self.counter(
-            "lqtrace_unbracketed_packets_total",
-            "Listener packets that could not be observed (kernel read failed); drops in them are missed.",
-            t[STAT_UNBRACKETED as usize],
-        )?;
-        self.counter(
-            "lqtrace_brackets_total",
-            "Listener packets observed (SYNs and final ACKs).",
-            t[STAT_BRACKETS as usize],
-        )?;
-        self.counter(
-            "lqtrace_late_brackets_total",
-            "Observations closed late (still counted).",
-            t[STAT_LATE as usize],
-        )
-    }
-
-    fn info(&self, info: &Info) -> Result<()> {
-        self.gauge(
-            "lqtrace_info",
-            "lqtrace version and kernel release.",
-            &["version", "kernel"],
-            &[&[env!("CARGO_PKG_VERSION"), &info.kernel]],
-        )?;
-        let variants: Vec<[&str; 2]> = info
-            .hooks
-            .iter()
-            .map(|(s, v)| [s.as_str(), v.as_str()])
-            .collect();
-        let refs: Vec<&[&str]> = variants.iter().map(|v| &v[..]).collect();
-        self.gauge(
-            "lqtrace_hook_variant_info",
-            "Which hook variant (fentry, kprobe or cgroup) observes each stage (syn, ack).",
-            &["stage", "variant"],
-            &refs,
-        )?;
-        let programs: Vec<[String; 2]> = hooks::in_use(&info.hooks)
-            .into_iter()
-            .map(|h| [h.program.to_string(), hooks::describe(h.attach)])
-            .collect();
-        let refs: Vec<[&str; 2]> = programs
-            .iter()
-            .map(|p| [p[0].as_str(), p[1].as_str()])
-            .collect();
-        let refs: Vec<&[&str]> = refs.iter().map(|p| &p[..]).collect();
-        self.gauge(
-            "lqtrace_hook_info",
-            "eBPF programs attached.",
-            &["program", "attach"],
-            &refs,
-        )
-    }
-
-    fn labels(&self, admitted: usize, refusals: u64) -> Result<()> {
-        let g = prometheus::IntGauge::new(
-            "lqtrace_label_sets",
-            "Distinct listener label sets currently exported.",
-        )?;
-        g.set(admitted as i64);
-        self.registry.register(Box::new(g))?;
-        self.counter(
-            "lqtrace_label_overflow_total",
-            "Listener label sets refused by the cardinality cap and aggregated into port=\"other\", comm=\"other\".",
-            refusals,
-        )
     }
 }
 

@@ -1,9 +1,18 @@
 //! Tests of the exposition: label sets, the cardinality cap, the tracer's own counters.
 
-use lqtrace_common::STAT_COUNT;
+use lqtrace_common::{
+    STAT_BRACKETS, STAT_COUNT, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_UNBRACKETED,
+};
 
 use super::*;
-use crate::{attribution::owners::Owner, event::DropEvent};
+use crate::{
+    event::{
+        DropEvent, Event, Reason,
+        accepts::{AcceptSample, AcceptSnapshot},
+        clients::{Outcome, OutcomeEvent, RefusedEvent},
+    },
+    sink::metrics::families::DELAY_LE_MS,
+};
 
 const ID: &str = "3f4e8b1c2d5a6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
 
@@ -380,4 +389,192 @@ fn info_and_hooks() {
     assert_eq!(sum(&text, "lqtrace_hook_info", &fentry), 1.0, "{text}");
     let kprobe = [("program", "syn_kprobe")];
     assert_eq!(sum(&text, "lqtrace_hook_info", &kprobe), 0.0, "{text}");
+}
+
+fn outcome(e: &DropEvent, outcome: Outcome, delay_ms: f64) -> Event {
+    Event::Outcome(OutcomeEvent {
+        kind: (),
+        ts: e.ts,
+        ts_ns: e.ts_ns,
+        outcome,
+        netns: e.netns,
+        laddr: e.laddr,
+        lport: e.lport,
+        raddr: e.raddr,
+        rport: e.rport,
+        sock_ino: e.sock_ino,
+        owners: std::sync::Arc::clone(&e.owners),
+        drops: 1,
+        first_drop_ts: e.ts,
+        delay_ms,
+        first_drop_ns: e.ts_ns,
+    })
+}
+
+#[test]
+fn outcomes_and_the_connect_delay_histogram() {
+    let mut agg = Aggregate::new(0);
+    let e = drop_event(7, 8080, Some("java"), 1);
+    agg.add_drop(&e, true);
+    for ms in [1003.0, 1010.0, 1020.0, 3005.0, 140_000.0] {
+        agg.add(&outcome(&e, Outcome::Connected, ms), true);
+    }
+    agg.add(&outcome(&e, Outcome::GaveUp, 7000.0), true);
+    agg.add(&outcome(&e, Outcome::Reset, 10.0), true);
+    let text = render(&mut Exporter::new(Limits::default()), &agg);
+    let l = [("netns", "7"), ("port", "8080"), ("comm", "java")];
+    let with = |k: &'static str, v: &'static str| {
+        let mut x = l.to_vec();
+        x.push((k, v));
+        x
+    };
+    let outcomes = "lqtrace_connection_outcomes_total";
+    assert_eq!(
+        sum(&text, outcomes, &with("outcome", "connected")),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(sum(&text, outcomes, &with("outcome", "gave_up")), 1.0);
+    assert_eq!(sum(&text, outcomes, &with("outcome", "reset")), 1.0);
+    assert_eq!(series(&text, outcomes), 3, "no zero series: {text}");
+    let b = "lqtrace_connect_delay_seconds_bucket";
+    assert_eq!(sum(&text, b, &with("le", "1")), 0.0, "{text}");
+    assert_eq!(sum(&text, b, &with("le", "1.5")), 3.0);
+    assert_eq!(sum(&text, b, &with("le", "3.5")), 4.0);
+    assert_eq!(sum(&text, b, &with("le", "127")), 4.0);
+    assert_eq!(sum(&text, b, &with("le", "+Inf")), 5.0);
+    assert_eq!(series(&text, b), DELAY_LE_MS.len() + 1);
+    assert_eq!(sum(&text, "lqtrace_connect_delay_seconds_count", &l), 5.0);
+    let s = sum(&text, "lqtrace_connect_delay_seconds_sum", &l);
+    assert!((s - 146.038).abs() < 1e-9, "{s}");
+    assert!(
+        text.contains("# TYPE lqtrace_connect_delay_seconds histogram"),
+        "{text}"
+    );
+    // Label names sorted as in the other families.
+    assert!(
+        text.contains("lqtrace_connect_delay_seconds_bucket{comm=\"java\",container_id=\"\",netns=\"7\",pod_uid=\"\",port=\"8080\",le=\"0.1\"} 0"),
+        "{text}"
+    );
+}
+
+fn accepts(id: ListenerId, ts_ns: u64, n: u64, last_accept_ns: u64) -> Event {
+    let mut wait_hist = [0u32; WAIT_BUCKETS];
+    wait_hist[3] = 2; // 8..16 µs
+    wait_hist[12] = 1; // 4.1..8.2 ms
+    wait_hist[23] = 1; // 8.4 s and more
+    Event::Accepts(AcceptSnapshot {
+        ts_ns,
+        listeners: vec![AcceptSample {
+            listener: id,
+            accepts: n,
+            arrivals: n + 2,
+            last_accept_ns,
+            wait_hist,
+        }],
+    })
+}
+
+#[test]
+fn accept_activity_and_the_wait_histogram() {
+    let now = monotonic_ns();
+    let mut agg = Aggregate::new(0);
+    let e = drop_event(7, 8080, Some("java"), 1);
+    agg.add_drop(&e, true);
+    agg.add(&accepts(e.listener(), now, 40, now - 3_000_000_000), true);
+    // A listener with accepts and no drop: exported too (comm unknown without a snapshot).
+    let quiet = ListenerId {
+        netns: 7,
+        sock_ino: 99,
+        lport: 9090,
+    };
+    agg.add(&accepts(quiet, now, 5, 0), true);
+    let text = render(&mut Exporter::new(Limits::default()), &agg);
+    let l = [("netns", "7"), ("port", "8080"), ("comm", "java")];
+    assert_eq!(sum(&text, "lqtrace_accepts_total", &l), 40.0, "{text}");
+    assert_eq!(sum(&text, "lqtrace_accept_queue_arrivals_total", &l), 42.0);
+    let age = sum(&text, "lqtrace_last_accept_age_seconds", &l);
+    assert!((3.0..4.0).contains(&age), "{age}");
+    let q = [("port", "9090"), ("comm", "unknown")];
+    assert_eq!(sum(&text, "lqtrace_accepts_total", &q), 5.0, "{text}");
+    assert_eq!(
+        sum(&text, "lqtrace_last_accept_age_seconds", &q),
+        0.0,
+        "no accept seen: no age"
+    );
+    assert_eq!(series(&text, "lqtrace_last_accept_age_seconds"), 1);
+    assert_eq!(sum(&text, "lqtrace_label_sets", &[]), 2.0);
+    let b = "lqtrace_accept_queue_wait_seconds_bucket";
+    let with = |le: &'static str| {
+        let mut x = l.to_vec();
+        x.push(("le", le));
+        x
+    };
+    assert_eq!(sum(&text, b, &with("0.000128")), 2.0, "{text}");
+    assert_eq!(sum(&text, b, &with("0.008192")), 3.0);
+    assert_eq!(sum(&text, b, &with("8.388608")), 3.0);
+    assert_eq!(sum(&text, b, &with("+Inf")), 4.0);
+    assert_eq!(
+        sum(&text, "lqtrace_accept_queue_wait_seconds_count", &l),
+        4.0
+    );
+    // Estimated sum: 2 × 12 µs + 6144 µs + 1.5 × 2^23 µs.
+    let s = sum(&text, "lqtrace_accept_queue_wait_seconds_sum", &l);
+    assert!(
+        (s - (24.0 + 6144.0 + 12_582_912.0) / 1e6).abs() < 1e-9,
+        "{s}"
+    );
+}
+
+#[test]
+fn refused_ports_are_capped_like_listeners() {
+    let limits = Limits {
+        max_series: 2,
+        max_overflow_netns: 1,
+    };
+    let mut x = Exporter::new(limits);
+    let mut agg = Aggregate::new(0);
+    let refuse = |agg: &mut Aggregate, netns: u32, port: u16| {
+        let e = crate::event::tests::sample();
+        agg.add(
+            &Event::Refused(RefusedEvent {
+                kind: (),
+                ts: e.ts,
+                ts_ns: 1,
+                netns,
+                laddr: e.laddr,
+                lport: port,
+                raddr: e.raddr,
+                rport: 1,
+                listener_closed_ms_ago: None,
+                closed_by: None,
+            }),
+            true,
+        );
+    };
+    for (ns, port) in [(1, 80), (1, 80), (1, 81), (1, 82), (2, 80), (3, 80)] {
+        refuse(&mut agg, ns, port);
+    }
+    let text = render(&mut x, &agg);
+    let r = "lqtrace_refused_total";
+    assert_eq!(
+        sum(&text, r, &[("netns", "1"), ("port", "80")]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(sum(&text, r, &[("netns", "1"), ("port", "81")]), 1.0);
+    assert_eq!(sum(&text, r, &[("netns", "1"), ("port", "other")]), 1.0);
+    assert_eq!(
+        sum(&text, r, &[("netns", "other"), ("port", "other")]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, r), 4);
+    assert_eq!(sum(&text, r, &[]), 6.0, "nothing lost");
+    assert_eq!(sum(&text, "lqtrace_label_overflow_total", &[]), 3.0);
+    // Seen again: the same label sets, counted once.
+    refuse(&mut agg, 1, 82);
+    let text = render(&mut x, &agg);
+    assert_eq!(sum(&text, r, &[("netns", "1"), ("port", "other")]), 2.0);
+    assert_eq!(sum(&text, "lqtrace_label_overflow_total", &[]), 3.0);
 }

@@ -1,16 +1,21 @@
-//! The HTML page: one file, inline CSS, the two plots as inline SVG, and the summary tables.
+//! The HTML page: one file, inline CSS, the two figures as inline SVG, and the summary tables:
+//! the listeners with what their clients saw, the verdict and the advice; the ports that refused
+//! connections, with their listener gaps; the reconciliation.
 //!
 //! Machine-readable hooks (for scripts and tests): `id="total-drops"` holds the number of drops
-//! at the listeners shown, and every reconciliation row is `<tr data-netns="INUM">` with
-//! `class="recorded"` and `class="kernel"` cells.
+//! at the listeners shown, every reconciliation row is `<tr data-netns="INUM">` with
+//! `class="recorded"` and `class="kernel"` cells, listener rows have `class="impact"`,
+//! `class="verdict"` and `class="backlog-needed"` cells, and each refused port is a
+//! `<tr data-refused-port="PORT">` with a `class="refused"` cell.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::ReportInput;
 use crate::{
+    advice::{self, Cause, Facts},
     attribution::owners::Owner,
-    event::{Reason, endpoint},
-    stats::summary::ListenerTotals,
+    event::{Reason, clients::Process, endpoint},
+    stats::summary::{ListenerTotals, Summary},
 };
 
 const CSS: &str = "
@@ -98,6 +103,110 @@ fn reasons_html(l: &ListenerTotals) -> String {
         ));
     }
     parts.join("<br>")
+}
+
+fn impact_html(l: &ListenerTotals) -> String {
+    if l.impact.attempts == 0 {
+        return "<span class=\"muted\">no outcome recorded</span>".into();
+    }
+    esc(&l.impact.sentence())
+}
+
+fn verdict_html(l: &ListenerTotals) -> String {
+    let Some(v) = l.verdict else {
+        return "<span class=\"muted\">unknown (accept() not observed)</span>".into();
+    };
+    let mut out = format!("<b>{}</b>", v.as_str());
+    if let Some(d) = &l.verdict_detail {
+        out.push_str(&format!(": {}", esc(d)));
+    }
+    if let Some(n) = l.backlog_needed {
+        out.push_str(&format!(
+            "<br>backlog needed: <span class=\"backlog-needed\">{n}</span>"
+        ));
+        if let Some(b) = &l.backlog_basis {
+            out.push_str(&format!(" <span class=\"muted\">({})</span>", esc(b)));
+        }
+    }
+    out
+}
+
+/// What to change, per listener with a verdict (the advice of `lqtrace listeners` and `demo`,
+/// from the run's verdict).
+fn advice_html(h: &mut String, s: &Summary) {
+    let judged: Vec<&ListenerTotals> = s.listeners.iter().filter(|l| l.verdict.is_some()).collect();
+    if judged.is_empty() {
+        return;
+    }
+    let _ = writeln!(h, "<h2>Advice</h2>\n<ul class=\"advice\">");
+    for l in judged {
+        let _ = writeln!(
+            h,
+            "<li><code>{}</code>: {}</li>",
+            esc(&endpoint(&l.laddr, l.lport)),
+            esc(&advice::remedy(&Facts::of(l), &Cause::of(l)))
+        );
+    }
+    let _ = writeln!(h, "</ul>");
+}
+
+fn process_html(p: &Process) -> String {
+    format!("{}/{}", p.pid, esc(&p.comm))
+}
+
+/// The ports that refused SYNs, with their listener gaps.
+fn refused_html(h: &mut String, s: &Summary) {
+    if s.refused.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<h2>Refused connections</h2>\n<p class=\"muted\">SYNs answered with a RST because no listener was on the port, \
+and the intervals the port had none.</p>"
+    );
+    let _ = writeln!(
+        h,
+        "<table><tr><th>Port</th><th>Netns</th><th>Refused</th><th>Listener gaps</th></tr>"
+    );
+    for p in &s.refused {
+        let port = match p.laddr {
+            Some(a) => endpoint(&a, p.lport),
+            None => format!("*:{}", p.lport),
+        };
+        let gaps: Vec<String> = p
+            .gaps
+            .iter()
+            .map(|g| {
+                let closed = format!(
+                    "closed {} by {}",
+                    esc(&g.closed_ts.rfc3339()),
+                    process_html(&g.closed_by)
+                );
+                match &g.reopened_by {
+                    Some(by) => format!(
+                        "{closed}, reopened after {:.0} ms by {}",
+                        g.gap_ms,
+                        process_html(by)
+                    ),
+                    None => format!("{closed}, not reopened ({:.0} ms until the end)", g.gap_ms),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            h,
+            "<tr data-refused-port=\"{}\"><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n refused\">{}</td><td>{}</td></tr>",
+            p.lport,
+            esc(&port),
+            p.netns,
+            p.count,
+            if gaps.is_empty() {
+                "<span class=\"muted\">none seen</span>".to_string()
+            } else {
+                gaps.join("<br>")
+            }
+        );
+    }
+    let _ = writeln!(h, "</table>");
 }
 
 /// Drops per reason over the listeners shown.
@@ -193,13 +302,23 @@ pub fn render(
     let _ = writeln!(h, "</table>");
 
     // --- Plots
-    let _ = writeln!(h, "<h2>Drops over time</h2>");
+    let step = super::plots::step_label(input.timeline);
+    let _ = writeln!(h, "<h2>Drops, refused connections and client delays</h2>");
     let _ = writeln!(h, "<div class=\"plot\">{}</div>", strip_xml_decl(drops_svg));
-    let _ = writeln!(h, "<h2>Accept-queue occupancy</h2>");
+    let _ = writeln!(
+        h,
+        "<p class=\"muted\">Rates per second over {}. Refused: SYNs answered with a RST because no listener was on the port; \
+shaded: the gaps when a port that had a listener had none. Reset and gave up are counted when their fate was known. \
+Delays: first dropped packet to handshake completed, for the attempts that got in.</p>",
+        esc(&step)
+    );
+    let _ = writeln!(h, "<h2>Accept-queue occupancy, arrivals and accepts</h2>");
     let _ = writeln!(h, "<div class=\"plot\">{}</div>", strip_xml_decl(queue_svg));
     let _ = writeln!(
         h,
-        "<p class=\"muted\">Per bucket: the longest accept queue seen (solid) against the limit (dashed). {}</p>",
+        "<p class=\"muted\">Per bucket: the longest accept queue seen (solid) against the limit (dashed). {} \
+Below: connections entering the accept queue (solid) and taken by accept() (dashed) per second, from the kernel's \
+per-listener counters: accepts at zero under arrivals is a stall, accepts steadily below arrivals is too little capacity.</p>",
         esc(QUEUE_NOTE)
     );
     if !image_names.is_empty() {
@@ -222,7 +341,8 @@ pub fn render(
         let _ = writeln!(
             h,
             "<table><tr><th>Listener</th><th>Netns</th><th>Socket inode</th><th>Owner</th><th>Drops</th>\
-<th>By reason</th><th>Peak accept queue / limit</th><th>Requested backlog</th><th>somaxconn</th></tr>"
+<th>By reason</th><th>Peak accept queue / limit</th><th>Requested backlog</th><th>somaxconn</th>\
+<th>Clients</th><th>Verdict</th></tr>"
         );
         for l in &s.listeners {
             let backlog = l
@@ -232,7 +352,8 @@ pub fn render(
             let _ = writeln!(
                 h,
                 "<tr data-lport=\"{}\"><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td>\
-<td class=\"n drops\">{}</td><td>{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+<td class=\"n drops\">{}</td><td>{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"impact\">{}</td><td class=\"verdict\">{}</td></tr>",
                 l.lport,
                 esc(&endpoint(&l.laddr, l.lport)),
                 l.netns,
@@ -243,11 +364,15 @@ pub fn render(
                 l.peak_accept_queue,
                 l.accept_queue_max,
                 esc(&backlog),
-                l.somaxconn
+                l.somaxconn,
+                impact_html(l),
+                verdict_html(l)
             );
         }
         let _ = writeln!(h, "</table>");
+        advice_html(&mut h, s);
     }
+    refused_html(&mut h, s);
 
     // --- Reconciliation
     let _ = writeln!(h, "<h2>Reconciliation with the kernel</h2>");
@@ -337,99 +462,5 @@ fn strip_xml_decl(svg: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::{
-        aggregate::Aggregate,
-        summary::{Reconciliation, Summary},
-        timeline::Timeline,
-    };
-
-    #[test]
-    fn escaping_and_quoting() {
-        assert_eq!(
-            esc("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
-        let argv: Vec<String> = ["python3", "-c", "print('hi')", "a b", ""]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            shell_words(&argv),
-            "python3 -c 'print('\\''hi'\\'')' 'a b' ''"
-        );
-    }
-
-    fn sample_input_parts() -> (Summary, Timeline) {
-        let mut e = crate::event::tests::sample();
-        e.owners = [Owner::test(42, "<evil>")].into();
-        let mut agg = Aggregate::new(0);
-        agg.add_drop(&e, true);
-        let totals = agg.summary(&Default::default(), &Default::default(), Default::default());
-        let mut tl = Timeline::new(0);
-        e.ts_ns = 1_500_000_000;
-        tl.add_event(&e);
-        let s = Summary {
-            duration_s: 2.0,
-            listeners: totals.listeners,
-            reconciliation: vec![
-                Reconciliation {
-                    netns: 4026531840,
-                    label: "host".into(),
-                    recorded: 1,
-                    kernel_listen_drops: Some(1),
-                },
-                Reconciliation {
-                    netns: 5,
-                    label: "ns5".into(),
-                    recorded: 1,
-                    kernel_listen_drops: Some(2),
-                },
-            ],
-            ..Default::default()
-        };
-        (s, tl)
-    }
-
-    #[test]
-    fn page_has_plots_tables_and_hooks() {
-        let (s, tl) = sample_input_parts();
-        let argv = vec!["wrk".to_string(), "-c".into(), "10".into()];
-        let input = ReportInput {
-            command: &argv,
-            started: crate::event::WallTime(1_795_914_123_456_789_000),
-            duration_s: 2.0,
-            exit: "exit status 0".into(),
-            filters: String::new(),
-            summary: &s,
-            timeline: &tl,
-        };
-        let drops = super::super::plots::drops_svg(&tl).unwrap();
-        let queue = super::super::plots::queue_svg(&tl).unwrap();
-        let page = render(&input, &drops, &queue, &["r.drops.png".into()]);
-        assert_eq!(page.matches("<svg").count(), 2, "exactly the two plots");
-        assert!(page.contains("id=\"total-drops\">1<"));
-        assert!(page.contains("<code>wrk -c 10</code>"));
-        assert!(page.contains("2026-11-29T01:02:03"));
-        assert!(page.contains("127.0.0.1:8080"));
-        assert!(page.contains("42/&lt;evil&gt;"), "owner escaped");
-        assert!(!page.contains("<evil>"));
-        assert!(page.contains("<tr data-netns=\"5\">"));
-        assert!(page.contains("MISMATCH (50.0%)"));
-        assert!(page.contains("match (100%)"));
-        assert!(page.contains("syn_accept_queue_full"));
-        assert!(page.contains("href=\"r.drops.png\""));
-        assert!(
-            page.contains("<style>") && !page.contains("<link") && !page.contains("<script"),
-            "self-contained"
-        );
-        assert!(page.trim_end().ends_with("</html>"));
-    }
-
-    #[test]
-    fn xml_declaration_is_stripped() {
-        assert_eq!(strip_xml_decl("<?xml version=\"1.0\"?>\n<svg/>"), "<svg/>");
-        assert_eq!(strip_xml_decl("<svg/>"), "<svg/>");
-    }
-}
+#[path = "html_tests.rs"]
+mod tests;

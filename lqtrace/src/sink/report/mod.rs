@@ -1,14 +1,17 @@
 //! `lqtrace run --report FILE.html`: a self-contained HTML report (inline CSS, plots as inline
 //! SVG) plus the plots as PNG files beside it (`FILE.drops.png`, `FILE.queue.png`).
 
+mod glyphs;
 pub mod html;
+mod panels;
 pub mod plots;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use plots::{Figure, PlotData};
 
-use crate::stats::{summary::Summary, timeline::Timeline};
+use crate::stats::{impact::Delays, refused::Gap, summary::Summary, timeline::Timeline};
 
 /// What a report is made of.
 pub struct ReportInput<'a> {
@@ -23,6 +26,43 @@ pub struct ReportInput<'a> {
     pub filters: String,
     pub summary: &'a Summary,
     pub timeline: &'a Timeline,
+    /// Connect delays of the shown listeners' attempts that connected, merged.
+    pub delays: &'a Delays,
+    /// Listener gaps: (netns, port, gap); those at ports of the summary are drawn.
+    pub gaps: &'a [(u32, u16, Gap)],
+}
+
+/// Gap bands drawn at most (the oldest first).
+const MAX_GAPS: usize = 200;
+
+impl ReportInput<'_> {
+    /// The gaps worth a band: at ports that refused SYNs or whose listener is in the summary
+    /// (any listener closing on the host is a gap, and most say nothing about this run).
+    fn relevant_gaps(&self) -> Vec<(u32, u16, Gap)> {
+        let s = self.summary;
+        let shown = |netns: u32, port: u16| {
+            s.refused
+                .iter()
+                .any(|p| p.netns == netns && p.lport == port)
+                || s.listeners
+                    .iter()
+                    .any(|l| l.netns == netns && l.lport == port)
+        };
+        self.gaps
+            .iter()
+            .filter(|(n, p, _)| shown(*n, *p))
+            .take(MAX_GAPS)
+            .cloned()
+            .collect()
+    }
+
+    fn plot_data<'a>(&'a self, gaps: &'a [(u32, u16, Gap)]) -> PlotData<'a> {
+        PlotData {
+            timeline: self.timeline,
+            delays: self.delays,
+            gaps,
+        }
+    }
 }
 
 /// What was written.
@@ -54,27 +94,36 @@ pub fn image_path(report: &Path, what: &str, ext: &str) -> PathBuf {
 
 /// Write the HTML report and the plot images.
 pub fn write(path: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
-    let drops_svg = plots::drops_svg(input.timeline)?;
-    let queue_svg = plots::queue_svg(input.timeline)?;
-
-    let drops_png = image_path(path, "drops", "png");
-    let queue_png = image_path(path, "queue", "png");
-    let png = plots::drops_png(input.timeline, &drops_png)
-        .and_then(|()| plots::queue_png(input.timeline, &queue_png));
+    let gaps = input.relevant_gaps();
+    let data = input.plot_data(&gaps);
+    let svgs = Figure::ALL
+        .iter()
+        .map(|f| f.svg(&data))
+        .collect::<Result<Vec<String>>>()?;
+    let pngs: Vec<PathBuf> = Figure::ALL
+        .iter()
+        .map(|f| image_path(path, f.name(), "png"))
+        .collect();
+    let png = Figure::ALL
+        .iter()
+        .zip(&pngs)
+        .try_for_each(|(f, p)| f.png(&data, p));
     let (images, note) = match png {
-        Ok(()) => (vec![drops_png, queue_png], None),
+        Ok(()) => (pngs, None),
         Err(e) => {
             // Fallback: the same plots as SVG files.
-            let _ = std::fs::remove_file(&drops_png);
-            let _ = std::fs::remove_file(&queue_png);
-            let drops_file = image_path(path, "drops", "svg");
-            let queue_file = image_path(path, "queue", "svg");
-            std::fs::write(&drops_file, &drops_svg)
-                .with_context(|| format!("writing {}", drops_file.display()))?;
-            std::fs::write(&queue_file, &queue_svg)
-                .with_context(|| format!("writing {}", queue_file.display()))?;
+            for p in &pngs {
+                let _ = std::fs::remove_file(p);
+            }
+            let mut files = Vec::new();
+            for (f, svg) in Figure::ALL.iter().zip(&svgs) {
+                let file = image_path(path, f.name(), "svg");
+                std::fs::write(&file, svg)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                files.push(file);
+            }
             (
-                vec![drops_file, queue_file],
+                files,
                 Some(format!(
                     "PNG output failed ({e:#}); wrote SVG files instead"
                 )),
@@ -85,7 +134,7 @@ pub fn write(path: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    let page = html::render(input, &drops_svg, &queue_svg, &names);
+    let page = html::render(input, &svgs[0], &svgs[1], &names);
     std::fs::write(path, page).with_context(|| format!("writing the report {}", path.display()))?;
     Ok(ReportFiles {
         html: path.to_path_buf(),
@@ -122,7 +171,7 @@ mod tests {
     fn writes_html_and_pngs() {
         let dir = std::env::temp_dir().join(format!("lqtrace-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let tl = plots::tests::synthetic();
+        let (tl, delays, gaps) = plots::tests::synthetic();
         let summary = Summary {
             duration_s: 12.0,
             ..Default::default()
@@ -136,6 +185,8 @@ mod tests {
             filters: String::new(),
             summary: &summary,
             timeline: &tl,
+            delays: &delays,
+            gaps: &gaps,
         };
         let files = write(&dir.join("r.html"), &input).unwrap();
         assert!(files.note.is_none(), "{:?}", files.note);
@@ -149,5 +200,41 @@ mod tests {
             assert_eq!(&std::fs::read(img).unwrap()[..4], b"\x89PNG");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_gaps_at_the_summarys_ports_are_drawn() {
+        let (tl, delays, mut gaps) = plots::tests::synthetic();
+        let netns = gaps[0].0;
+        let mut other = gaps[0].clone();
+        other.1 = 22; // a listener of another service closed: not this run's business
+        gaps.push(other);
+        let mut summary = Summary::default();
+        let argv = vec!["true".to_string()];
+        let kept = |summary: &Summary| {
+            ReportInput {
+                command: &argv,
+                started: crate::event::WallTime(0),
+                duration_s: 1.0,
+                exit: String::new(),
+                filters: String::new(),
+                summary,
+                timeline: &tl,
+                delays: &delays,
+                gaps: &gaps,
+            }
+            .relevant_gaps()
+        };
+        assert!(kept(&summary).is_empty());
+        summary.refused.push(crate::stats::refused::RefusedPort {
+            netns,
+            laddr: None,
+            lport: 9090,
+            count: 1,
+            gaps: Vec::new(),
+        });
+        let kept = kept(&summary);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|(n, p, _)| (*n, *p) == (netns, 9090)));
     }
 }

@@ -1,26 +1,32 @@
-//! The report's plots, drawn with plotters on any backend: SVG (inlined in the HTML) and PNG
-//! (files beside it).
+//! The report's two figures, drawn with plotters on any backend: SVG (inlined in the HTML) and
+//! PNG (files beside it). Each stacks panels (`panels.rs`):
+//! - `drops`: listen drops per second by reason; refused, reset and abandoned connections per
+//!   second with the listener gaps shaded; the client-delay histogram;
+//! - `queue`: accept-queue occupancy against the limit; connections arriving against those
+//!   accepted, per second.
 //!
-//! Text is rendered with plotters' `ab_glyph` feature from a font compiled into the binary (the
-//! `dejavu` crate): no system font, fontconfig or freetype is needed at build or run time.
+//! Text is rendered from a font compiled into the binary (the `dejavu` crate): no system font,
+//! fontconfig or freetype is needed at build or run time. In the PNGs it is laid out by
+//! `glyphs.rs`, which fixes plotters' glyph placement.
 
 use std::{path::Path, sync::Once};
 
 use anyhow::{Result, anyhow};
 use plotters::{coord::Shift, prelude::*, style::register_font};
 
+use super::{glyphs::Glyphs, panels};
 use crate::{
-    event::Reason,
-    stats::timeline::{ListenerSeries, Timeline},
+    event::{Reason, clients::ms_between},
+    stats::{impact::Delays, refused::Gap, timeline::Timeline},
 };
 
 /// The font family name plots use; registered by [`ensure_fonts`].
 pub const FONT: &str = "sans-serif";
 
-pub const SIZE: (u32, u32) = (960, 400);
-
-/// Listeners drawn in the queue plot.
-pub const QUEUE_LISTENERS: usize = 5;
+pub const WIDTH: u32 = 960;
+/// Panel heights: the drops figure (drops, clients, delays), the queue figure (queue, flow).
+const DROPS_PANELS: [u32; 3] = [400, 290, 280];
+const QUEUE_PANELS: [u32; 2] = [400, 330];
 
 static FONTS: Once = Once::new();
 
@@ -32,6 +38,16 @@ pub fn ensure_fonts() {
         }
         let _ = register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
     });
+}
+
+/// What the plots are drawn from.
+#[derive(Clone, Copy)]
+pub struct PlotData<'a> {
+    pub timeline: &'a Timeline,
+    /// Connect delays of the shown listeners' attempts that connected, merged.
+    pub delays: &'a Delays,
+    /// Listener gaps: (netns, port, gap).
+    pub gaps: &'a [(u32, u16, Gap)],
 }
 
 /// Stable colour per reason (colour-blind friendly-ish: Okabe-Ito).
@@ -48,69 +64,114 @@ pub fn reason_color(r: Reason) -> RGBColor {
     }
 }
 
-const SERIES_COLORS: [RGBColor; QUEUE_LISTENERS] = [
-    RGBColor(213, 94, 0),
-    RGBColor(0, 114, 178),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(120, 120, 120),
-];
-
 fn err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> anyhow::Error + '_ {
     move |e| anyhow!("{what}: {e:?}")
 }
 
-/// Plot 1 as an SVG document.
-pub fn drops_svg(tl: &Timeline) -> Result<String> {
-    ensure_fonts();
-    let mut s = String::new();
-    {
-        let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
-        draw_drops(&root, tl).map_err(err("drawing the drops plot"))?;
-        root.present().map_err(err("rendering the drops plot"))?;
+pub type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// Which figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    Drops,
+    Queue,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 2] = [Figure::Drops, Figure::Queue];
+
+    /// The file name part: `report.drops.png`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Figure::Drops => "drops",
+            Figure::Queue => "queue",
+        }
     }
-    Ok(s)
-}
 
-/// Plot 2 as an SVG document.
-pub fn queue_svg(tl: &Timeline) -> Result<String> {
-    ensure_fonts();
-    let mut s = String::new();
-    {
-        let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
-        draw_queue(&root, tl).map_err(err("drawing the queue plot"))?;
-        root.present().map_err(err("rendering the queue plot"))?;
+    fn panels(self) -> &'static [u32] {
+        match self {
+            Figure::Drops => &DROPS_PANELS,
+            Figure::Queue => &QUEUE_PANELS,
+        }
     }
-    Ok(s)
-}
 
-/// Plot 1 as a PNG file.
-pub fn drops_png(tl: &Timeline, path: &Path) -> Result<()> {
-    ensure_fonts();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw_drops(&root, tl).map_err(err("drawing the drops plot"))?;
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))
-}
+    pub fn size(self) -> (u32, u32) {
+        (WIDTH, self.panels().iter().sum())
+    }
 
-/// Plot 2 as a PNG file.
-pub fn queue_png(tl: &Timeline, path: &Path) -> Result<()> {
-    ensure_fonts();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw_queue(&root, tl).map_err(err("drawing the queue plot"))?;
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))
-}
+    fn draw<DB: DrawingBackend>(
+        self,
+        root: &DrawingArea<DB, Shift>,
+        d: &PlotData<'_>,
+    ) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let mut rest = root.clone();
+        let mut areas = Vec::new();
+        for h in self.panels() {
+            let (top, bottom) = rest.split_vertically(*h);
+            areas.push(top);
+            rest = bottom;
+        }
+        match self {
+            Figure::Drops => {
+                panels::drops(&areas[0], d)?;
+                panels::clients(&areas[1], d)?;
+                panels::delays(&areas[2], d)
+            }
+            Figure::Queue => {
+                panels::queue(&areas[0], d)?;
+                panels::flow(&areas[1], d)
+            }
+        }
+    }
 
-type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+    /// As an SVG document.
+    pub fn svg(self, d: &PlotData<'_>) -> Result<String> {
+        ensure_fonts();
+        let mut s = String::new();
+        {
+            let root = SVGBackend::with_string(&mut s, self.size()).into_drawing_area();
+            self.draw(&root, d)
+                .map_err(err(&format!("drawing the {} plot", self.name())))?;
+            root.present()
+                .map_err(err(&format!("rendering the {} plot", self.name())))?;
+        }
+        Ok(s)
+    }
+
+    /// As a PNG file.
+    pub fn png(self, d: &PlotData<'_>, path: &Path) -> Result<()> {
+        ensure_fonts();
+        let root = Glyphs(BitMapBackend::new(path, self.size())).into_drawing_area();
+        self.draw(&root, d)
+            .map_err(err(&format!("drawing the {} plot", self.name())))?;
+        root.present()
+            .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))
+    }
+}
 
 /// x extent in seconds: the whole timeline, at least one second.
-fn x_max(tl: &Timeline) -> f64 {
+pub fn x_max(tl: &Timeline) -> f64 {
     (tl.len() as f64 * tl.bucket_secs()).max(1.0)
 }
 
+/// A bucket's count as a rate per second.
+pub fn per_second(tl: &Timeline, n: u64) -> f64 {
+    n as f64 / tl.bucket_secs()
+}
+
+/// The time step, for captions: "100 ms steps", "1.6 s steps".
+pub fn step_label(tl: &Timeline) -> String {
+    let ms = ms_between(0, (tl.bucket_secs() * 1e9) as u64);
+    if ms < 1000.0 {
+        format!("{ms:.0} ms steps")
+    } else {
+        format!("{:.1} s steps", ms / 1e3)
+    }
+}
+
 /// Tick labels without useless decimals: "20" rather than "20.0" on a wide axis.
-fn axis_label(v: f64, range: f64) -> String {
+pub fn axis_label(v: f64, range: f64) -> String {
     if range >= 8.0 || v == v.trunc() {
         format!("{v:.0}")
     } else {
@@ -119,7 +180,7 @@ fn axis_label(v: f64, range: f64) -> String {
 }
 
 /// A step line through per-bucket values: each bucket is a flat segment over its width.
-fn steps(tl: &Timeline, values: impl Iterator<Item = (usize, f64)>) -> Vec<(f64, f64)> {
+pub fn steps(tl: &Timeline, values: impl Iterator<Item = (usize, f64)>) -> Vec<(f64, f64)> {
     let w = tl.bucket_secs();
     let mut pts = Vec::new();
     for (i, v) in values {
@@ -130,186 +191,17 @@ fn steps(tl: &Timeline, values: impl Iterator<Item = (usize, f64)>) -> Vec<(f64,
     pts
 }
 
-/// Drops per second over time, one line per reason seen.
-pub fn draw_drops<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    tl: &Timeline,
+/// The series legend, upper right.
+pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
 ) -> DrawResult<DB> {
-    root.fill(&WHITE)?;
-    let w = tl.bucket_secs();
-    let reasons: Vec<Reason> = tl
-        .reasons_seen()
-        .into_iter()
-        .filter(|r| *r != Reason::SyncookieSent)
-        .collect();
-    let peak = tl
-        .host()
-        .iter()
-        .flat_map(|b| reasons.iter().map(move |r| b.get(*r) as f64 / w))
-        .fold(0.0f64, f64::max);
-    // Headroom for the legend (upper right).
-    let y_max = (peak * 1.35).max(1.0);
-    let caption = if reasons.is_empty() {
-        "Listen drops per second by reason (no drops)".to_string()
-    } else if w > 1.0 {
-        format!("Listen drops per second by reason ({w:.0} s buckets)")
-    } else {
-        "Listen drops per second by reason".to_string()
-    };
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max(tl), 0.0..y_max)?;
     chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("drops / s")
-        .x_label_formatter(&|v| axis_label(*v, x_max(tl)))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
-    for r in &reasons {
-        let color = reason_color(*r);
-        let pts = steps(
-            tl,
-            tl.host()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (i, b.get(*r) as f64 / w)),
-        );
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(r.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
-    }
-    if !reasons.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
-    }
-    Ok(())
-}
-
-/// The listeners drawn in the queue plot: the most drops first, those with queue samples.
-pub fn queue_listeners(tl: &Timeline) -> Vec<&ListenerSeries> {
-    tl.listeners_ranked()
-        .into_iter()
-        .filter(|l| l.buckets().any(|(_, b)| b.queue.is_some()))
-        .take(QUEUE_LISTENERS)
-        .collect()
-}
-
-/// Accept-queue occupancy (max per bucket) vs the limit, per listener (top 5 by drops).
-pub fn draw_queue<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    tl: &Timeline,
-) -> DrawResult<DB> {
-    root.fill(&WHITE)?;
-    let listeners = queue_listeners(tl);
-    let peak = listeners
-        .iter()
-        .map(|l| l.peak_queue.max(l.limit))
-        .max()
-        .unwrap_or(0) as f64;
-    let y_max = (peak * (1.3 + 0.07 * listeners.len() as f64))
-        .max(1.0)
-        .ceil();
-    let caption = if listeners.is_empty() {
-        "Accept-queue occupancy vs limit (no samples)".to_string()
-    } else {
-        match listeners.len() {
-            1 => "Accept-queue occupancy vs limit".to_string(),
-            n => format!("Accept-queue occupancy vs limit (top {n} listeners by drops)"),
-        }
-    };
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max(tl), 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections in accept queue")
-        // Whole connections: integer ticks on a short axis.
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&|v| axis_label(*v, x_max(tl)))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
-    for (n, l) in listeners.iter().enumerate() {
-        let color = SERIES_COLORS[n % SERIES_COLORS.len()];
-        // One step segment per run of consecutive sampled buckets: no line across a gap.
-        let mut runs: Vec<Vec<(usize, f64)>> = Vec::new();
-        for (i, b) in l.buckets() {
-            let Some(q) = b.queue else { continue };
-            match runs.last_mut() {
-                Some(run) if run.last().is_some_and(|(j, _)| j + 1 == i) => {
-                    run.push((i, q.max as f64))
-                }
-                _ => runs.push(vec![(i, q.max as f64)]),
-            }
-        }
-        let mut label = format!("{} {}", l.endpoint(), l.owner.as_deref().unwrap_or("?"));
-        if l.netns() != 0 {
-            label.push_str(&format!(" netns {}", l.netns()));
-        }
-        let mut first = true;
-        for run in runs {
-            let series = chart.draw_series(LineSeries::new(
-                steps(tl, run.into_iter()),
-                color.stroke_width(2),
-            ))?;
-            if first {
-                series.label(label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
-                first = false;
-            }
-        }
-        // The limit, dashed, over the whole run.
-        if l.limit > 0 {
-            let lim = l.limit as f64;
-            chart.draw_series(DashedLineSeries::new(
-                vec![(0.0, lim), (x_max(tl), lim)],
-                8,
-                5,
-                color.mix(0.8).stroke_width(1),
-            ))?;
-            chart.draw_series(std::iter::once(Text::new(
-                format!("limit {}", l.limit),
-                (x_max(tl) * 0.005, lim + y_max * 0.045),
-                (FONT, 12).into_font().color(&color),
-            )))?;
-        }
-    }
-    if !listeners.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
-    }
-    Ok(())
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()
 }
 
 #[cfg(test)]
@@ -317,20 +209,33 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{attribution::owners::Owner, event::Stage};
+    use crate::{
+        attribution::owners::Owner,
+        event::{
+            ListenerId, Stage,
+            clients::{Outcome, OutcomeEvent, Process},
+        },
+    };
 
-    /// A 12-second synthetic run: two listeners, SYN- and ACK-time overflows.
-    pub(crate) fn synthetic() -> Timeline {
-        let s = 1_000_000_000u64;
-        let mut tl = Timeline::new(10 * s);
+    const S: u64 = 1_000_000_000;
+
+    /// A 12-second synthetic run: two listeners, SYN- and ACK-time overflows, accept activity
+    /// with a one-second stall at 8080, refused SYNs during a gap at 9090, delayed connections.
+    pub(crate) fn synthetic() -> (Timeline, Delays, Vec<(u32, u16, Gap)>) {
+        let mut tl = Timeline::new(10 * S);
         let base = crate::event::tests::sample();
+        let id = |port: u16| ListenerId {
+            netns: base.netns,
+            sock_ino: u64::from(port),
+            lport: port,
+        };
         for sec in 0..12u64 {
             for (port, n, limit) in [(8080u16, 5 + sec * 3, 128u32), (9090, sec % 4, 16)] {
                 for k in 0..n {
                     let mut e = base.clone();
-                    e.ts_ns = 10 * s + sec * s + k * 1000;
+                    e.ts_ns = 10 * S + sec * S + k * 1000;
                     e.lport = port;
-                    e.sock_ino = port as u64;
+                    e.sock_ino = u64::from(port);
                     e.accept_queue = limit + 1;
                     e.accept_queue_max = limit;
                     e.reason = if k % 3 == 0 {
@@ -351,40 +256,134 @@ pub(crate) mod tests {
             }
             // Periodic samples between drops.
             tl.sample_queue(
-                10 * s + sec * s + s / 2,
-                crate::event::ListenerId {
-                    netns: base.netns,
-                    sock_ino: 8080,
-                    lport: 8080,
-                },
+                10 * S + sec * S + S / 2,
+                id(8080),
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 (sec as u32 * 11).min(128),
                 128,
             );
+            // Accept counters every 100 ms: 8080 takes 30/s of 50/s arriving, nothing in second 6.
+            for tenth in 0..10u64 {
+                let at = 10 * S + sec * S + tenth * S / 10;
+                let accepts = if sec == 6 { 0 } else { 3 };
+                tl.add_accepts(at, id(8080), 5, accepts);
+            }
+            if (3..5).contains(&sec) {
+                tl.add_refused(10 * S + sec * S + S / 3);
+            }
         }
-        tl.extend_to(22 * s);
-        tl
+        let e = base.clone();
+        for (ms, outcome) in [
+            (1020.0, Outcome::Connected),
+            (3010.0, Outcome::Connected),
+            (7000.0, Outcome::GaveUp),
+        ] {
+            tl.add_outcome(&OutcomeEvent {
+                kind: (),
+                ts: e.ts,
+                ts_ns: 15 * S + ms as u64 * 1_000_000,
+                outcome,
+                netns: e.netns,
+                laddr: e.laddr,
+                lport: 8080,
+                raddr: e.raddr,
+                rport: e.rport,
+                sock_ino: 8080,
+                owners: std::sync::Arc::clone(&e.owners),
+                drops: 1,
+                first_drop_ts: e.ts,
+                delay_ms: ms,
+                first_drop_ns: 15 * S,
+            });
+        }
+        tl.extend_to(22 * S);
+        let mut delays = Delays::default();
+        for ms in [1003.0, 1010.0, 1020.0, 1090.0, 3005.0, 3010.0, 7004.0] {
+            delays.add(ms);
+        }
+        let by = |pid: u32| Process {
+            pid,
+            comm: "nginx".into(),
+        };
+        let gaps = vec![
+            (
+                base.netns,
+                9090,
+                Gap {
+                    closed_ns: 13 * S,
+                    closed_by: by(1),
+                    reopened: Some((15 * S, by(2))),
+                },
+            ),
+            (
+                base.netns,
+                9090,
+                Gap {
+                    closed_ns: 20 * S,
+                    closed_by: by(2),
+                    reopened: None,
+                },
+            ),
+        ];
+        (tl, delays, gaps)
+    }
+
+    fn data<'a>(x: &'a (Timeline, Delays, Vec<(u32, u16, Gap)>)) -> PlotData<'a> {
+        PlotData {
+            timeline: &x.0,
+            delays: &x.1,
+            gaps: &x.2,
+        }
     }
 
     #[test]
     fn svg_plots_have_text_and_lines() {
-        let tl = synthetic();
-        let d = drops_svg(&tl).unwrap();
+        let x = synthetic();
+        let d = Figure::Drops.svg(&data(&x)).unwrap();
         assert!(d.starts_with("<svg"), "{}", &d[..40.min(d.len())]);
-        assert!(d.contains("Listen drops per second by reason"));
-        assert!(d.contains("syn_accept_queue_full") && d.contains("ack_accept_queue_full"));
-        assert!(d.contains("seconds since start"));
+        for text in [
+            "Listen drops per second by reason (100 ms steps)",
+            "syn_accept_queue_full",
+            "ack_accept_queue_full",
+            "seconds since start",
+            "drops / s",
+            "Refused, reset and abandoned connections per second; listener gaps shaded",
+            "refused (no listener)",
+            "gave up",
+            "listener gap (port without a listener)",
+            ":9090",
+            "Client connect delay after a drop: 7 connections delayed, p50 +1.1 s, max +7.0 s",
+            "delay, seconds (100 ms bins)",
+        ] {
+            assert!(d.contains(text), "{text:?} missing");
+        }
         assert!(d.contains("<polyline"));
-        let q = queue_svg(&tl).unwrap();
+        let q = Figure::Queue.svg(&data(&x)).unwrap();
+        for text in [
+            "Accept-queue occupancy vs limit",
+            "127.0.0.1:8080 8080/srv8080",
+            "limit 128",
+            "limit 16",
+            "Connections arriving (solid) vs accepted (dashed) per second (100 ms steps)",
+        ] {
+            assert!(q.contains(text), "{text:?} missing");
+        }
+        // Empty: still valid plots.
+        let empty = (Timeline::new(0), Delays::default(), Vec::new());
+        let d = Figure::Drops.svg(&data(&empty)).unwrap();
         assert!(
-            q.contains("127.0.0.1:8080 42/java") || q.contains("127.0.0.1:8080"),
-            "legend names the listener"
+            d.contains("no drops") && d.contains("(none)") && d.contains("no delayed connection")
         );
-        assert!(q.contains("limit 128") && q.contains("limit 16"));
-        // Empty timeline: still a valid plot.
-        let empty = Timeline::new(0);
-        assert!(drops_svg(&empty).unwrap().contains("no drops"));
-        assert!(queue_svg(&empty).unwrap().contains("no samples"));
+        let q = Figure::Queue.svg(&data(&empty)).unwrap();
+        assert!(q.contains("no samples") && q.contains("accept() not observed"));
+    }
+
+    #[test]
+    fn delays_beyond_ten_seconds_use_one_second_bins() {
+        let mut x = synthetic();
+        x.1.add(31_400.0);
+        let d = Figure::Drops.svg(&data(&x)).unwrap();
+        assert!(d.contains("delay, seconds (1 s bins)") && d.contains("max +31.4 s"));
     }
 
     #[test]
@@ -395,18 +394,16 @@ pub(crate) mod tests {
             std::env::temp_dir().join(format!("lqtrace-plots-{}", std::process::id()))
         });
         std::fs::create_dir_all(&dir).unwrap();
-        let tl = synthetic();
-        for (name, f) in [
-            ("drops.png", drops_png as fn(&Timeline, &Path) -> Result<()>),
-            ("queue.png", queue_png),
-        ] {
-            let p = dir.join(name);
-            f(&tl, &p).unwrap();
+        let x = synthetic();
+        for f in Figure::ALL {
+            let p = dir.join(format!("{}.png", f.name()));
+            f.png(&data(&x), &p).unwrap();
             let bytes = std::fs::read(&p).unwrap();
-            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.name());
             assert!(
                 bytes.len() > 5_000,
-                "{name}: {} bytes: empty picture?",
+                "{}: {} bytes: empty picture?",
+                f.name(),
                 bytes.len()
             );
         }
