@@ -350,7 +350,16 @@ mod tests {
         let mut d = sample();
         d.ts_ns = 1_000 * ms;
         d.last_accept_ms_ago = Some(2300);
+        // Accepts until 300 ms, then 2 s of arrivals and none taken: a stall with the drop in it.
+        for step in 0..3u64 {
+            agg.timeline
+                .add_accepts(step * 100 * ms, d.listener(), 10, 10);
+        }
         agg.add(&Event::Drop(d.clone()), true);
+        for step in 3..23u64 {
+            agg.timeline
+                .add_accepts(step * 100 * ms, d.listener(), 3, 0);
+        }
         let outcome = |outcome, delay_ms: f64| {
             Event::Outcome(OutcomeEvent {
                 kind: (),
@@ -421,7 +430,8 @@ mod tests {
             }),
             true,
         );
-        agg.summary(&Default::default(), &Default::default(), Default::default())
+        let hooks = [("accept".to_string(), "tracepoint".to_string())].into();
+        agg.summary(&Default::default(), &Default::default(), hooks)
     }
 
     #[test]
@@ -448,12 +458,12 @@ mod tests {
             "    clients: 2 connection attempts delayed, p50 +1.1 s, max +3.0 s; 1 gave up"
         );
         assert!(
-            lines[details + 3].starts_with("    verdict: stalled: no accept() for 2.3 s at a drop"),
+            lines[details + 3].starts_with("    verdict: stalled: no accept() for 3.8 s while up to 62 connections waited (1 drop in"),
             "{text}"
         );
         assert!(
             lines[details + 4]
-                .starts_with("    backlog needed: 51 (an unbounded queue replaying this run"),
+                .starts_with("    backlog needed: 61 (an unbounded queue replaying this run"),
             "{text}"
         );
         assert!(

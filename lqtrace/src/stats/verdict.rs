@@ -111,7 +111,8 @@ pub fn judge(
         return Some(with(
             Kind::Stalled,
             format!(
-                "no accept() for {secs:.1} s while up to {waiting} connections waited ({drops} drops in that time; limit {limit})"
+                "no accept() for {secs:.1} s while up to {waiting} connections waited ({drops} drop{} in that time; limit {limit})",
+                if drops == 1 { "" } else { "s" }
             ),
         ));
     }
