@@ -179,7 +179,7 @@ fn prerequisites() -> Result<()> {
 /// The order of the two sides of A/B run `i`: `first` goes first in even runs, second in odd
 /// ones, so that a drift over the bench (heat, other load) favours neither.
 fn alternating(i: usize, first: bool) -> [bool; 2] {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         [first, !first]
     } else {
         [!first, first]
