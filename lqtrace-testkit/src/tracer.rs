@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn banner_on_stderr_then_sigint() {
         let script = format!(
-            "echo '{BANNER}' >&2; trap 'echo bye; exit 0' INT; while :; do sleep 0.05; done"
+            "trap 'echo bye; exit 0' INT; echo '{BANNER}' >&2; while :; do sleep 0.05; done"
         );
         let mut t = Tracer::start(sh(&script), Spawn::default(), START_TIMEOUT)
             .unwrap_or_else(|e| panic!("{}", e.message));
