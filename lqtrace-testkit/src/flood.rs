@@ -221,8 +221,8 @@ mod tests {
     fn flood_into_saturated_listener_drops_every_syn() {
         crate::require_root!();
         let ns = crate::netns::TempNetns::new("lqt-kit").unwrap();
-        let drops_of = |f: fn(&AtomicBool) -> FloodRun| {
-            let _sat = saturated_listener(7002).unwrap();
+        let drops_of = |port: u16, f: fn(&AtomicBool) -> FloodRun| {
+            let _sat = saturated_listener(port).unwrap();
             let before = crate::netstat::read_current().unwrap();
             let run = f(&AtomicBool::new(false));
             std::thread::sleep(Duration::from_millis(200));
@@ -231,7 +231,7 @@ mod tests {
         };
         let (flood, flood_drops) = ns
             .run(move || {
-                drops_of(|stop| {
+                drops_of(7002, |stop| {
                     syn_flood(7002, Some(2000), 2, Duration::from_millis(500), stop).unwrap()
                 })
             })
@@ -239,7 +239,7 @@ mod tests {
         assert!(flood.sent >= 500, "{flood:?}");
         assert_eq!(flood_drops, flood.sent, "{flood:?}");
         let (burst, burst_drops) = ns
-            .run(move || drops_of(|stop| syn_burst(7002, 1000, stop).unwrap()))
+            .run(move || drops_of(7003, |stop| syn_burst(7003, 1000, stop).unwrap()))
             .unwrap();
         assert_eq!((burst.sent, burst_drops), (1000, 1000), "{burst:?}");
     }

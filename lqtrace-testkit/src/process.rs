@@ -97,8 +97,6 @@ pub struct Proc {
     status: Option<ExitStatus>,
     group: bool,
     events: Receiver<(Stream, String)>,
-    /// Kept while stdout is unread, for the reader [`Proc::read_stdout`] starts.
-    tx: Option<Sender<(Stream, String)>>,
     unread: Option<ChildStdout>,
     echo: Option<Echo>,
     readers: Vec<JoinHandle<()>>,
@@ -147,6 +145,7 @@ fn channel_to(tx: Sender<(Stream, String)>, stream: Stream) -> impl FnMut(String
 impl Proc {
     /// Spawn `cmd` (stdin from /dev/null) as `opts` say; `name` is for messages.
     pub fn spawn(name: &str, mut cmd: Command, opts: Spawn) -> io::Result<Proc> {
+        let started = Instant::now();
         cmd.stdin(Stdio::null());
         cmd.stdout(match opts.stdout {
             Stdout::Inherit => Stdio::inherit(),
@@ -175,7 +174,6 @@ impl Proc {
         let (tx, events) = mpsc::channel();
         let mut readers = Vec::new();
         let mut unread = None;
-        let mut keep_tx = None;
         if let Some(err) = child.stderr.take() {
             let to = channel_to(tx.clone(), Stream::Err);
             readers.push(reader(Stream::Err, err, to, opts.echo.clone()));
@@ -193,10 +191,7 @@ impl Proc {
                     };
                     readers.push(reader(Stream::Out, out, to, opts.echo.clone()));
                 }
-                Stdout::Unread => {
-                    unread = Some(out);
-                    keep_tx = Some(tx);
-                }
+                Stdout::Unread => unread = Some(out),
                 Stdout::Inherit => {}
             }
         }
@@ -206,11 +201,10 @@ impl Proc {
             status: None,
             group: opts.group,
             events,
-            tx: keep_tx,
             unread,
             echo: opts.echo,
             readers,
-            started: Instant::now(),
+            started,
             stdout: Vec::new(),
             stderr: Vec::new(),
             taken: BTreeSet::new(),
@@ -224,7 +218,7 @@ impl Proc {
 
     /// Start reading a stdout spawned [`Stdout::Unread`], into `sink`.
     pub fn read_stdout(&mut self, mut sink: Sink) {
-        if let (Some(out), Some(_tx)) = (self.unread.take(), self.tx.take()) {
+        if let Some(out) = self.unread.take() {
             let to = move |line: String| {
                 sink(&line);
                 true
@@ -397,7 +391,6 @@ impl Proc {
     /// Takes in everything the readers still send, until they end or `grace` passes (a process
     /// outside the group holding a pipe open must not hang us): call once the child has ended.
     pub fn finish_reading(&mut self, grace: Duration) {
-        self.tx = None;
         let until = Instant::now() + grace;
         while let Ok(ev) = self
             .events
@@ -500,114 +493,5 @@ pub fn shorten(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-
-    fn sh(script: &str) -> Command {
-        let mut c = Command::new("/bin/sh");
-        c.args(["-c", script]);
-        c
-    }
-
-    fn group() -> Spawn {
-        Spawn {
-            group: true,
-            ..Spawn::default()
-        }
-    }
-
-    #[test]
-    fn collects_output_and_status() {
-        let mut p = Proc::spawn("t", sh("echo out; echo err >&2; exit 3"), group()).unwrap();
-        let st = p.wait(Instant::now() + Duration::from_secs(10)).unwrap();
-        assert_eq!(st.code(), Some(3));
-        assert_eq!(p.stdout, ["out"]);
-        assert_eq!(p.stderr, ["err"]);
-        let out = run("t", sh("echo a; echo b >&2"), Duration::from_secs(10)).unwrap();
-        assert_eq!(
-            (&out.stdout[..], &out.stderr[..]),
-            (&b"a\n"[..], &b"b\n"[..])
-        );
-    }
-
-    #[test]
-    fn kills_on_timeout() {
-        let mut p = Proc::spawn("t", sh("echo started; sleep 30"), group()).unwrap();
-        let t = Instant::now();
-        assert_eq!(
-            p.wait(Instant::now() + Duration::from_millis(300)),
-            Err(Ended::TimedOut)
-        );
-        assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!(p.stdout, ["started"]);
-        let e = run(
-            "t",
-            sh("echo why >&2; sleep 30"),
-            Duration::from_millis(300),
-        )
-        .unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(e.to_string().contains("why"), "{e}");
-    }
-
-    #[test]
-    fn waits_for_a_line() {
-        let mut p = Proc::spawn("t", sh("echo a >&2; echo ready >&2; sleep 1"), group()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let hit = p.wait_for(deadline, |s, l| s == Stream::Err && l == "ready");
-        assert_eq!(hit, Ok((Stream::Err, "ready".to_string())));
-        assert_eq!(p.stderr, ["a", "ready"]);
-        p.wait(deadline).unwrap();
-        let mut p = Proc::spawn("t", sh("echo nope >&2"), group()).unwrap();
-        let e = p.wait_for(deadline, |_, l| l == "ready").unwrap_err();
-        assert!(e.to_string().contains("exit"), "{e}");
-    }
-
-    #[test]
-    fn takes_lines_by_prefix_in_any_order() {
-        let mut p = Proc::spawn("t", sh("echo B 2; echo A 1; sleep 5"), Spawn::default()).unwrap();
-        let t = Duration::from_secs(10);
-        assert_eq!(p.take_line("A ", t).unwrap(), ["1"]);
-        assert_eq!(
-            p.take_line("B ", t).unwrap(),
-            ["2"],
-            "kept for a later call"
-        );
-        let e = p.take_line("B ", Duration::from_millis(100)).unwrap_err();
-        assert_eq!(e, Ended::TimedOut, "each line is handed out once");
-    }
-
-    #[test]
-    fn sink_and_unread_stdout() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = Arc::clone(&seen);
-        let opts = Spawn {
-            stdout: Stdout::Sink(Box::new(move |l| s.lock().unwrap().push(l.to_string()))),
-            ..Spawn::default()
-        };
-        let mut p = Proc::spawn("t", sh("echo x; printf 'y\\377\\n'"), opts).unwrap();
-        p.wait(Instant::now() + Duration::from_secs(10)).unwrap();
-        assert_eq!(*seen.lock().unwrap(), ["x", "y\u{fffd}"]);
-        assert!(p.stdout.is_empty());
-
-        let opts = Spawn {
-            stdout: Stdout::Unread,
-            ..Spawn::default()
-        };
-        let mut p = Proc::spawn("t", sh("echo late"), opts).unwrap();
-        let s = Arc::clone(&seen);
-        p.read_stdout(Box::new(move |l| s.lock().unwrap().push(l.to_string())));
-        p.wait(Instant::now() + Duration::from_secs(10)).unwrap();
-        assert_eq!(seen.lock().unwrap().last().unwrap(), "late");
-    }
-
-    #[test]
-    fn last_line_and_shorten() {
-        let lines = vec!["first".to_string(), "  second  ".to_string(), String::new()];
-        assert_eq!(last_line(&lines, 80), "second");
-        assert_eq!(last_line(&[], 80), "");
-        assert_eq!(shorten("abcdefgh", 6), "abc...");
-    }
-}
+#[path = "process_tests.rs"]
+mod tests;
