@@ -145,7 +145,8 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
     let l = listen_in(&ns, a, 1, ListenOpts::default());
     let ino = sock_ino(&l);
 
-    let tracer = Tracer::start_command(copy.as_nobody(&["-j", "-d", "4s"]), true);
+    let as_nobody = copy.as_nobody(&["-j", "-d", "4s"]);
+    let tracer = Tracer::start_command(as_nobody, true, Duration::from_secs(30));
     let ready_after = tracer.ready();
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap_or_default();

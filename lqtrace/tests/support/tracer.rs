@@ -68,12 +68,12 @@ impl TraceOutput {
 impl Tracer {
     /// `lqtrace -j ARGS`, waiting for the banner on stderr.
     pub fn start(args: &[&str]) -> Tracer {
-        Self::start_command(command(args, true), true)
+        Self::spawn(command(args, true), true, Stdout::Lines)
     }
 
     /// `lqtrace ARGS` in text mode, waiting for the banner on stderr.
     pub fn start_text(args: &[&str]) -> Tracer {
-        Self::start_command(command(args, false), false)
+        Self::spawn(command(args, false), false, Stdout::Lines)
     }
 
     /// `lqtrace -j ARGS`, stdout counted as it streams ([`Tally::drops`]), not kept.
@@ -114,19 +114,23 @@ impl Tracer {
         tracer
     }
 
-    /// A tracer started by another command line (e.g. through setpriv); `json` says whether
-    /// its stdout is NDJSON.
-    pub fn start_command(cmd: Command, json: bool) -> Tracer {
-        Self::spawn(cmd, json, Stdout::Lines)
+    /// A tracer started by another command line (e.g. through setpriv), ready within
+    /// `timeout`; `json` says whether its stdout is NDJSON.
+    pub fn start_command(cmd: Command, json: bool, timeout: Duration) -> Tracer {
+        Self::spawn_within(cmd, json, Stdout::Lines, timeout)
     }
 
     fn spawn(cmd: Command, json: bool, stdout: Stdout) -> Tracer {
+        Self::spawn_within(cmd, json, stdout, START_TIMEOUT)
+    }
+
+    fn spawn_within(cmd: Command, json: bool, stdout: Stdout, timeout: Duration) -> Tracer {
         let opts = Spawn {
             stdout,
             ..Spawn::default()
         };
-        let inner = tracer::Tracer::start(cmd, opts, START_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        let inner =
+            tracer::Tracer::start(cmd, opts, timeout).unwrap_or_else(|e| panic!("{}", e.message));
         eprintln!(
             "[tracer] {:?} attached after {:?}, pid {}",
             &inner.args[1..],
