@@ -9,7 +9,8 @@
 //! - [`process`]: child processes whose output is read line by line as it comes, killed on drop;
 //! - [`procfs`]: what /proc says about a process (RSS, CPU time, its BPF objects);
 //! - [`tracer`]: the lqtrace process as a user runs it (banner, SIGINT, summary);
-//! - [`ndjson`]: reading lqtrace's `-j` output (records, summary, reconciliation).
+//! - [`ndjson`]: reading lqtrace's `-j` output (records, summary, reconciliation);
+//! - here: [`require_root!`] (skip a test unless root) and [`TempFile`] (a helper's script).
 //!
 //! Only std, libc, serde_json and socket2: it builds for x86_64-unknown-linux-musl as well
 //! (vm-guest and the guest test binaries are static musl binaries), and lqtrace itself uses
@@ -17,6 +18,7 @@
 //! pull in more than the tool can carry. Errors are `io::Error`s with what and where in the
 //! message; the tests turn them into panics, the tools into their own errors.
 
+/// The socket crate the kit's sockets are (for options std lacks, e.g. SO_RCVTIMEO on a listener).
 pub use socket2;
 
 pub mod flood;
