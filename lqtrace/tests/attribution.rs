@@ -43,14 +43,14 @@ fn reuseport_pair_attributes_to_the_socket() {
     let ns = new_ns("lqt-reuse");
     let port = 5081u16;
     let tracer = Tracer::start(&[]);
-    let mut a = Proc::python(
+    let mut a = python(
         &ns,
         "reuseport A",
         REUSEPORT_SERVER,
         &[&port.to_string(), "1", "0"],
     );
     let wa = a.expect_line("READY ");
-    let mut b = Proc::python(
+    let mut b = python(
         &ns,
         "reuseport B",
         REUSEPORT_SERVER,
@@ -61,12 +61,8 @@ fn reuseport_pair_attributes_to_the_socket() {
     let (b_pid, b_ino): (i64, u64) = (wb[0].parse().unwrap(), wb[1].parse().unwrap());
     eprintln!("[{label}] A pid {a_pid} sock_ino {a_ino}; B pid {b_pid} sock_ino {b_ino}");
 
-    let before = Counters::read(&ns);
     let target: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    let clients = ns.run(move || sequential_connects(target, 40, 20)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let d = connect_in(&ns, move || sequential_connects(target, 40, 20));
     let out = tracer.stop();
     drop((a, b));
 
@@ -98,24 +94,6 @@ fn reuseport_pair_attributes_to_the_socket() {
     }
 }
 
-const PREFORK_SERVER: &str = r#"
-import os, socket, sys, time
-port = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", port))
-s.listen(2)
-ino = os.fstat(s.fileno()).st_ino
-pid = os.fork()
-if pid == 0:
-    print("CHILD", os.getpid(), ino, flush=True)
-    time.sleep(60)
-    os._exit(0)
-s.close()
-print("PARENT", os.getpid(), "closed", flush=True)
-time.sleep(60)
-"#;
-
 /// Pre-fork: the parent listen()s, forks, closes its copy; the child holds the socket and never
 /// accepts. The tracer started before listen(), so it knows the requested backlog.
 #[test]
@@ -126,7 +104,8 @@ fn prefork_owner_is_the_child() {
     let ns = new_ns("lqt-fork");
     let port = 5082u16;
     let tracer = Tracer::start(&[]);
-    let mut p = Proc::python(&ns, "prefork", PREFORK_SERVER, &[&port.to_string()]);
+    let args = [&port.to_string(), "2", "0", "60"];
+    let mut p = python(&ns, "prefork", FORKED_LISTENER, &args);
     let child = p.expect_line("CHILD ");
     let child_pid: i64 = child[0].parse().unwrap();
     let ino: u64 = child[1].parse().unwrap();
@@ -136,19 +115,13 @@ fn prefork_owner_is_the_child() {
         "[{label}] parent pid {parent_pid} (closed its fd), child pid {child_pid} holds sock_ino {ino}"
     );
 
-    let before = Counters::read(&ns);
     let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let clients = ns.run(move || sequential_connects(target, 12, 30)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let d = connect_in(&ns, move || sequential_connects(target, 12, 30));
     let out = tracer.stop();
     drop(p);
 
     reconcile(label, &ns, &out, &d, false);
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| {
-        r["sock_ino"].as_u64() == Some(ino)
-    });
+    assert_all_at(&out, ns.inum(), ino);
     assert_all_drops(
         &out,
         ns.inum(),

@@ -9,25 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lqtrace::kernel::netns::TempNetns;
 use support::*;
 
 /// A listener (backlog 1, never accepted) on 127.0.0.1:port in `ns`, overflowed by sequential
 /// connects; returns the counter delta. The listener stays open until the returned value drops.
-fn overflow(
-    ns: &TempNetns,
-    port: u16,
-    n: usize,
-) -> (std::net::TcpListener, lqtrace::kernel::netstat::NetStat) {
+fn overflow(ns: &TempNetns, port: u16, n: usize) -> (std::net::TcpListener, NetStat) {
     let a = SocketAddr::from(([127, 0, 0, 1], port));
-    let l = ns
-        .run(move || listen_tcp(a, 1, ListenOpts::default()))
-        .unwrap();
-    let before = Counters::read(ns);
-    let clients = ns.run(move || sequential_connects(a, n, 30)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(ns).since(&before);
+    let l = listen_in(ns, a, 1, ListenOpts::default());
+    let d = connect_in(ns, move || sequential_connects(a, n, 30));
     assert!(
         d.get("TcpExt.ListenDrops") > 0,
         "the provocation provoked nothing: {}",

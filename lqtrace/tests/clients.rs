@@ -30,7 +30,7 @@ struct Client {
 /// Connect from a fresh socket; `patience`: give up (close) after this long, as an impatient
 /// client would. Returns the local port, the time taken and the result.
 fn connect_once(to: SocketAddr, patience: Duration) -> Client {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let sock = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
     let port = sock.local_addr().unwrap().as_socket().unwrap().port();

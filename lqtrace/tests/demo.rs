@@ -1,46 +1,26 @@
 //! `lqtrace demo` and `lqtrace demo -j`: drops shown, reconciliation matches for the demo
 //! namespace, advice printed, exit 0, and the namespace is gone afterwards.
 
-#[allow(unused_imports)]
 mod support;
 
 use std::{
-    io::Read,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
+use lqtrace_testkit::process::{Proc, Spawn};
 use serde_json::Value;
-use support::tracer::bin;
+use support::{require_root, tracer::command};
 
 /// Run `lqtrace ARGS` to completion (killed after 30 s); also returns its pid.
 fn lqtrace(args: &[&str]) -> (Output, u32, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn lqtrace {args:?}: {e}"));
-    let pid = child.id();
-    // Drain stdout on a thread: the demo prints more than a pipe buffer holds.
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        stdout.read_to_end(&mut v).unwrap();
-        v
-    });
-    let deadline = started + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("lqtrace {args:?} did not finish within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = child.wait_with_output().unwrap();
-    out.stdout = reader.join().unwrap();
+    let p = Proc::spawn("lqtrace", command(args, false), Spawn::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = p.pid() as u32;
+    let out = p
+        .output(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("lqtrace {args:?}: {e}"));
     (out, pid, started.elapsed())
 }
 

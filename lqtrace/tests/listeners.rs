@@ -2,37 +2,25 @@
 //! namespace, must show up with the kernel's queue figures, its owner (this process), its
 //! namespace, its socket drop counter and the right advice; `-P`/`-p` filter.
 
-#[allow(unused_imports)]
 mod support;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    process::{Command, Output},
+    process::Output,
     time::{Duration, Instant},
 };
 
+use lqtrace_testkit::process;
 use serde_json::Value;
 use support::{
-    ListenOpts, close_all_rst, listen_tcp, new_ns, sequential_connects, sock_ino, tracer::bin,
+    ListenOpts, TempNetns, close_all_rst, listen_tcp, new_ns, require_root, sequential_connects,
+    sock_ino, tracer::command,
 };
 
 /// Run `lqtrace ARGS` to completion (killed after 20 s).
 fn lqtrace(args: &[&str]) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn lqtrace {args:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("lqtrace {args:?} did not finish within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    process::run("lqtrace", command(args, false), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("lqtrace {args:?}: {e}"))
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {
@@ -43,7 +31,7 @@ fn json_lines(out: &Output) -> Vec<Value> {
 }
 
 /// (Recv-Q, Send-Q) of the listener on `port` as `ss -lnt` inside the namespace shows them.
-fn ss_queues(ns: &lqtrace::kernel::netns::TempNetns, port: u16) -> (u32, u32) {
+fn ss_queues(ns: &TempNetns, port: u16) -> (u32, u32) {
     let out = ns.exec("ss").args(["-lntH"]).output().expect("run ss");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in text.lines() {

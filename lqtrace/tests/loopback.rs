@@ -11,6 +11,14 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// An AF_INET6 listener's IPV6_V6ONLY.
+fn v6only(on: bool) -> ListenOpts {
+    ListenOpts {
+        v6only: Some(on),
+        ..Default::default()
+    }
+}
+
 /// Listener (backlog 1, never accepted) created *before* the tracer starts; then ~12 sequential
 /// connects.
 #[test]
@@ -19,16 +27,10 @@ fn loopback_sequential_connects() {
     let label = "loopback_sequential";
     let ns = new_ns("lqt-seq");
     let a = addr("127.0.0.1:5001");
-    let l = ns
-        .run(move || listen_tcp(a, 1, ListenOpts::default()))
-        .unwrap();
+    let l = listen_in(&ns, a, 1, ListenOpts::default());
     let ino = sock_ino(&l);
     let tracer = Tracer::start(&[]);
-    let before = Counters::read(&ns);
-    let clients = ns.run(move || sequential_connects(a, 12, 50)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let d = connect_in(&ns, move || sequential_connects(a, 12, 50));
     let out = tracer.stop();
 
     reconcile(label, &ns, &out, &d, false);
@@ -85,9 +87,7 @@ fn loopback_concurrent_burst() {
     let tracer = Tracer::start(&[]);
     let a = addr("127.0.0.1:5002");
     let backlog = 4;
-    let l = ns
-        .run(move || listen_tcp(a, backlog, ListenOpts::default()))
-        .unwrap();
+    let l = listen_in(&ns, a, backlog, ListenOpts::default());
     let ino = sock_ino(&l);
     let threads = (2 * ncpus()).max(16);
     let per = 40;
@@ -109,9 +109,7 @@ fn loopback_concurrent_burst() {
         "[{label}] {threads} threads x {per} connects in {took:?}: {} drops {:?} on CPUs {cpus:?}",
         f.drops, f.by_reason
     );
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| {
-        r["sock_ino"].as_u64() == Some(ino)
-    });
+    assert_all_at(&out, ns.inum(), ino);
     assert_all_drops(
         &out,
         ns.inum(),
@@ -138,33 +136,16 @@ fn ipv6_loopback_burst() {
     let ns = new_ns("lqt-v6");
     let tracer = Tracer::start(&[]);
     let a = addr("[::1]:5003");
-    let l = ns
-        .run(move || {
-            listen_tcp(
-                a,
-                2,
-                ListenOpts {
-                    v6only: Some(true),
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let l = listen_in(&ns, a, 2, v6only(true));
     let ino = sock_ino(&l);
-    let before = Counters::read(&ns);
-    let clients = ns.run(move || burst_connects(a, 4, 20)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let d = connect_in(&ns, move || burst_connects(a, 4, 20));
     let out = tracer.stop();
 
     reconcile(label, &ns, &out, &d, false);
     assert_all_drops(&out, ns.inum(), "laddr ::1, raddr ::1, lport 5003", |r| {
         r["laddr"] == "::1" && r["raddr"] == "::1" && r["lport"] == 5003
     });
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| {
-        r["sock_ino"].as_u64() == Some(ino)
-    });
+    assert_all_at(&out, ns.inum(), ino);
 }
 
 /// An AF_INET6 listener on [::] (IPV6_V6ONLY off) taking IPv4 clients: every drop is counted once.
@@ -174,33 +155,16 @@ fn v4_mapped_on_ipv6_listener() {
     let label = "v4_mapped";
     let ns = new_ns("lqt-v4m");
     let tracer = Tracer::start(&[]);
-    let l = ns
-        .run(|| {
-            listen_tcp(
-                addr("[::]:5004"),
-                1,
-                ListenOpts {
-                    v6only: Some(false),
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let l = listen_in(&ns, addr("[::]:5004"), 1, v6only(false));
     let ino = sock_ino(&l);
-    let before = Counters::read(&ns);
     // Sequential connects first (SYN-time drops), then a burst (ACK-time drops too, which take
     // the v6 -> v4 syn_recv_sock path).
-    let clients = ns
-        .run(|| {
-            let a = addr("127.0.0.1:5004");
-            let mut c = sequential_connects(a, 8, 30);
-            c.extend(burst_connects(a, 8, 20));
-            c
-        })
-        .unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let d = connect_in(&ns, || {
+        let a = addr("127.0.0.1:5004");
+        let mut c = sequential_connects(a, 8, 30);
+        c.extend(burst_connects(a, 8, 20));
+        c
+    });
     let out = tracer.stop();
 
     let f = reconcile(label, &ns, &out, &d, false);
@@ -216,9 +180,7 @@ fn v4_mapped_on_ipv6_listener() {
                 && r["lport"] == 5004
         },
     );
-    assert_all_drops(&out, ns.inum(), &format!("sock_ino == {ino}"), |r| {
-        r["sock_ino"].as_u64() == Some(ino)
-    });
+    assert_all_at(&out, ns.inum(), ino);
 }
 
 /// Two namespaces, one tracer: each reconciles on its own, and records carry the right netns.
@@ -229,13 +191,9 @@ fn two_namespaces_one_tracer() {
     let ns2 = new_ns("lqt-two-b");
     assert_ne!(ns1.inum(), ns2.inum());
     let (a1, a2) = (addr("127.0.0.1:5091"), addr("127.0.0.1:5092"));
-    let _l1 = ns1
-        .run(move || listen_tcp(a1, 1, ListenOpts::default()))
-        .unwrap();
+    let _l1 = listen_in(&ns1, a1, 1, ListenOpts::default());
     let tracer = Tracer::start(&[]);
-    let _l2 = ns2
-        .run(move || listen_tcp(a2, 2, ListenOpts::default()))
-        .unwrap();
+    let _l2 = listen_in(&ns2, a2, 2, ListenOpts::default());
     let (b1, b2) = (Counters::read(&ns1), Counters::read(&ns2));
     let c1 = ns1.run(move || sequential_connects(a1, 10, 30));
     let c2 = ns2.run(move || burst_connects(a2, 4, 15));

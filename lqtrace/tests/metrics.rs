@@ -229,7 +229,7 @@ fn metrics_match_kernel_counters_and_prometheus() {
     let label_ = "metrics";
     let ns = new_ns("lqt-metrics");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let tracer = Tracer::start(&["--metrics", &metrics.to_string()]);
+    let mut tracer = Tracer::start(&["--metrics", &metrics.to_string()]);
 
     // The endpoint is up once the banner is out.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -254,14 +254,8 @@ fn metrics_match_kernel_counters_and_prometheus() {
 
     // Backlog 1, never accepted, then a burst of connects.
     let a: SocketAddr = "127.0.0.1:5011".parse().unwrap();
-    let _l = ns
-        .run(move || listen_tcp(a, 1, ListenOpts::default()))
-        .unwrap();
-    let before = Counters::read(&ns);
-    let clients = ns.run(move || burst_connects(a, 4, 25)).unwrap();
-    close_all_rst(clients);
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
+    let _l = listen_in(&ns, a, 1, ListenOpts::default());
+    let d = connect_in(&ns, move || burst_connects(a, 4, 25));
     let kernel = d.get("TcpExt.ListenDrops");
     eprintln!(
         "[{label_}] netns {} kernel delta: {}",

@@ -17,19 +17,15 @@
 //!
 //! Needs `setcap` (apt-get install -y libcap2-bin) and `setpriv` (util-linux).
 
-#[allow(unused_imports)]
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use support::*;
 
 /// The smallest set found to work (see the module comment).
@@ -146,51 +142,14 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
     copy.setcap(MINIMAL);
     let ns = new_ns("lqt-priv");
     let a = SocketAddr::from(([127, 0, 0, 1], 6501));
-    let l = ns
-        .run(move || listen_tcp(a, 1, ListenOpts::default()))
-        .unwrap();
+    let l = listen_in(&ns, a, 1, ListenOpts::default());
     let ino = sock_ino(&l);
 
-    let started = Instant::now();
-    let mut child = copy
-        .as_nobody(&["-j", "-d", "4s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn setpriv");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(tracer::BANNER) {
-                let _ = tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    let out_thread = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let ready = rx.recv_timeout(Duration::from_secs(30));
-    if ready.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "[{label}] no banner as nobody with {MINIMAL:?}; stderr:\n{}",
-            err_thread.join().unwrap()
-        );
-    }
-    let ready_after = started.elapsed();
+    let as_nobody = copy.as_nobody(&["-j", "-d", "4s"]);
+    let tracer = Tracer::start_command(as_nobody, true, Duration::from_secs(30));
+    let ready_after = tracer.ready();
     let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap_or_default();
     let uid_line = status
         .lines()
         .find(|l| l.starts_with("Uid:"))
@@ -202,25 +161,14 @@ fn minimal_capabilities_as_nobody_trace_attribute_and_reconcile() {
         .unwrap_or("")
         .to_string();
 
-    let before = Counters::read(&ns);
-    close_all_rst(ns.run(move || sequential_connects(a, 10, 30)).unwrap());
-    std::thread::sleep(SETTLE);
-    let d = Counters::read(&ns).since(&before);
-    let st = child.wait().unwrap();
-    let err = err_thread.join().unwrap();
-    let lines = out_thread.join().unwrap();
-    assert!(st.success(), "[{label}] exit {st}; stderr:\n{err}");
-    let records: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let out = TraceOutput {
-        stdout_lines: lines,
-        records,
-        stderr: err,
-        status: st,
-        args: vec![],
-    };
+    let d = connect_in(&ns, move || sequential_connects(a, 10, 30));
+    let out = tracer.wait_exit(Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "[{label}] exit {}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
     eprintln!("[{label}] tracer as nobody ({uid_line}; {cap_line}) ready after {ready_after:?}");
     reconcile(label, &ns, &out, &d, false);
     let me = i64::from(std::process::id());

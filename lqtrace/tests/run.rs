@@ -1,38 +1,17 @@
 //! `lqtrace run`: exit statuses passed through, `--fail-on-drop`, and the HTML report with its
 //! plots, against a real accept-queue overflow in a private network namespace.
 //!
-//! Self-contained (no `support` module): a python3 script listens with backlog 2, never
-//! accepts, and bursts non-blocking connects.
+//! Only lqtrace-testkit, not the `support` module (no tracer of its own: `lqtrace run` is the
+//! tracer): a python3 script listens with backlog 2, never accepts, and bursts non-blocking
+//! connects.
 
 use std::{
-    io::Read as _,
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
 };
 
-use lqtrace::kernel::netns::TempNetns;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (eBPF, network namespaces)",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_lqtrace")
-}
+use lqtrace_testkit::{TempFile, netns::TempNetns, process, require_root};
 
 /// Listens on 127.0.0.1:PORT with backlog 2, never accepts, opens N non-blocking connects at
 /// once, keeps them for LINGER seconds (the dropped SYNs are retransmitted into the full queue)
@@ -56,65 +35,11 @@ time.sleep(linger)
 print(f"overflow script: {n} connects to port {port} done", file=sys.stderr)
 "#;
 
-/// A file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &[u8]) -> TempFile {
-        let p = std::env::temp_dir().join(format!("lqtrace-test-{}-{name}", std::process::id()));
-        std::fs::write(&p, contents).unwrap();
-        TempFile(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// `lqtrace ARGS` to completion (killed after `timeout`), output collected.
 fn lqtrace(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn lqtrace {args:?}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
-            panic!("lqtrace {args:?} still running after {timeout:?}\n--- stderr:\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lqtrace"));
+    cmd.args(args);
+    process::run("lqtrace", cmd, timeout).unwrap_or_else(|e| panic!("lqtrace {args:?}: {e}"))
 }
 
 fn text(b: &[u8]) -> String {
@@ -133,9 +58,31 @@ fn show(o: &Output) -> String {
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn listen_drops(ns: &TempNetns) -> u64 {
-    lqtrace::kernel::netstat::read_in(&ns.path())
+    lqtrace_testkit::netstat::read_in(&ns.path())
         .expect("read the namespace's counters")
         .get("TcpExt.ListenDrops")
+}
+
+/// `lqtrace run FLAGS -- ip netns exec NS python3 OVERFLOW_PY PORT 100 LINGER`, and the
+/// namespace's ListenDrops delta over it.
+fn run_overflow(
+    ns: &TempNetns,
+    script: &TempFile,
+    flags: &[&str],
+    port: u16,
+    linger: &str,
+) -> (Output, u64) {
+    let port = port.to_string();
+    let script = script.path().to_str().unwrap();
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "ip", "netns", "exec", ns.name(), "python3", script]);
+    args.extend([port.as_str(), "100", linger]);
+    let before = listen_drops(ns);
+    let out = lqtrace(&args, TIMEOUT);
+    let delta = listen_drops(ns) - before;
+    eprintln!("{}", show(&out));
+    (out, delta)
 }
 
 #[test]
@@ -179,27 +126,8 @@ fn exit_status_is_passed_through() {
 fn fail_on_drop_exits_3() {
     require_root!();
     let ns = TempNetns::new("lqt-runf").expect("create netns");
-    let script = TempFile::new("overflow-f.py", OVERFLOW_PY.as_bytes());
-    let before = listen_drops(&ns);
-    let out = lqtrace(
-        &[
-            "run",
-            "--fail-on-drop",
-            "--",
-            "ip",
-            "netns",
-            "exec",
-            ns.name(),
-            "python3",
-            script.path().to_str().unwrap(),
-            "5311",
-            "100",
-            "0.5",
-        ],
-        TIMEOUT,
-    );
-    let delta = listen_drops(&ns) - before;
-    eprintln!("{}", show(&out));
+    let script = TempFile::new("overflow-f.py", OVERFLOW_PY.as_bytes()).unwrap();
+    let (out, delta) = run_overflow(&ns, &script, &["--fail-on-drop"], 5311, "0.5");
     assert!(
         delta > 0,
         "the script provoked no drop (ListenDrops delta 0)"
@@ -250,35 +178,14 @@ fn number_after(page: &str, marker: &str) -> Option<u64> {
 fn report_html_and_png_plots() {
     require_root!();
     let ns = TempNetns::new("lqt-runr").expect("create netns");
-    let script = TempFile::new("overflow-r.py", OVERFLOW_PY.as_bytes());
+    let script = TempFile::new("overflow-r.py", OVERFLOW_PY.as_bytes()).unwrap();
     let dir = std::env::temp_dir().join(format!("lqtrace-report-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let html = dir.join("x.html");
-    let before = listen_drops(&ns);
     // -P: only this test's listener in the listener table and the total (other tests may be
     // provoking drops elsewhere on the host at the same time).
-    let out = lqtrace(
-        &[
-            "run",
-            "-P",
-            "5312",
-            "--report",
-            html.to_str().unwrap(),
-            "--",
-            "ip",
-            "netns",
-            "exec",
-            ns.name(),
-            "python3",
-            script.path().to_str().unwrap(),
-            "5312",
-            "100",
-            "1.5",
-        ],
-        TIMEOUT,
-    );
-    let delta = listen_drops(&ns) - before;
-    eprintln!("{}", show(&out));
+    let flags = ["-P", "5312", "--report", html.to_str().unwrap()];
+    let (out, delta) = run_overflow(&ns, &script, &flags, 5312, "1.5");
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -1,34 +1,21 @@
 //! `lqtrace top`: the full-screen table in a real terminal (tmux), and plain lines when piped.
 //!
-//! Self-contained (no `support` module). Drops are provoked by a python3 script inside a private
-//! network namespace: one listener saturated continuously, another getting a few connects.
+//! Only lqtrace-testkit, not the `support` module (the tracer here is `lqtrace top` in a
+//! terminal). Drops are provoked by a python3 script inside a private network namespace: one
+//! listener saturated continuously, another getting a few connects.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use lqtrace::kernel::netns::TempNetns;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (eBPF, network namespaces)",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
+use lqtrace_testkit::{
+    TempFile,
+    netns::TempNetns,
+    process::{Proc, Spawn, Stdout, Stream},
+    require_root,
+};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lqtrace")
@@ -66,36 +53,6 @@ while time.monotonic() - t0 < secs:
 print("load script done", file=sys.stderr)
 "#;
 
-/// A file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &[u8]) -> TempFile {
-        let p = std::env::temp_dir().join(format!("lqtrace-test-{}-{name}", std::process::id()));
-        std::fs::write(&p, contents).unwrap();
-        TempFile(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A child process killed and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_load(
     ns: &TempNetns,
     script: &Path,
@@ -103,18 +60,19 @@ fn start_load(
     cold: u16,
     secs: f64,
     per_tick: u32,
-) -> Reaped {
-    Reaped(
-        ns.exec("python3")
-            .arg(script)
-            .arg(hot.to_string())
-            .arg(cold.to_string())
-            .arg(secs.to_string())
-            .arg(per_tick.to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the load script"),
-    )
+) -> Proc {
+    let mut cmd = ns.exec("python3");
+    cmd.arg(script)
+        .arg(hot.to_string())
+        .arg(cold.to_string())
+        .arg(secs.to_string())
+        .arg(per_tick.to_string());
+    let inherit = Spawn {
+        stdout: Stdout::Inherit,
+        stderr_lines: false,
+        ..Spawn::default()
+    };
+    Proc::spawn("the load script", cmd, inherit).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A tmux session killed on drop (always, whatever the test's outcome).
@@ -215,7 +173,7 @@ fn tui_shows_the_saturated_listener_first() {
     }
     let (hot, cold) = (5401u16, 5402u16);
     let ns = TempNetns::new("lqt-top").expect("create netns");
-    let script = TempFile::new("top-load.py", LOAD_PY.as_bytes());
+    let script = TempFile::new("top-load.py", LOAD_PY.as_bytes()).unwrap();
     let name = format!("lqtrace-top-test-{}", std::process::id());
     // After lqtrace exits, the pane stays a while so its exit status and summary can be read.
     // -P: rank only this test's two listeners; whatever else drops on the host meanwhile (the
@@ -287,44 +245,28 @@ fn piped_output_is_plain_lines() {
     require_root!();
     let port = 5411u16;
     let ns = TempNetns::new("lqt-topp").expect("create netns");
-    let script = TempFile::new("top-load-p.py", LOAD_PY.as_bytes());
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("{} top -d 4s | cat", bin())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
-    let mut stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Reaped(child);
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let script = TempFile::new("top-load-p.py", LOAD_PY.as_bytes()).unwrap();
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &format!("{} top -d 4s | cat", bin())]);
+    let mut child = Proc::spawn("sh", sh, Spawn::default()).unwrap_or_else(|e| panic!("{e}"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut err = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains("Tracing listen-queue drops") => break,
-            Ok(l) => err.push(l),
-            Err(_) => panic!("no banner on stderr; stderr so far: {err:?}"),
-        }
+    if let Err(e) = child.wait_for(deadline, |s, l| {
+        s == Stream::Err && l.contains("Tracing listen-queue drops")
+    }) {
+        panic!(
+            "no banner on stderr ({e}); stderr so far: {:?}",
+            child.stderr
+        );
     }
     // A light load, so as not to compete with the other test's saturated listener (tests run in
     // parallel and each tracer sees every namespace): only the cold port gets connects, one per
     // 500 ms (backlog 1: the third and later are dropped).
     let load = start_load(&ns, script.path(), port + 1, port, 1.6, 0);
-    let stdout = out_t.join().unwrap();
+    let out = child
+        .output(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     drop(load);
-    drop(child);
     save_shot("top-plain.txt", &stdout);
     eprintln!("--- stdout:\n{stdout}");
     assert!(!stdout.contains('\x1b'), "escape sequences in piped output");

@@ -9,7 +9,6 @@ mod support;
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
-    os::fd::OwnedFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -227,7 +226,7 @@ fn backlog_needed_absorbs_the_burst() {
             .unwrap();
         let before = Counters::read(&ns);
         let server = Server::start(l, Plan::Eager);
-        let clients: Vec<OwnedFd> = ns.run(move || burst_connects(a, 16, 19)).unwrap();
+        let clients = ns.run(move || burst_connects(a, 16, 19)).unwrap();
         std::thread::sleep(Duration::from_millis(2500));
         server.stop();
         let d = Counters::read(&ns).since(&before);

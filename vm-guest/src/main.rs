@@ -20,7 +20,6 @@
 //! status 0/1); `vm-guest overflow LQTRACE [ARGS...]` runs the overflow scenario alone.
 
 mod config;
-mod ndjson;
 mod out;
 mod overflow;
 mod proc;
@@ -33,7 +32,7 @@ use std::{
 };
 
 use config::{Check, Config, Payload};
-use proc::Proc;
+use lqtrace_testkit::ndjson;
 
 pub const CONFIG_PATH: &str = "/vmtest.conf";
 
@@ -136,11 +135,11 @@ fn pass_details(stdout: &[String], stderr: &[String]) -> String {
 }
 
 fn run_exit0(p: &Payload, env: &[(String, String)]) -> Verdict {
-    let mut child = match Proc::spawn(&p.name, &p.argv, env) {
+    let mut child = match proc::spawn(&p.name, &p.argv, env) {
         Ok(c) => c,
         Err(e) => return Verdict::fail(format!("cannot start {}: {e}", p.argv[0])),
     };
-    match child.wait(Instant::now() + p.timeout) {
+    match child.wait(Instant::now() + p.timeout).ok() {
         None => Verdict::fail(format!(
             "timed out after {}s; last stderr: {}",
             p.timeout.as_secs(),
@@ -158,11 +157,11 @@ fn run_exit0(p: &Payload, env: &[(String, String)]) -> Verdict {
 /// `lqtrace demo -j`: exit 0 and a summary whose every reconciliation entry matches with at
 /// least one recorded drop. SKIP while the subcommand says it is not implemented.
 fn run_demo(p: &Payload, env: &[(String, String)]) -> Verdict {
-    let mut child = match Proc::spawn(&p.name, &p.argv, env) {
+    let mut child = match proc::spawn(&p.name, &p.argv, env) {
         Ok(c) => c,
         Err(e) => return Verdict::fail(format!("cannot start {}: {e}", p.argv[0])),
     };
-    let status = child.wait(Instant::now() + p.timeout);
+    let status = child.wait(Instant::now() + p.timeout).ok();
     let Some(status) = status else {
         return Verdict::fail(format!("timed out after {}s", p.timeout.as_secs()));
     };
@@ -170,7 +169,7 @@ fn run_demo(p: &Payload, env: &[(String, String)]) -> Verdict {
         return Verdict::skip(error_line(&p.argv[0], &child.stderr));
     }
     let (objs, _) = ndjson::objects(&child.stdout);
-    let drops = ndjson::count_kind(&objs, "drop");
+    let drops = objs.iter().filter(|o| ndjson::kind(o) == "drop").count();
     let Some(summary) = ndjson::summary(&objs) else {
         return Verdict::fail(format!(
             "{}, no summary object on stdout; {}",
@@ -179,16 +178,18 @@ fn run_demo(p: &Payload, env: &[(String, String)]) -> Verdict {
         ));
     };
     let recs = ndjson::reconciliation(summary);
-    let recorded: u64 = recs.iter().map(|r| r.1).sum();
+    let recorded: u64 = recs.iter().filter_map(|r| r["recorded"].as_u64()).sum();
     let shown: Vec<String> = recs
         .iter()
         .map(|r| {
             format!(
                 "{}:{}/{}/{}",
-                r.0,
-                r.1,
-                r.2.map_or("null".into(), |k| k.to_string()),
-                r.3
+                r["netns"].as_u64().unwrap_or(0),
+                r["recorded"].as_u64().unwrap_or(0),
+                r["kernel_listen_drops"]
+                    .as_u64()
+                    .map_or("null".into(), |k| k.to_string()),
+                r["match"].as_bool().unwrap_or(false)
             )
         })
         .collect();
@@ -197,7 +198,8 @@ fn run_demo(p: &Payload, env: &[(String, String)]) -> Verdict {
         proc::describe(status),
         shown.join(",")
     );
-    if status.success() && !recs.is_empty() && recs.iter().all(|r| r.3) && recorded > 0 {
+    let all_match = recs.iter().all(|r| r["match"].as_bool() == Some(true));
+    if status.success() && !recs.is_empty() && all_match && recorded > 0 {
         Verdict::pass(details)
     } else {
         Verdict::fail(details)
@@ -270,7 +272,7 @@ fn init() -> ! {
     };
     sys::ensure_console();
     let mut failures = mount_failures;
-    if let Err(e) = sys::loopback_up() {
+    if let Err(e) = lqtrace_testkit::netns::loopback_up() {
         failures.push(format!("lo up: {e}"));
     }
     let cfg = match load_config(CONFIG_PATH) {

@@ -1,6 +1,7 @@
-//! The built-in listen-overflow scenario (no `ip`, no python needed):
+//! The built-in listen-overflow scenario (no `ip`, no python needed; the sockets, namespace,
+//! counters and NDJSON reading are lqtrace-testkit's):
 //!
-//! 1. a thread moves into a new network namespace (`unshare(CLONE_NEWNET)`) and brings `lo` up;
+//! 1. a temporary network namespace (`vmguest-PID-N`, made without `ip`) with `lo` up;
 //! 2. lqtrace (`-j -d 6s` by default) starts in the initial namespace; we wait for its banner;
 //! 3. in the test namespace: read TcpExt ListenDrops, listen(backlog 1) on 127.0.0.1, fire
 //!    [`CLIENTS`] non-blocking connects, wait, close the listener then the clients, settle, read
@@ -13,115 +14,71 @@
 //!    queue, tcp_conn_request), which the drop records carry.
 
 use std::{
-    io, mem,
+    net::{Ipv4Addr, SocketAddr},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{
-    Verdict, ndjson,
-    proc::{self, Proc},
-    sys::{self, ListenCounters},
+use lqtrace_testkit::{
+    ndjson,
+    netns::{self, TempNetns},
+    netstat::{self, NetStat},
+    process::Stream,
+    sockets::{self, ListenOpts},
+    tracer::BANNER,
 };
 
+use crate::{Verdict, proc, sys};
+
 pub const CLIENTS: usize = 50;
-pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
 /// Arguments added when the payload line gives only the lqtrace path.
 pub const DEFAULT_ARGS: &[&str] = &["-j", "-d", "6s"];
 
-/// What the namespace thread measured.
+/// The TcpExt counters the scenario holds lqtrace's records against. SyncookiesSent: cookies
+/// the kernel really sent (what syncookie records stand for); TCPReqQFullDoCookies: cookies it
+/// wanted, which also moves for a SYN that `tcp_conn_request` then drops because the accept
+/// queue is full (reported, not compared).
+const COUNTERS: &[&str] = &[
+    "TcpExt.ListenDrops",
+    "TcpExt.ListenOverflows",
+    "TcpExt.SyncookiesSent",
+    "TcpExt.TCPReqQFullDoCookies",
+];
+
+/// What the load measured.
 struct Load {
     /// The test namespace's counters before and after the load.
-    before: ListenCounters,
-    after: ListenCounters,
+    before: NetStat,
+    after: NetStat,
     port: u16,
     refused_or_failed: usize,
     took: Duration,
 }
 
-fn fd_close(fd: i32) {
-    // SAFETY: closing an fd we own.
-    unsafe {
-        libc::close(fd);
+/// The calling thread's namespace's counters, every one of [`COUNTERS`] present.
+fn counters() -> Result<NetStat, String> {
+    let s = netstat::read_current().map_err(|e| format!("reading netstat: {e}"))?;
+    let missing = s.missing(COUNTERS);
+    if !missing.is_empty() {
+        return Err(format!("netstat lacks {}", missing.join(", ")));
     }
+    Ok(s)
 }
 
-fn last_err(what: &str) -> String {
-    format!("{what}: {}", io::Error::last_os_error())
-}
-
-/// listen(1) on 127.0.0.1:0; returns (fd, port).
-fn listener() -> Result<(i32, u16), String> {
-    // SAFETY: plain socket calls on a sockaddr_in we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(last_err("socket"));
-        }
-        let mut sa: libc::sockaddr_in = mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, (&raw const sa).cast(), len) < 0 {
-            let e = last_err("bind 127.0.0.1:0");
-            fd_close(fd);
-            return Err(e);
-        }
-        if libc::listen(fd, 1) < 0 {
-            let e = last_err("listen");
-            fd_close(fd);
-            return Err(e);
-        }
-        let mut got: libc::sockaddr_in = mem::zeroed();
-        let mut glen = len;
-        if libc::getsockname(fd, (&raw mut got).cast(), &mut glen) < 0 {
-            let e = last_err("getsockname");
-            fd_close(fd);
-            return Err(e);
-        }
-        Ok((fd, u16::from_be(got.sin_port)))
-    }
-}
-
-/// A non-blocking connect to 127.0.0.1:port; Ok(fd) when in progress or connected.
-fn connect_nonblocking(port: u16) -> Result<i32, String> {
-    // SAFETY: plain socket calls on a sockaddr_in we own.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        );
-        if fd < 0 {
-            return Err(last_err("socket"));
-        }
-        let mut sa: libc::sockaddr_in = mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_port = port.to_be();
-        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::connect(fd, (&raw const sa).cast(), len) < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINPROGRESS) {
-                fd_close(fd);
-                return Err(format!("connect: {err}"));
-            }
-        }
-        Ok(fd)
-    }
-}
-
-/// Steps 3 in the (already entered) test namespace.
+/// Step 3, on a thread inside the test namespace.
 fn load() -> Result<Load, String> {
     let t = Instant::now();
-    let before = ListenCounters::read().map_err(|e| format!("reading netstat: {e}"))?;
-    let (lfd, port) = listener()?;
+    let before = counters()?;
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let l = sockets::listen(any, 1, ListenOpts::default()).map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut clients = Vec::with_capacity(CLIENTS);
     let mut failed = 0;
     for _ in 0..CLIENTS {
-        match connect_nonblocking(port) {
-            Ok(fd) => clients.push(fd),
+        match sockets::connect_nb(target) {
+            Ok(s) => clients.push(s),
             Err(_) => failed += 1,
         }
     }
@@ -129,13 +86,12 @@ fn load() -> Result<Load, String> {
     // (TCG) guest to process every SYN and final ACK.
     thread::sleep(Duration::from_millis(800));
     // Listener first: a client's FIN or retransmitted ACK reaching a request socket of a live
-    // listener with a full accept queue would be one more drop after our final reading.
-    fd_close(lfd);
-    for fd in clients {
-        fd_close(fd);
-    }
+    // listener with a full accept queue would be one more drop after our final reading. Plain
+    // closes (FINs), as a client program would.
+    drop(l);
+    drop(clients);
     thread::sleep(Duration::from_millis(300));
-    let after = ListenCounters::read().map_err(|e| format!("reading netstat: {e}"))?;
+    let after = counters()?;
     Ok(Load {
         before,
         after,
@@ -143,11 +99,6 @@ fn load() -> Result<Load, String> {
         refused_or_failed: failed,
         took: t.elapsed(),
     })
-}
-
-enum ToNs {
-    Go,
-    Quit,
 }
 
 /// Runs the scenario with `argv` = lqtrace and its arguments (defaults added if none).
@@ -164,55 +115,20 @@ pub fn run(
         argv.extend(DEFAULT_ARGS.iter().map(|s| s.to_string()));
     }
 
-    // 1. The namespace thread.
-    let (to_ns, ns_rx) = mpsc::channel::<ToNs>();
-    let (ns_tx, from_ns) = mpsc::channel::<Result<u64, String>>();
-    let (load_tx, load_rx) = mpsc::channel::<Result<Load, String>>();
-    let ns_thread = thread::spawn(move || {
-        let setup = sys::unshare_net()
-            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))
-            .and_then(|()| {
-                sys::loopback_up().map_err(|e| format!("bringing lo up in the test netns: {e}"))
-            })
-            .and_then(|()| {
-                sys::netns_inode().map_err(|e| format!("stat /proc/thread-self/ns/net: {e}"))
-            });
-        let ok = setup.is_ok();
-        let _ = ns_tx.send(setup);
-        if !ok {
-            return;
-        }
-        // Stay in the namespace (keeping it alive) until told to go or quit.
-        if let Ok(ToNs::Go) = ns_rx.recv() {
-            let _ = load_tx.send(load());
-            let _ = ns_rx.recv();
-        }
-    });
-    let finish = |to_ns: &mpsc::Sender<ToNs>, t: thread::JoinHandle<()>| {
-        let _ = to_ns.send(ToNs::Quit);
-        let _ = t.join();
+    // 1. The test namespace.
+    let ns = match TempNetns::new("vmguest") {
+        Ok(ns) => ns,
+        Err(e) => return Verdict::fail(format!("creating the test netns: {e}")),
     };
-    let netns = match from_ns.recv() {
-        Ok(Ok(ino)) => ino,
-        Ok(Err(e)) => {
-            finish(&to_ns, ns_thread);
-            return Verdict::fail(e);
-        }
-        Err(_) => return Verdict::fail("namespace thread died"),
-    };
+    let netns = ns.inum();
 
-    // 2. lqtrace in the initial namespace (spawned from this thread, which never left it).
-    let mut lq = match Proc::spawn(tag, &argv, env) {
+    // 2. lqtrace (spawned from this thread, which never leaves the initial namespace).
+    let mut lq = match proc::spawn(tag, &argv, env) {
         Ok(p) => p,
-        Err(e) => {
-            finish(&to_ns, ns_thread);
-            return Verdict::fail(format!("cannot start {}: {e}", argv[0]));
-        }
+        Err(e) => return Verdict::fail(format!("cannot start {}: {e}", argv[0])),
     };
-    let t_spawn = Instant::now();
-    if let Err(why) = lq.wait_for_stderr(deadline, |l| l.contains(BANNER)) {
-        lq.wait(Instant::now() + Duration::from_secs(5));
-        finish(&to_ns, ns_thread);
+    if let Err(why) = lq.wait_for(deadline, |s, l| s == Stream::Err && l.contains(BANNER)) {
+        let _ = lq.wait(Instant::now() + Duration::from_secs(5));
         if let Some(m) = variant
             && lq.stderr.iter().any(|l| l.contains("no usable hook"))
         {
@@ -226,49 +142,47 @@ pub fn run(
             proc::last_line(&lq.stderr, 300)
         ));
     }
-    let ready_after = t_spawn.elapsed();
+    let ready_after = lq.started.elapsed();
 
-    // 3. The load, in the test namespace.
-    let _ = to_ns.send(ToNs::Go);
+    // 3. The load, in the test namespace (on its own thread, so that the deadline holds).
+    let (load_tx, load_rx) = mpsc::channel();
+    let path = ns.path();
+    thread::spawn(move || {
+        let _ = load_tx.send(netns::run_in(&path, load).map_err(|e| e.to_string()));
+    });
     let load = load_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     let lq_ended_early = lq.try_status();
-    finish(&to_ns, ns_thread);
     let load = match load {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            lq.wait(deadline);
+        Ok(Ok(Ok(l))) => l,
+        Ok(Ok(Err(e)) | Err(e)) => {
+            let _ = lq.wait(deadline);
             return Verdict::fail(format!("scenario: {e}"));
         }
         Err(_) => {
-            lq.wait(Instant::now());
+            let _ = lq.wait(Instant::now());
             return Verdict::fail("scenario did not finish in time");
         }
     };
 
     // 4. Verdict.
-    let status = lq.wait(deadline);
-    let kernel = load.after.since(&load.before);
-    let (delta, overflow_delta) = (kernel.drops, kernel.overflows);
+    let status = lq.wait(deadline).ok();
+    let kernel = load.after.delta(&load.before);
+    let delta = kernel.get("TcpExt.ListenDrops");
+    let overflow_delta = kernel.get("TcpExt.ListenOverflows");
+    let cookies_sent = kernel.get("TcpExt.SyncookiesSent");
     let (objs, bad) = ndjson::objects(&lq.stdout);
-    let (recorded, records) = ndjson::drops_in(&objs, netns);
+    let recorded = ndjson::drops_in(&objs, netns);
+    let records = ndjson::records_in(&objs, netns, "drop").len();
     let syncookies = ndjson::syncookies_in(&objs, netns);
     // Reasons match the counters that moved: every accept-queue-full reason is a ListenOverflows.
-    let overflow_reasons = ndjson::reason_count(
-        &objs,
-        netns,
-        &[
-            "syn_accept_queue_full",
-            "ack_accept_queue_full",
-            "ack_syncookie_accept_queue_full",
-        ],
-    );
+    let overflow_reasons = ndjson::reason_sum(&objs, netns, ndjson::ACCEPT_QUEUE_FULL);
     let mut details = format!(
         "netns={netns} kernel_listen_drops={delta} recorded={recorded} records={records} \
          kernel_listen_overflows={overflow_delta} overflow_reasons={overflow_reasons} \
          syncookies_recorded={syncookies} kernel_syncookies_sent={} \
          kernel_cookies_wanted={} port={} ready_after={:.2}s load={:.2}s",
-        kernel.cookies_sent,
-        kernel.cookies_wanted,
+        cookies_sent,
+        kernel.get("TcpExt.TCPReqQFullDoCookies"),
         load.port,
         ready_after.as_secs_f64(),
         load.took.as_secs_f64()
@@ -282,11 +196,10 @@ pub fn run(
     let summary = ndjson::summary(&objs);
     let mut hook_mismatch = None;
     if let Some(s) = summary {
-        if let Some(r) = ndjson::reconciliation(s).into_iter().find(|r| r.0 == netns) {
-            let k = r.2.map_or("null".into(), |k| k.to_string());
+        if let Some(r) = ndjson::reconciliation_for(s, netns) {
             details.push_str(&format!(
-                " lqtrace_reconciliation=recorded:{}/kernel:{k}/match:{}",
-                r.1, r.3
+                " lqtrace_reconciliation={}",
+                ndjson::show_reconciliation(r)
             ));
         } else {
             details.push_str(" lqtrace_reconciliation=none_for_netns");
@@ -364,10 +277,9 @@ pub fn run(
     if overflow_reasons != overflow_delta {
         why.push(format!("accept-queue-full reasons {overflow_reasons} != kernel ListenOverflows {overflow_delta}"));
     }
-    if syncookies != kernel.cookies_sent {
+    if syncookies != cookies_sent {
         why.push(format!(
-            "syncookies recorded {syncookies} != kernel SyncookiesSent {}",
-            kernel.cookies_sent
+            "syncookies recorded {syncookies} != kernel SyncookiesSent {cookies_sent}"
         ));
     }
     if why.is_empty() {

@@ -12,23 +12,26 @@
 //! on error or Ctrl-C. The results go to stdout and to BENCHMARKS.md (between the
 //! `<!-- bench:begin -->` / `<!-- bench:end -->` markers; the rest of the file is kept).
 
-mod json;
+mod drops;
+mod hooks;
 mod load;
 mod report;
 mod sys;
 mod tracer;
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use load::{LoopRun, connect_loop, saturated_listener, syn_flood};
-use sys::{Netns, Sysctl};
-use tracer::{Tracer, prog_names, prog_stats};
+pub use drops::DropLadder;
+pub use hooks::{HookCost, ProgCost};
+use load::{LoopRun, connect_loop};
+use serde_json::Value;
+use sys::Netns;
+use tracer::Tracer;
 
 use crate::util;
 
@@ -78,10 +81,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     sys::catch_interrupts();
-    Netns::remove_stale();
     let cx = Context {
         bin,
-        ns: Netns::create(0)?,
+        ns: Netns::create()?,
         run: Duration::from_secs_f64(args.seconds.max(0.5)),
         pairs: args.pairs.max(1),
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -90,12 +92,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let load_before = sys::loadavg();
     eprintln!(
         "bench: netns {} (inum {}), {} CPUs, {:?} per run",
-        cx.ns.name, cx.ns.inum, cx.cpus, cx.run
+        cx.ns.name(),
+        cx.ns.inum(),
+        cx.cpus,
+        cx.run
     );
 
     let conn = conn_rate(&cx)?;
-    let drops = drop_throughput(&cx)?;
-    let hooks = hook_cost(&cx, drops.hook_rate())?;
+    let drops = drops::drop_throughput(&cx)?;
+    let hooks = hooks::hook_cost(&cx, drops.hook_rate())?;
     let startup = startup(&cx)?;
 
     let results = report::Results {
@@ -171,6 +176,16 @@ fn prerequisites() -> Result<()> {
     Ok(())
 }
 
+/// The order of the two sides of A/B run `i`: `first` goes first in even runs, second in odd
+/// ones, so that a drift over the bench (heat, other load) favours neither.
+fn alternating(i: usize, first: bool) -> [bool; 2] {
+    if i.is_multiple_of(2) {
+        [first, !first]
+    } else {
+        [!first, first]
+    }
+}
+
 /// Median and range of a sample.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Spread {
@@ -226,12 +241,7 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
     for pair in 0..cx.pairs {
         let mut a = None;
         let mut b = None;
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for traced in order {
+        for traced in alternating(pair, false) {
             if traced {
                 let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
                 let r = connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?;
@@ -254,7 +264,7 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
         with.push(b.rate());
         ratios.push(b.rate() / a.rate());
     }
-    let listen_drops = sys::delta(&before, &cx.ns.counters()?, "TcpExt.ListenDrops");
+    let listen_drops = cx.ns.counters()?.delta(&before).get("TcpExt.ListenDrops");
     Ok(ConnRate {
         without,
         with,
@@ -264,283 +274,12 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
     })
 }
 
-fn check_no_loss(summary: &json::Value) -> Result<()> {
-    let lost = summary.get("lost_records").as_u64().unwrap_or(u64::MAX);
+fn check_no_loss(summary: &Value) -> Result<()> {
+    let lost = summary["lost_records"].as_u64().unwrap_or(u64::MAX);
     if lost != 0 {
         bail!("lqtrace lost {lost} records on the no-drop path");
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// 2. Per-program cost
-
-pub struct ProgCost {
-    pub name: String,
-    pub kind: String,
-    pub stream: tracer::ProgStat,
-    pub hot: tracer::ProgStat,
-    pub drop: tracer::ProgStat,
-}
-
-pub struct HookCost {
-    pub progs: Vec<ProgCost>,
-    pub round_trips: u64,
-    pub stream_secs: f64,
-    pub connections: u64,
-    pub conn_rate: f64,
-    pub drops: u64,
-    pub drop_rate: f64,
-    /// Hook variant per group of drop kinds, from the summary ("syn=cgroup ack=cgroup").
-    pub variant: String,
-}
-
-fn stat_delta(
-    a: &BTreeMap<u32, tracer::ProgStat>,
-    b: &BTreeMap<u32, tracer::ProgStat>,
-    id: u32,
-) -> tracer::ProgStat {
-    let (x, y) = (
-        a.get(&id).copied().unwrap_or_default(),
-        b.get(&id).copied().unwrap_or_default(),
-    );
-    tracer::ProgStat {
-        run_time_ns: y.run_time_ns.saturating_sub(x.run_time_ns),
-        run_cnt: y.run_cnt.saturating_sub(x.run_cnt),
-    }
-}
-
-/// With `kernel.bpf_stats_enabled=1` (restored on return): run time and count of each program
-/// of one lqtrace process, over request/response traffic on an established connection (packets
-/// that reach no listener), over the connect loop (no drops) and over a SYN flood at `drop_rate`.
-fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
-    eprintln!("bench: [3/4] per-program cost (kernel.bpf_stats_enabled=1, restored afterwards)");
-    let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
-    let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
-    let names = prog_names()?;
-    let s0 = prog_stats(t.pid())?;
-    if s0.is_empty() {
-        bail!("found no BPF program fds in /proc/{}/fdinfo", t.pid());
-    }
-    let began = Instant::now();
-    let round_trips = load::ping_pong(&cx.ns, LOOP_PORT + 10, cx.run)?;
-    let stream_secs = began.elapsed().as_secs_f64();
-    let sm = prog_stats(t.pid())?;
-    let hot = connect_loop(&cx.ns, LOOP_PORT, cx.cpus, cx.run)?;
-    let s1 = prog_stats(t.pid())?;
-    let _sat = saturated_listener(&cx.ns, FLOOD_PORT + 1)?;
-    let c0 = cx.ns.counters()?;
-    let flood = syn_flood(&cx.ns, FLOOD_PORT + 1, Some(drop_rate), 1, cx.run)?;
-    eprintln!(
-        "  hot path: {} connections; drop path: {} SYNs sent at {drop_rate}/s",
-        hot.connections, flood.sent
-    );
-    sys::sleep(Duration::from_millis(200))?;
-    let drops = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
-    let s2 = prog_stats(t.pid())?;
-    let f = t.stop()?;
-    let variant = match f.summary.get("hooks") {
-        json::Value::Obj(fields) => fields
-            .iter()
-            .map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?")))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => "?".into(),
-    };
-    let progs = s0
-        .keys()
-        .map(|&id| {
-            let (name, kind) = names
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| (format!("id {id}"), "?".into()));
-            ProgCost {
-                name,
-                kind,
-                stream: stat_delta(&s0, &sm, id),
-                hot: stat_delta(&sm, &s1, id),
-                drop: stat_delta(&s1, &s2, id),
-            }
-        })
-        .collect();
-    Ok(HookCost {
-        progs,
-        round_trips,
-        stream_secs,
-        connections: hot.connections,
-        conn_rate: hot.rate(),
-        drops,
-        drop_rate: drops as f64 / flood.secs,
-        variant,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// 3. Drop throughput
-
-#[derive(Debug, Clone)]
-pub struct DropStep {
-    /// Paced rate asked of the flooder (None: as fast as it goes).
-    pub target: Option<u64>,
-    pub secs: f64,
-    /// ListenDrops delta of the namespace (our own reading).
-    pub kernel: u64,
-    /// The tracer's reconciliation entry for the namespace.
-    pub recorded: u64,
-    pub tracer_kernel: u64,
-    /// Drop lines printed for the namespace.
-    pub printed: u64,
-    pub lost_records: u64,
-    pub lost_drops: u64,
-    pub vm_hwm_kib: u64,
-    /// The tracer's user + system CPU time over the whole step.
-    pub cpu_secs: f64,
-}
-
-impl DropStep {
-    pub fn rate(&self) -> f64 {
-        self.kernel as f64 / self.secs
-    }
-    pub fn lossless(&self) -> bool {
-        self.lost_records == 0 && self.recorded == self.kernel && self.printed == self.kernel
-    }
-    /// Every drop either recorded or counted as lost (lost_drops is tracer-wide: other
-    /// namespaces' drops may be in it too, hence >=).
-    pub fn accounted(&self) -> bool {
-        self.tracer_kernel == self.kernel
-            && self.recorded + self.lost_drops >= self.kernel
-            && self.recorded <= self.kernel
-    }
-}
-
-pub struct DropLadder {
-    /// Flood rate without lqtrace (the machine's limit for this generator).
-    pub max_untraced: f64,
-    pub steps: Vec<DropStep>,
-    pub threads: usize,
-}
-
-impl DropLadder {
-    pub fn best_lossless(&self) -> Option<&DropStep> {
-        self.steps
-            .iter()
-            .filter(|s| s.lossless())
-            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
-    }
-    pub fn first_loss(&self) -> Option<&DropStep> {
-        self.steps
-            .iter()
-            .filter(|s| s.lost_records > 0)
-            .min_by(|a, b| a.rate().total_cmp(&b.rate()))
-    }
-    /// A lossless rate for the per-program drop-path measurement.
-    fn hook_rate(&self) -> u64 {
-        self.best_lossless()
-            .map_or(20_000, |s| (s.rate() * 0.8) as u64)
-            .clamp(5_000, 200_000)
-    }
-}
-
-/// One flood step with a fresh tracer: rate `target`, then SIGINT and the summary.
-fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -> Result<DropStep> {
-    let needles = vec![
-        "\"kind\":\"drop\"".to_string(),
-        format!("\"netns\":{},", cx.ns.inum),
-    ];
-    let t = Tracer::start(&cx.bin, &["-d", "600s"], needles)?;
-    let c0 = cx.ns.counters()?;
-    let flood = syn_flood(&cx.ns, FLOOD_PORT, target, threads, run)?;
-    sys::sleep(Duration::from_millis(300))?;
-    let kernel = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops");
-    let f = t.stop()?;
-    let rec = f
-        .summary
-        .get("reconciliation")
-        .as_array()
-        .iter()
-        .find(|r| r.get("netns").as_u64() == Some(u64::from(cx.ns.inum)))
-        .cloned();
-    let rec = rec.unwrap_or(json::Value::Null);
-    let step = DropStep {
-        target,
-        secs: flood.secs,
-        kernel,
-        recorded: rec.get("recorded").as_u64().unwrap_or(0),
-        tracer_kernel: rec.get("kernel_listen_drops").as_u64().unwrap_or(0),
-        printed: f.stdout.matching,
-        lost_records: f.summary.get("lost_records").as_u64().unwrap_or(0),
-        lost_drops: f.summary.get("lost_drops").as_u64().unwrap_or(0),
-        vm_hwm_kib: f.vm_hwm_kib,
-        cpu_secs: f.cpu_secs,
-    };
-    eprintln!(
-        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
-        target.map_or("max".to_string(), |r| format!("{}k/s", r / 1000)),
-        step.rate(),
-        step.kernel,
-        step.recorded,
-        step.printed,
-        step.lost_records,
-        step.lost_drops,
-        step.tracer_kernel,
-        step.vm_hwm_kib,
-        step.cpu_secs
-    );
-    Ok(step)
-}
-
-/// The flood's top speed without lqtrace, then a ladder of paced rates up to it (and one
-/// unpaced step) with lqtrace; two bisection steps between the last lossless and the first
-/// lossy step, if there is one.
-fn drop_throughput(cx: &Context) -> Result<DropLadder> {
-    eprintln!("bench: [2/4] drop throughput (SYN flood into a saturated listener)");
-    let threads = cx.cpus;
-    let _sat = saturated_listener(&cx.ns, FLOOD_PORT)?;
-    let c0 = cx.ns.counters()?;
-    let f = syn_flood(&cx.ns, FLOOD_PORT, None, threads, Duration::from_secs(2))?;
-    let untraced = sys::delta(&c0, &cx.ns.counters()?, "TcpExt.ListenDrops") as f64 / f.secs;
-    eprintln!("  untraced flood: {untraced:.0} drops/s ({threads} sender threads)");
-    if untraced < 1000.0 {
-        bail!(
-            "the SYN flood produced {untraced:.0} drops/s: the saturated listener does not drop (check net.ipv4.tcp_syncookies/somaxconn in the namespace)"
-        );
-    }
-    // Long enough that a consumer slower than the flood fills the 4 MiB ring (~32k records).
-    let run = cx.run + Duration::from_secs(2);
-    let mut steps = Vec::new();
-    for r in [25_000u64, 50_000, 100_000, 200_000, 400_000, 800_000] {
-        if (r as f64) < untraced * 0.9 {
-            steps.push(drop_step(cx, Some(r), threads, run)?);
-        }
-    }
-    steps.push(drop_step(cx, None, threads, run)?);
-    for _ in 0..2 {
-        let good = steps
-            .iter()
-            .filter(|s| s.lossless())
-            .map(DropStep::rate)
-            .fold(0.0, f64::max);
-        let bad = steps
-            .iter()
-            .filter(|s| s.lost_records > 0)
-            .map(DropStep::rate)
-            .fold(f64::INFINITY, f64::min);
-        if !bad.is_finite() || good == 0.0 || bad <= good * 1.1 {
-            break;
-        }
-        steps.push(drop_step(
-            cx,
-            Some(((good + bad) / 2.0) as u64),
-            threads,
-            run,
-        )?);
-    }
-    steps.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    Ok(DropLadder {
-        max_untraced: untraced,
-        steps,
-        threads,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,15 +307,10 @@ fn startup(cx: &Context) -> Result<Startup> {
         bt_hwm: vec![],
     };
     for i in 0..cx.pairs {
-        let order = if i % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for lq in order {
+        for lq in alternating(i, true) {
             if lq {
                 let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
-                s.lq_ready.push(t.ready.as_secs_f64() * 1000.0);
+                s.lq_ready.push(t.ready().as_secs_f64() * 1000.0);
                 sys::sleep(hold)?;
                 s.lq_hwm.push(t.stop()?.vm_hwm_kib as f64 / 1024.0);
             } else {

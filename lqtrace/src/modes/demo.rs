@@ -8,8 +8,7 @@
 
 use std::{
     io::{self, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -19,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use lqtrace_testkit::sockets::{self, ListenOpts, Socket, burst_connects, close_rst};
 use serde_json::json;
 
 use super::stop::{Stop, Why};
@@ -81,7 +81,7 @@ below as it happens (this namespace only), then the reconciliation with the name
     // The client sockets must be created inside the namespace: a thread that entered it, whose
     // own threads inherit it.
     let ns_path = ns.path();
-    let burst: JoinHandle<io::Result<Vec<OwnedFd>>> = std::thread::spawn(move || {
+    let burst: JoinHandle<io::Result<Vec<Socket>>> = std::thread::spawn(move || {
         netns::run_in(&ns_path, move || {
             burst_connects(addr, CLIENT_THREADS, CLIENTS_PER_THREAD)
         })?
@@ -118,6 +118,7 @@ below as it happens (this namespace only), then the reconciliation with the name
     // The listener as the kernel sees it now, while the load is still on.
     let snapshot = ns
         .run(sockdiag::listeners_in_current_netns)
+        .map_err(anyhow::Error::from)
         .and_then(|r| r)
         .map(|all| all.into_iter().find(|s| s.lport == addr.port()));
     // Stop the load: clients first (RST, so none keeps retransmitting), then the server.
@@ -288,128 +289,16 @@ fn write_advice(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The server and the clients
+// The server and the clients (sockets from lqtrace-testkit, shared with the tests and the bench)
 
-fn cvt(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(rc)
-}
-
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = a.port().to_be();
-    sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-    sin
-}
-
-/// socket + bind 127.0.0.1:0 + listen(backlog) with this exact backlog (std uses 128),
-/// non-blocking. Call inside the namespace.
+/// A non-blocking listener on 127.0.0.1 (a free port) with this exact backlog (std passes 128).
+/// Call inside the namespace.
 fn listen_v4(backlog: i32) -> io::Result<TcpListener> {
-    // SAFETY: plain syscalls; the fd is owned by the OwnedFd right after creation.
-    unsafe {
-        let fd = cvt(
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            ),
-            "socket",
-        )?;
-        let owned = OwnedFd::from_raw_fd(fd);
-        let sin = sockaddr_in(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
-        cvt(
-            libc::bind(
-                fd,
-                &sin as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ),
-            "bind 127.0.0.1:0",
-        )?;
-        cvt(libc::listen(fd, backlog), "listen")?;
-        Ok(TcpListener::from(owned))
-    }
-}
-
-/// A non-blocking connect; the SYN is on its way when this returns.
-fn connect_nb(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let SocketAddr::V4(a) = addr else {
-        return Err(io::Error::other("IPv4 only"));
+    let opts = ListenOpts {
+        nonblocking: true,
+        ..ListenOpts::default()
     };
-    // SAFETY: plain syscalls on a fresh fd owned by the returned OwnedFd.
-    unsafe {
-        let fd = cvt(
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            ),
-            "socket",
-        )?;
-        let owned = OwnedFd::from_raw_fd(fd);
-        let sin = sockaddr_in(a);
-        let rc = libc::connect(
-            fd,
-            &sin as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
-                return Err(io::Error::new(e.kind(), format!("connect {addr}: {e}")));
-            }
-        }
-        Ok(owned)
-    }
-}
-
-/// `threads` threads each firing `per_thread` connects as fast as they can. The threads inherit
-/// the caller's network namespace.
-fn burst_connects(addr: SocketAddr, threads: usize, per_thread: usize) -> io::Result<Vec<OwnedFd>> {
-    let barrier = Arc::new(std::sync::Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let b = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                b.wait();
-                (0..per_thread)
-                    .map(|_| connect_nb(addr))
-                    .collect::<io::Result<Vec<_>>>()
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(
-            h.join()
-                .map_err(|_| io::Error::other("client thread panicked"))??,
-        );
-    }
-    Ok(all)
-}
-
-/// Close with a RST (SO_LINGER {1, 0}), so no client keeps retransmitting into the queue after
-/// the demo and no FIN handshake lingers.
-fn close_rst(fd: OwnedFd) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a linger struct; errors don't matter before close.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    drop(fd);
+    sockets::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), backlog, opts)
 }
 
 /// The slow server: accepts one connection per ACCEPT_EVERY on its own thread.
@@ -431,7 +320,7 @@ impl Server {
                     std::thread::sleep(ACCEPT_EVERY);
                     if let Ok((conn, _)) = listener.accept() {
                         a.fetch_add(1, Ordering::Relaxed);
-                        close_rst(OwnedFd::from(conn));
+                        close_rst(conn);
                     }
                 }
             })

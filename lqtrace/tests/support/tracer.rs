@@ -1,23 +1,23 @@
-//! Running the `lqtrace` binary as a user would, and collecting what it prints.
-
-#![allow(dead_code)]
+//! Running the `lqtrace` binary as a user would (lqtrace-testkit's tracer), and collecting what
+//! it prints; every way it fails to start or to stop is a panic that shows its output.
+//!
+//! Its stdout is kept line by line ([`Tracer::start`]), or, for floods that print more than
+//! should be kept, counted as it streams ([`Tracer::start_counting`]) or left unread, a consumer
+//! that stalls ([`Tracer::start_unread`]).
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex,
-        mpsc::{self, Receiver, RecvTimeoutError},
-    },
-    thread::JoinHandle,
+    process::{Command, ExitStatus},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+pub use lqtrace_testkit::tracer::{BANNER, START_TIMEOUT, STOP_TIMEOUT};
+use lqtrace_testkit::{
+    ndjson::{self, Tally},
+    process::{Spawn, Stdout},
+    tracer,
+};
 use serde_json::Value;
-
-pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The binary under test: cargo's, or `LQTRACE_BIN` when it names an existing file (the VM
 /// kernel matrix runs these tests inside guests, where the binary is /bin/lqtrace).
@@ -28,15 +28,21 @@ pub fn bin() -> String {
     }
 }
 
+/// `lqtrace ARGS` (with `-j` first when `json`).
+pub fn command(args: &[&str], json: bool) -> Command {
+    let mut cmd = Command::new(bin());
+    if json {
+        cmd.arg("-j");
+    }
+    cmd.args(args);
+    cmd
+}
+
 /// A running tracer. Killed on Drop, so a failing test does not leak one.
 pub struct Tracer {
-    child: Option<Child>,
-    args: Vec<String>,
+    inner: tracer::Tracer,
     json: bool,
-    stdout_thread: Option<JoinHandle<Vec<String>>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    stderr_text: Arc<Mutex<String>>,
-    started: Instant,
+    tally: Option<Arc<Mutex<Tally>>>,
 }
 
 /// Everything a finished tracer printed.
@@ -62,207 +68,180 @@ impl TraceOutput {
 impl Tracer {
     /// `lqtrace -j ARGS`, waiting for the banner on stderr.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut all = vec!["-j"];
-        all.extend_from_slice(args);
-        Self::spawn(&all, true)
+        Self::spawn(command(args, true), true, Stdout::Lines)
     }
 
     /// `lqtrace ARGS` in text mode, waiting for the banner on stderr.
     pub fn start_text(args: &[&str]) -> Tracer {
-        Self::spawn(args, false)
+        Self::spawn(command(args, false), false, Stdout::Lines)
     }
 
-    fn spawn(args: &[&str], json: bool) -> Tracer {
-        let started = Instant::now();
-        let mut child = Command::new(bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} {args:?}: {e}", bin()));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        // Both readers report each line on one channel (true = stderr), so the banner can be
-        // waited for on stderr and spotted if it is printed on stdout by mistake.
-        let (tx, rx) = mpsc::channel::<(bool, String)>();
-        let tx_out = tx.clone();
-        let stdout_thread = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx_out.send((false, line.clone()));
-                lines.push(line);
-            }
-            lines
-        });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let text = Arc::clone(&stderr_text);
-        let stderr_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                {
-                    let mut t = text.lock().unwrap();
-                    t.push_str(&line);
-                    t.push('\n');
-                }
-                let _ = tx.send((true, line));
-            }
-        });
-        let mut tracer = Tracer {
-            child: Some(child),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            json,
-            stdout_thread: Some(stdout_thread),
-            stderr_thread: Some(stderr_thread),
-            stderr_text,
-            started,
-        };
-        tracer.wait_banner(rx);
-        eprintln!(
-            "[tracer] {:?} attached after {:?}",
-            tracer.args,
-            started.elapsed()
-        );
+    /// `lqtrace -j ARGS`, stdout counted as it streams ([`Tally::drops`]), not kept.
+    pub fn start_counting(args: &[&str]) -> Tracer {
+        Self::start_counting_with(args, |_| {})
+    }
+
+    /// As [`Tracer::start_counting`], each line also handed to `look` (on the reader thread).
+    pub fn start_counting_with(
+        args: &[&str],
+        mut look: impl FnMut(&str) + Send + 'static,
+    ) -> Tracer {
+        let tally = Arc::new(Mutex::new(Tally::drops()));
+        let t = Arc::clone(&tally);
+        let sink = Stdout::Sink(Box::new(move |l| {
+            t.lock().unwrap().line(l);
+            look(l);
+        }));
+        let mut tracer = Self::spawn(command(args, true), true, sink);
+        tracer.tally = Some(tally);
         tracer
     }
 
-    fn wait_banner(&mut self, rx: Receiver<(bool, String)>) {
-        let deadline = self.started + START_TIMEOUT;
-        let mut stdout_seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((true, line)) if line.contains(BANNER) => return,
-                Ok((false, line)) if line.contains(BANNER) => {
-                    self.kill();
-                    panic!(
-                        "lqtrace {:?} printed the banner {BANNER:?} on stdout; it belongs on stderr\n--- stdout so far:\n{}\n{line}\n--- stderr:\n{}",
-                        self.args,
-                        stdout_seen.join("\n"),
-                        self.stderr_text.lock().unwrap()
-                    );
-                }
-                Ok((false, line)) => stdout_seen.push(line),
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    // stderr closed: the tracer exited (or closed stderr) before attaching.
-                    let status = self.child.as_mut().unwrap().wait().ok();
-                    let _ = self.stderr_thread.take().map(|t| t.join());
-                    let stdout = self
-                        .stdout_thread
-                        .take()
-                        .map(|t| t.join().unwrap_or_default())
-                        .unwrap_or_default();
-                    self.child = None;
-                    panic!(
-                        "lqtrace {:?} ended before printing the banner {BANNER:?}: status {status:?}\n--- stderr:\n{}--- stdout:\n{}",
-                        self.args,
-                        self.stderr_text.lock().unwrap(),
-                        stdout.join("\n")
-                    );
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "lqtrace {:?}: no banner {BANNER:?} within {START_TIMEOUT:?}\n--- stderr:\n{}",
-                        self.args,
-                        self.stderr_text.lock().unwrap()
-                    );
-                }
-            }
+    /// Drops in `netns` counted so far (a counting tracer).
+    pub fn counted_in(&self, netns: u32) -> u64 {
+        self.tally
+            .as_ref()
+            .expect("counting")
+            .lock()
+            .unwrap()
+            .drops_in(netns)
+    }
+
+    /// `lqtrace -j ARGS` with stdout piped and not read until [`Tracer::drain`].
+    pub fn start_unread(args: &[&str]) -> Tracer {
+        let mut tracer = Self::spawn(command(args, true), true, Stdout::Unread);
+        tracer.tally = Some(Arc::new(Mutex::new(Tally::drops())));
+        tracer
+    }
+
+    /// A tracer started by another command line (e.g. through setpriv), ready within
+    /// `timeout`; `json` says whether its stdout is NDJSON.
+    pub fn start_command(cmd: Command, json: bool, timeout: Duration) -> Tracer {
+        Self::spawn_within(cmd, json, Stdout::Lines, timeout)
+    }
+
+    fn spawn(cmd: Command, json: bool, stdout: Stdout) -> Tracer {
+        Self::spawn_within(cmd, json, stdout, START_TIMEOUT)
+    }
+
+    fn spawn_within(cmd: Command, json: bool, stdout: Stdout, timeout: Duration) -> Tracer {
+        let opts = Spawn {
+            stdout,
+            ..Spawn::default()
+        };
+        let inner =
+            tracer::Tracer::start(cmd, opts, timeout).unwrap_or_else(|e| panic!("{}", e.message));
+        eprintln!(
+            "[tracer] {:?} attached after {:?}, pid {}",
+            &inner.args[1..],
+            inner.ready,
+            inner.pid()
+        );
+        Tracer {
+            inner,
+            json,
+            tally: None,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+        self.inner.pid()
+    }
+
+    /// From spawn to the banner.
+    pub fn ready(&self) -> Duration {
+        self.inner.ready
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.inner.proc.alive()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        self.inner.proc.signal(sig);
     }
 
     /// stderr printed so far.
-    pub fn stderr_so_far(&self) -> String {
-        self.stderr_text.lock().unwrap().clone()
+    pub fn stderr_so_far(&mut self) -> String {
+        self.inner.proc.stderr_text()
+    }
+
+    /// Wait up to `timeout` for the tracer to exit; None if it still runs (it is left running).
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.inner.proc.wait_until(Instant::now() + timeout)
+    }
+
+    /// Start counting a stdout that was left unread.
+    pub fn drain(&mut self) {
+        let t = Arc::clone(self.tally.as_ref().expect("started unread"));
+        self.inner
+            .proc
+            .read_stdout(Box::new(move |l| t.lock().unwrap().line(l)));
     }
 
     /// SIGINT, as Ctrl-C would; wait for it to end (30 s) and collect the output.
     /// Asserts exit status 0.
     pub fn stop(mut self) -> TraceOutput {
-        let pid = self.pid();
-        // SAFETY: kill on our own child's pid (not yet reaped: we hold the Child).
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let out = self.collect(STOP_TIMEOUT, "after SIGINT");
-        assert!(
-            out.status.success(),
-            "lqtrace {:?} exited with {} after SIGINT (want 0)\n--- stderr:\n{}",
-            out.args,
-            out.status,
-            out.stderr
-        );
-        out
+        self.inner
+            .stop_ok(STOP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.output()
     }
 
     /// Wait (without signalling) for the tracer to end by itself, e.g. `-d 5s`.
     /// Does not assert on the exit status.
     pub fn wait_exit(mut self, timeout: Duration) -> TraceOutput {
-        self.collect(timeout, "on its own")
+        self.inner
+            .wait_exit(timeout, "on its own")
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.output()
     }
 
-    fn collect(&mut self, timeout: Duration, what: &str) -> TraceOutput {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.as_mut().unwrap().try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) => {
-                    self.kill();
-                    panic!(
-                        "lqtrace {:?} did not end {what} within {timeout:?}\n--- stderr:\n{}",
-                        self.args,
-                        self.stderr_text.lock().unwrap()
-                    );
-                }
-                Err(e) => panic!("wait for lqtrace: {e}"),
-            }
-        };
-        self.child = None;
-        let stdout_lines = self.stdout_thread.take().unwrap().join().unwrap();
-        let _ = self.stderr_thread.take().unwrap().join();
-        let stderr = self.stderr_text.lock().unwrap().clone();
+    /// For a counting tracer: SIGINT, exit 0, then what was counted and the summary (the last
+    /// stdout line).
+    pub fn stop_counted(mut self) -> (Tally, Value) {
+        self.inner
+            .stop_ok(STOP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (tally, _) = self.counted();
+        let summary = tally
+            .summary()
+            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", self.inner.proc.stderr_text()));
+        (tally, summary)
+    }
+
+    /// For a counting tracer that has ended ([`Tracer::wait_for`]): what was counted, and
+    /// stderr.
+    pub fn counted(&mut self) -> (Tally, String) {
+        self.inner.proc.finish_reading(Duration::from_secs(30));
+        let tally = std::mem::take(&mut *self.tally.as_ref().expect("counting").lock().unwrap());
+        (tally, self.inner.proc.stderr_text())
+    }
+
+    fn output(&mut self) -> TraceOutput {
+        let proc = &mut self.inner.proc;
+        let stderr = proc.stderr_text();
+        let stdout_lines = std::mem::take(&mut proc.stdout);
         let mut records = Vec::new();
         if self.json {
             for (i, line) in stdout_lines.iter().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                    panic!("lqtrace -j: stdout line {} is not JSON ({e}): {line:?}\n--- stderr:\n{stderr}", i + 1)
-                });
-                assert!(
-                    v.is_object(),
-                    "lqtrace -j: stdout line {} is not a JSON object: {line}",
-                    i + 1
-                );
-                records.push(v);
+                records.push(ndjson::parse_line(line).unwrap_or_else(|e| {
+                    panic!(
+                        "lqtrace -j: stdout line {}: {e}\n--- stderr:\n{stderr}",
+                        i + 1
+                    )
+                }));
             }
         }
         TraceOutput {
             stdout_lines,
             records,
             stderr,
-            status,
-            args: self.args.clone(),
+            status: proc.try_status().expect("the tracer has ended"),
+            args: self.inner.args[1..].to_vec(),
         }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

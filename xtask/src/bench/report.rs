@@ -80,6 +80,23 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
+/// A Markdown table's header row and its separator.
+fn table_header(s: &mut String, columns: &[&str]) {
+    let _ = writeln!(s, "| {} |", columns.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(columns.len()));
+}
+
+/// The row "… all programs, per WHAT": (summed run time in ns, events, events/s) as UNIT per
+/// event.
+fn all_programs_per(s: &mut String, what: &str, unit: &str, events: &str, m: (f64, u64, f64)) {
+    let (total_ns, n, rate) = m;
+    let _ = writeln!(
+        s,
+        "| … all programs, per {what} | {:.0} {unit} ({n} {events} at {rate:.0}/s) | | |",
+        total_ns / n.max(1) as f64
+    );
+}
+
 fn ns_per_run(s: super::tracer::ProgStat) -> String {
     if s.run_cnt == 0 {
         "–".into()
@@ -196,38 +213,27 @@ pub fn markdown(r: &Results) -> String {
         progs_line(|p| p.hot),
         verdict(hot_worst <= TARGET_HOT_NS)
     );
-    let _ = writeln!(
-        s,
-        "| … all programs, per connection | {:.0} ns/conn ({} conns at {:.0}/s) | | |",
-        sum(|p| p.hot) / h.connections.max(1) as f64,
-        h.connections,
-        h.conn_rate
-    );
+    let hot = (sum(|p| p.hot), h.connections, h.conn_rate);
+    all_programs_per(&mut s, "connection", "ns/conn", "conns", hot);
     let _ = writeln!(
         s,
         "| Packets that reach no listener (64-byte ping-pong on one connection), ns per program run | {} | ≤ {TARGET_HOT_NS:.0} ns each | {} |",
         progs_line(|p| p.stream),
         verdict(worst(|p| p.stream) <= TARGET_HOT_NS)
     );
-    let _ = writeln!(
-        s,
-        "| … all programs, per round trip | {:.0} ns ({} round trips at {:.0}/s) | | |",
-        sum(|p| p.stream) / h.round_trips.max(1) as f64,
+    let stream = (
+        sum(|p| p.stream),
         h.round_trips,
-        h.round_trips as f64 / h.stream_secs
+        h.round_trips as f64 / h.stream_secs,
     );
+    all_programs_per(&mut s, "round trip", "ns", "round trips", stream);
     let _ = writeln!(
         s,
         "| Drop path (SYN flood, saturated listener), ns per program run | {} | | |",
         progs_line(|p| p.drop)
     );
-    let _ = writeln!(
-        s,
-        "| … all programs, per drop | {:.0} ns/drop ({} drops at {:.0}/s) | | |",
-        sum(|p| p.drop) / h.drops.max(1) as f64,
-        h.drops,
-        h.drop_rate
-    );
+    let drop = (sum(|p| p.drop), h.drops, h.drop_rate);
+    all_programs_per(&mut s, "drop", "ns/drop", "drops", drop);
     let _ = writeln!(
         s,
         "| SYN flood top rate on this machine (raw socket, {} threads), without lqtrace | {} drops/s | | |",
@@ -317,11 +323,19 @@ pub fn markdown(r: &Results) -> String {
         s,
         "\nPer program (`kernel.bpf_stats_enabled=1`; only the programs of the measuring lqtrace process):\n"
     );
-    let _ = writeln!(
-        s,
-        "| Program | Type | Ping-pong runs | ns/run | Connect loop runs | ns/run | SYN flood runs | ns/run |"
+    table_header(
+        &mut s,
+        &[
+            "Program",
+            "Type",
+            "Ping-pong runs",
+            "ns/run",
+            "Connect loop runs",
+            "ns/run",
+            "SYN flood runs",
+            "ns/run",
+        ],
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for p in &r.hooks.progs {
         let _ = writeln!(
             s,
@@ -343,11 +357,21 @@ pub fn markdown(r: &Results) -> String {
         "\nDrop-throughput ladder (a fresh `lqtrace -j` per step, its stdout read by the bench; {} sender threads; \"printed\": drop lines for the bench's namespace):\n",
         r.drops.threads
     );
-    let _ = writeln!(
-        s,
-        "| Paced at | Achieved drops/s | Kernel ListenDrops | Recorded | Printed | lost_records | lost_drops | Reconciled | lqtrace CPU | lqtrace VmHWM |"
+    table_header(
+        &mut s,
+        &[
+            "Paced at",
+            "Achieved drops/s",
+            "Kernel ListenDrops",
+            "Recorded",
+            "Printed",
+            "lost_records",
+            "lost_drops",
+            "Reconciled",
+            "lqtrace CPU",
+            "lqtrace VmHWM",
+        ],
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for st in &r.drops.steps {
         let _ = writeln!(
             s,

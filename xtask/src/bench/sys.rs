@@ -1,17 +1,18 @@
-//! System plumbing of the benchmark: Ctrl-C handling, sysctls restored on drop, child processes
-//! that die with us, private network namespaces deleted on drop, /proc readings.
+//! System plumbing of the benchmark: Ctrl-C handling, sysctls restored on drop, its private
+//! network namespace (lqtrace-testkit's, deleted on drop).
 
 use std::{
-    collections::BTreeMap,
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use lqtrace_testkit::{
+    netns::TempNetns,
+    netstat::{self, NetStat},
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -39,6 +40,11 @@ pub fn check_interrupted() -> Result<()> {
 
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The flag Ctrl-C sets, for loops that take one (the kit's SYN flood).
+pub fn interrupt_flag() -> &'static AtomicBool {
+    &INTERRUPTED
 }
 
 /// Sleep in small steps, returning early (with an error) on Ctrl-C.
@@ -82,82 +88,6 @@ impl Drop for Sysctl {
     }
 }
 
-/// Make `cmd`'s process receive SIGKILL if we die (so an aborted bench leaves no tracer behind).
-pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
-}
-
-/// A child killed (SIGKILL) and reaped on drop unless it was waited for.
-pub struct Guarded(pub Option<Child>);
-
-impl Guarded {
-    pub fn pid(&self) -> i32 {
-        self.0.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    pub fn signal(&self, sig: libc::c_int) {
-        if let Some(c) = &self.0 {
-            // SAFETY: our own, not yet reaped child.
-            unsafe { libc::kill(c.id() as i32, sig) };
-        }
-    }
-
-    /// Wait up to `timeout` for the child to end; SIGKILL and fail after that.
-    pub fn wait(&mut self, timeout: Duration, what: &str) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.0.as_mut().context("child already reaped")?;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                self.0 = None;
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.0 = None;
-                bail!("{what} did not exit within {timeout:?} (killed)");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Peak resident set (VmHWM) of a process, KiB.
-pub fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// User + system CPU seconds a process has used (/proc/PID/stat fields 14 and 15).
-pub fn cpu_secs(pid: i32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
-}
-
 /// The 1-minute load average (other work on the machine skews every figure).
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -166,45 +96,28 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// A private network namespace `lqbench-PID-N`, deleted on drop.
-pub struct Netns {
-    pub name: String,
-    pub inum: u32,
-}
+/// The bench's private network namespace (`lqbench-PID-N`): the kit's, with `run` for closures
+/// that fail (anyhow) and the namespace's counters.
+pub struct Netns(pub TempNetns);
 
-const NETNS_DIR: &str = "/run/netns";
-const NETNS_PREFIX: &str = "lqbench";
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
+/// Names of the bench's namespaces.
+pub const NETNS_PREFIX: &str = "lqbench";
 
 impl Netns {
-    pub fn create(n: u32) -> Result<Netns> {
-        let name = format!("{NETNS_PREFIX}-{}-{n}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let mut ns = Netns { name, inum: 0 };
-        use std::os::unix::fs::MetadataExt as _;
-        ns.inum = fs::metadata(ns.path())
-            .context("stat of the new netns")?
-            .ino() as u32;
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-        Ok(ns)
+    /// A new namespace, after deleting those an earlier bench process left (SIGKILLed).
+    pub fn create() -> Result<Netns> {
+        TempNetns::remove_stale(NETNS_PREFIX);
+        Ok(Netns(
+            TempNetns::new(NETNS_PREFIX).context("creating the bench's network namespace")?,
+        ))
     }
 
-    pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.name)
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    pub fn inum(&self) -> u32 {
+        self.0.inum()
     }
 
     /// Run `f` on a fresh thread inside the namespace (threads it spawns inherit the namespace).
@@ -212,114 +125,13 @@ impl Netns {
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let path = self.path();
-        std::thread::spawn(move || -> Result<T> {
-            enter(&path)?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside netns {} panicked", self.name))?
+        self.0
+            .run(f)
+            .with_context(|| format!("entering netns {}", self.name()))?
     }
 
-    /// TcpExt + Tcp counters of the namespace (/proc/net/netstat and /proc/net/snmp read from
-    /// a thread inside it).
-    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        self.run(|| {
-            let mut out = BTreeMap::new();
-            for file in [
-                "/proc/thread-self/net/netstat",
-                "/proc/thread-self/net/snmp",
-            ] {
-                let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-                parse_proc_net(&text, &mut out);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Delete namespaces left behind by an earlier bench process that was SIGKILLed.
-    pub fn remove_stale() {
-        let Ok(dir) = fs::read_dir(NETNS_DIR) else {
-            return;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix(&format!("{NETNS_PREFIX}-"))
-                .and_then(|r| r.split('-').next())
-            else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&["netns", "del", &name]);
-            }
-        }
-    }
-}
-
-/// Move the calling thread into the network namespace at `path`.
-pub fn enter(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: plain syscall on an fd we own.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns into {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("bench: {e:#}");
-        }
-    }
-}
-
-/// `Prefix: a b c` / `Prefix: 1 2 3` line pairs into "Prefix.a" -> 1 ...
-pub fn parse_proc_net(text: &str, out: &mut BTreeMap<String, u64>) {
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.chunks(2) {
-        let [names, values] = pair else { continue };
-        let (Some((p1, n)), Some((p2, v))) = (names.split_once(':'), values.split_once(':')) else {
-            continue;
-        };
-        if p1 != p2 {
-            continue;
-        }
-        for (k, val) in n.split_whitespace().zip(v.split_whitespace()) {
-            if let Ok(val) = val.parse::<i64>() {
-                out.insert(format!("{p1}.{k}"), val.max(0) as u64);
-            }
-        }
-    }
-}
-
-/// `counter` after minus before.
-pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, counter: &str) -> u64 {
-    after
-        .get(counter)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(counter).copied().unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_net_pairs() {
-        let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 5 7\nIpExt: InOctets\nIpExt: 10\n";
-        let mut m = BTreeMap::new();
-        parse_proc_net(t, &mut m);
-        assert_eq!(m["TcpExt.ListenDrops"], 7);
-        assert_eq!(m["IpExt.InOctets"], 10);
-        assert_eq!(delta(&BTreeMap::new(), &m, "TcpExt.ListenOverflows"), 5);
-        let me = cpu_secs(std::process::id() as i32).unwrap();
-        assert!(me >= 0.0);
+    /// The namespace's TcpExt + Tcp counters.
+    pub fn counters(&self) -> Result<NetStat> {
+        Ok(netstat::read_in(&self.0.path())?)
     }
 }

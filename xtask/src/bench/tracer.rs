@@ -1,146 +1,88 @@
-//! Running `target/release/lqtrace -j` (and bpftrace) as a user would: time to the banner,
-//! stdout counted as it streams, the final summary object, peak RSS, and the run-time counters
-//! (`kernel.bpf_stats_enabled`) of exactly the programs this process attached.
+//! Running `target/release/lqtrace -j` (and bpftrace) as a user would, through lqtrace-testkit:
+//! time to the banner, stdout counted as it streams (a substring test per line, no parsing, so
+//! that the reader does not compete with the tracer for CPU), the final summary object, peak RSS,
+//! and the run-time counters (`kernel.bpf_stats_enabled`) of exactly the programs this process
+//! attached.
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
-    thread::JoinHandle,
+    process::Command,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-
-use super::{
-    json::{self, Value},
-    sys::{self, Guarded},
+use lqtrace_testkit::{
+    ndjson::Tally,
+    process::{Proc, Spawn, Stdout, Stream},
+    procfs,
+    tracer::{self, START_TIMEOUT, STOP_TIMEOUT},
 };
+use serde_json::Value;
 
-pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the tracer printed on stdout, counted while it streamed.
-#[derive(Debug, Default)]
-pub struct Stdout {
-    pub lines: u64,
-    /// Lines containing every needle (e.g. `"kind":"drop"` and `"netns":4026532384,`).
-    pub matching: u64,
-    pub last_line: String,
-}
+use super::sys;
 
 pub struct Tracer {
-    child: Guarded,
-    /// From spawn to the banner on stderr.
-    pub ready: Duration,
-    stdout: Option<JoinHandle<Stdout>>,
-    stderr: Option<JoinHandle<String>>,
+    inner: tracer::Tracer,
+    tally: Arc<Mutex<Tally>>,
 }
 
 /// A tracer that ended after SIGINT.
 pub struct Finished {
     pub summary: Value,
-    pub stdout: Stdout,
+    /// stdout counted; `matching`: lines containing every needle.
+    pub stdout: Tally,
     /// VmHWM just before SIGINT, KiB.
     pub vm_hwm_kib: u64,
     /// User + system CPU time of the tracer up to SIGINT.
     pub cpu_secs: f64,
 }
 
+/// Children of the bench die with it (SIGKILL when xtask ends), so an aborted run leaves no
+/// tracer behind.
+fn spawn_opts(stdout: Stdout) -> Spawn {
+    Spawn {
+        stdout,
+        die_with_parent: true,
+        ..Spawn::default()
+    }
+}
+
 impl Tracer {
-    /// Spawn `bin -j ARGS`; return once the banner is on stderr.
+    /// Spawn `bin -j ARGS`; return once the banner is on stderr. Lines containing all of
+    /// `needles` (e.g. `"kind":"drop"` and `"netns":4026532384,`) are counted.
     pub fn start(bin: &Path, args: &[&str], needles: Vec<String>) -> Result<Tracer> {
-        let started = Instant::now();
         let mut cmd = Command::new(bin);
-        cmd.arg("-j")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        sys::die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let out = child.stdout.take().context("stdout")?;
-        let err = child.stderr.take().context("stderr")?;
-        let child = Guarded(Some(child));
-        let stdout = std::thread::spawn(move || count_lines(out, needles));
-        let (tx, rx) = mpsc::channel::<Instant>();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains(BANNER) {
-                    let _ = tx.send(Instant::now());
-                }
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        let mut t = Tracer {
-            child,
-            ready: Duration::ZERO,
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-        };
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(at) => t.ready = at - started,
-            Err(_) => {
-                let status = t.child.wait(Duration::from_secs(1), "lqtrace").ok();
-                let err = t
-                    .stderr
-                    .take()
-                    .map(|h| h.join().unwrap_or_default())
-                    .unwrap_or_default();
-                bail!(
-                    "lqtrace {args:?} did not print its banner (status {status:?}); stderr:\n{err}"
-                );
-            }
-        }
-        Ok(t)
+        cmd.arg("-j").args(args);
+        let tally = Arc::new(Mutex::new(Tally::matching(needles)));
+        let t = Arc::clone(&tally);
+        let sink = Stdout::Sink(Box::new(move |l| t.lock().unwrap().line(l)));
+        let inner = tracer::Tracer::start(cmd, spawn_opts(sink), START_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Ok(Tracer { inner, tally })
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.pid()
+        self.inner.pid()
+    }
+
+    /// From spawn to the banner on stderr.
+    pub fn ready(&self) -> Duration {
+        self.inner.ready
     }
 
     /// SIGINT, wait for exit 0, parse the summary (the last stdout line).
     pub fn stop(mut self) -> Result<Finished> {
-        let vm_hwm_kib = sys::vm_hwm_kib(self.pid()).unwrap_or(0);
-        let cpu_secs = sys::cpu_secs(self.pid()).unwrap_or(0.0);
-        self.child.signal(libc::SIGINT);
-        let status = self.child.wait(STOP_TIMEOUT, "lqtrace after SIGINT")?;
-        let stdout = self
-            .stdout
-            .take()
-            .context("stdout reader")?
-            .join()
-            .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
-        let stderr = self
-            .stderr
-            .take()
-            .context("stderr reader")?
-            .join()
-            .unwrap_or_default();
-        if !status.success() {
-            bail!("lqtrace exited with {status} after SIGINT; stderr:\n{stderr}");
-        }
-        let summary = json::parse(&stdout.last_line).with_context(|| {
-            format!(
-                "lqtrace's last stdout line is not JSON: {:.200}",
-                stdout.last_line
-            )
-        })?;
-        if summary.get("kind").as_str() != Some("summary") {
-            bail!(
-                "lqtrace's last stdout line is not the summary: {:.200}",
-                stdout.last_line
-            );
-        }
+        let vm_hwm_kib = procfs::status_kib(self.pid(), "VmHWM:").unwrap_or(0);
+        let cpu_secs = procfs::cpu_secs(self.pid()).unwrap_or(0.0);
+        self.inner
+            .stop_ok(STOP_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stdout = std::mem::take(&mut *self.tally.lock().unwrap());
+        let summary = stdout
+            .summary()
+            .map_err(|e| anyhow::anyhow!("lqtrace: {e}"))?;
         Ok(Finished {
             summary,
             stdout,
@@ -148,49 +90,6 @@ impl Tracer {
             cpu_secs,
         })
     }
-}
-
-fn count_lines(mut out: impl std::io::Read, needles: Vec<String>) -> Stdout {
-    let mut s = Stdout::default();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut partial: Vec<u8> = Vec::new();
-    let count = |line: &[u8], s: &mut Stdout| {
-        s.lines += 1;
-        if !needles.is_empty()
-            && std::str::from_utf8(line)
-                .is_ok_and(|l| needles.iter().all(|n| l.contains(n.as_str())))
-        {
-            s.matching += 1;
-        }
-    };
-    loop {
-        let n = match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut rest = &buf[..n];
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            let line: &[u8] = if partial.is_empty() {
-                &rest[..i]
-            } else {
-                partial.extend_from_slice(&rest[..i]);
-                &partial
-            };
-            count(line, &mut s);
-            if rest.len() == i + 1 {
-                // The last complete line of this chunk: keep it (the summary comes last).
-                s.last_line = String::from_utf8_lossy(line).into_owned();
-            }
-            partial.clear();
-            rest = &rest[i + 1..];
-        }
-        partial.extend_from_slice(rest);
-    }
-    if !partial.is_empty() {
-        count(&partial, &mut s);
-        s.last_line = String::from_utf8_lossy(&partial).into_owned();
-    }
-    s
 }
 
 /// Run-time counters of one BPF program (`kernel.bpf_stats_enabled=1`).
@@ -203,23 +102,13 @@ pub struct ProgStat {
 /// Programs held open by process `pid`: prog id -> counters, from /proc/PID/fdinfo.
 pub fn prog_stats(pid: i32) -> Result<BTreeMap<u32, ProgStat>> {
     let mut out = BTreeMap::new();
-    let dir = format!("/proc/{pid}/fdinfo");
-    for e in fs::read_dir(&dir)
-        .with_context(|| format!("reading {dir}"))?
-        .flatten()
-    {
-        let Ok(text) = fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let field = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
+    for info in procfs::fdinfos(pid)? {
         // Program fds have run_cnt; link fds have prog_id but no run_cnt.
-        if let (Some(id), Some(run_time_ns), Some(run_cnt)) =
-            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
-        {
+        if let (Some(&id), Some(&run_time_ns), Some(&run_cnt)) = (
+            info.get("prog_id"),
+            info.get("run_time_ns"),
+            info.get("run_cnt"),
+        ) {
             out.insert(
                 id as u32,
                 ProgStat {
@@ -244,18 +133,14 @@ pub fn prog_names() -> Result<BTreeMap<u32, (String, String)>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let v = json::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show -j: not JSON")?;
     Ok(v.as_array()
+        .map_or(&[][..], Vec::as_slice)
         .iter()
         .filter_map(|p| {
-            let id = p.get("id").as_u64()? as u32;
-            Some((
-                id,
-                (
-                    p.get("name").as_str().unwrap_or("?").to_string(),
-                    p.get("type").as_str().unwrap_or("?").to_string(),
-                ),
-            ))
+            let id = p["id"].as_u64()? as u32;
+            let text = |k: &str| p[k].as_str().unwrap_or("?").to_string();
+            Some((id, (text("name"), text("type"))))
         })
         .collect())
 }
@@ -263,75 +148,27 @@ pub fn prog_names() -> Result<BTreeMap<u32, (String, String)>> {
 /// bpftrace on `tracepoint:skb:kfree_skb`: time to its "Attaching N probe(s)..." line and its
 /// peak RSS after `hold`.
 pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64)> {
-    let started = Instant::now();
     let mut cmd = Command::new("bpftrace");
     cmd.args([
         "-e",
         "tracepoint:skb:kfree_skb { @[args->reason] = count(); }",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    sys::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().context("starting bpftrace")?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut child = Guarded(Some(child));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while out.read(&mut b).is_ok_and(|n| n == 1) {
-            if b[0] == b'\n' {
-                if line.starts_with(b"Attaching") {
-                    let _ = tx.send(Instant::now());
-                }
-                line.clear();
-            } else {
-                line.push(b[0]);
-            }
-        }
-    });
-    let ready = rx
-        .recv_timeout(START_TIMEOUT)
-        .map_err(|_| anyhow::anyhow!("bpftrace printed no \"Attaching N probes...\" line"))?
-        - started;
+    ]);
+    let mut p =
+        Proc::spawn("bpftrace", cmd, spawn_opts(Stdout::Lines)).context("starting bpftrace")?;
+    p.wait_for(p.started + START_TIMEOUT, |s, l| {
+        s == Stream::Out && l.starts_with("Attaching")
+    })
+    .map_err(|e| anyhow::anyhow!("bpftrace printed no \"Attaching N probes...\" line: {e}"))?;
+    let ready = p.started.elapsed();
     sys::sleep(hold)?;
-    let hwm = sys::vm_hwm_kib(child.pid()).unwrap_or(0);
-    child.signal(libc::SIGINT);
-    child.wait(STOP_TIMEOUT, "bpftrace after SIGINT")?;
+    let hwm = procfs::status_kib(p.pid(), "VmHWM:").unwrap_or(0);
+    p.signal(libc::SIGINT);
+    p.wait(Instant::now() + STOP_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("bpftrace after SIGINT: {e}"))?;
     Ok((ready, hwm))
 }
 
 /// `target/release/lqtrace`.
 pub fn release_binary() -> PathBuf {
     crate::util::target_dir().join("release").join("lqtrace")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_counted_across_chunk_boundaries() {
-        struct Chunks(Vec<&'static [u8]>);
-        impl std::io::Read for Chunks {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if self.0.is_empty() {
-                    return Ok(0);
-                }
-                let c = self.0.remove(0);
-                buf[..c.len()].copy_from_slice(c);
-                Ok(c.len())
-            }
-        }
-        let r = Chunks(vec![
-            b"{\"netns\":1,\"a\"",
-            b":1}\n{\"netns\":2}\n{\"net",
-            b"ns\":1}\n{\"kind\":\"summary\"}",
-        ]);
-        let s = count_lines(r, vec!["\"netns\":1".into()]);
-        assert_eq!(s.lines, 4);
-        assert_eq!(s.matching, 2);
-        assert_eq!(s.last_line, "{\"kind\":\"summary\"}");
-    }
 }

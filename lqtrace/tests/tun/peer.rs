@@ -12,7 +12,8 @@
 //!
 //! The addresses are from the benchmarking range (RFC 2544) and never leave the namespace.
 //!
-//! Only `std` and `libc`: the module does not depend on anything else in the test harness.
+//! Packets are built by lqtrace-testkit's `packet`; the module does not depend on anything
+//! else in the test harness.
 
 #![allow(dead_code, clippy::too_many_arguments)]
 
@@ -34,11 +35,8 @@ const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
+pub use lqtrace_testkit::packet::{ACK, FIN, PSH, RST, SYN};
+use lqtrace_testkit::packet::{MSS_1460, Tcp};
 
 /// What happened to one client port (one connection attempt) so far.
 #[derive(Debug, Default, Clone)]
@@ -94,75 +92,6 @@ pub struct TunPeer {
     seen: Vec<Seen>,
     next_isn: u32,
     ip_id: u16,
-}
-
-fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    sum
-}
-
-fn checksum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Build one IPv4+TCP packet from `src` to `dst` with correct IP and TCP checksums.
-pub fn build_packet(
-    src: [u8; 4],
-    dst: [u8; 4],
-    ip_id: u16,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    options: &[u8],
-    payload: &[u8],
-) -> Vec<u8> {
-    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
-    let tcp_len = 20 + options.len() + payload.len();
-    let total = 20 + tcp_len;
-    let mut p = vec![0u8; total];
-    // IPv4 header
-    p[0] = 0x45;
-    p[1] = 0;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&ip_id.to_be_bytes());
-    p[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
-    p[8] = 64; // TTL
-    p[9] = libc::IPPROTO_TCP as u8;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    let ipsum = checksum_fold(checksum_add(0, &p[..20]));
-    p[10..12].copy_from_slice(&ipsum.to_be_bytes());
-    // TCP header
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = (((20 + options.len()) / 4) as u8) << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&65535u16.to_be_bytes()); // window
-    // t[16..18] checksum, t[18..20] urgent pointer
-    t[20..20 + options.len()].copy_from_slice(options);
-    t[20 + options.len()..].copy_from_slice(payload);
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src);
-    pseudo[4..8].copy_from_slice(&dst);
-    pseudo[9] = libc::IPPROTO_TCP as u8;
-    pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-    let sum = checksum_fold(checksum_add(checksum_add(0, &pseudo), t));
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
-    p
 }
 
 /// Parse an IPv4/TCP packet; `None` for anything else.
@@ -297,9 +226,19 @@ impl TunPeer {
         data: &[u8],
     ) {
         self.ip_id = self.ip_id.wrapping_add(1);
-        let pkt = build_packet(
-            PEER_IP, LOCAL_IP, self.ip_id, sport, dport, seq, ack, flags, opts, data,
-        );
+        let pkt = Tcp {
+            src: PEER_IP,
+            dst: LOCAL_IP,
+            ip_id: self.ip_id,
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+            options: opts,
+            payload: data,
+        }
+        .to_vec();
         self.write_packet(&pkt);
     }
 
@@ -318,8 +257,7 @@ impl TunPeer {
         c.our_isn = isn;
         c.syns_sent += 1;
         c.last_syn_at = Some(Instant::now());
-        let mss: [u8; 4] = [2, 4, 0x05, 0xb4];
-        self.send(sport, dport, isn, 0, SYN, &mss, &[]);
+        self.send(sport, dport, isn, 0, SYN, &MSS_1460, &[]);
     }
 
     /// Send the final ACK of the handshake carrying one data byte (PSH|ACK, seq = our ISN + 1,
