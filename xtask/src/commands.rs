@@ -169,7 +169,13 @@ struct Step {
 /// file-size limit (hygiene.rs). lqtrace-ebpf cannot be clippy'd like them: it builds only for
 /// bpfel-unknown-none, by lqtrace/build.rs (aya-build, nightly toolchain, `-Z build-std=core`),
 /// and not at all for the host that `cargo clippy` checks (duplicate `panic_impl`).
-pub const USERSPACE_CRATES: [&str; 4] = ["lqtrace", "lqtrace-common", "xtask", "vm-guest"];
+pub const USERSPACE_CRATES: [&str; 5] = [
+    "lqtrace",
+    "lqtrace-common",
+    "lqtrace-testkit",
+    "xtask",
+    "vm-guest",
+];
 
 /// `cargo clippy --all-targets -p <each of USERSPACE_CRATES> -- -D warnings EXTRA`.
 fn clippy_cmd(extra: &[OsString]) -> Command {
@@ -297,8 +303,18 @@ pub fn test(unit_only: bool, extra: &[OsString]) -> anyhow::Result<()> {
             precheck: None,
         },
         Step {
-            name: "unit tests (lqtrace-common)",
-            cmd: cargo_test(&["-p", "lqtrace-common"], &[]),
+            name: "unit tests (lqtrace-common, lqtrace-testkit, vm-guest)",
+            cmd: cargo_test(
+                &[
+                    "-p",
+                    "lqtrace-common",
+                    "-p",
+                    "lqtrace-testkit",
+                    "-p",
+                    "vm-guest",
+                ],
+                &[],
+            ),
             precheck: None,
         },
         // Same package and feature set as the integration-test step below, so the eBPF object
@@ -479,7 +495,7 @@ mod tests {
         let shown = render(&clippy_cmd(&[]));
         assert!(
             shown.ends_with(
-                " clippy --all-targets -p lqtrace -p lqtrace-common -p xtask -p vm-guest \
+                " clippy --all-targets -p lqtrace -p lqtrace-common -p lqtrace-testkit -p xtask -p vm-guest \
                  -- -D warnings"
             ),
             "{shown}"

@@ -119,10 +119,10 @@ pub fn guest_binaries(musl_dir: &Path, tests: &[(String, PathBuf)]) -> Vec<(Stri
 
 /// Integration test files of `lqtrace/tests` run unchanged inside the guests, shipped as
 /// `/bin/<file>-tests`.
-pub const GUEST_TESTS: &[&str] = &["loopback", "tun"];
+pub const GUEST_TESTS: &[&str] = &["loopback", "tun", "clients", "verdicts"];
 
 /// Host programs shipped as `/bin/<name>` with the shared libraries `ldd` lists, at their host
-/// paths: `lqtrace demo` runs `ip netns add`.
+/// paths: the TUN tests configure their device with `ip`, and tests use `ip netns exec`.
 pub const HOST_TOOLS: &[&str] = &["ip"];
 
 /// The files a dynamically linked host program needs: (guest path, host path).
