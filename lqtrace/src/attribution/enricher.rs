@@ -280,7 +280,9 @@ impl Enricher {
                     .push(Event::Drop(DropEvent::new(&b, &self.clock, who)));
             }
             Pending::Record(Record::Listen(l)) => self.listen(&l),
-            Pending::Record(Record::Outcome(_) | Record::Refused(_)) => {}
+            // Not in the pipeline yet: shown with RUST_LOG=lqtrace=debug.
+            Pending::Record(Record::Outcome(o)) => log::debug!("outcome record: {o:?}"),
+            Pending::Record(Record::Refused(r)) => log::debug!("refused record: {r:?}"),
             Pending::Queues(ts_ns, snap) => {
                 let listeners = snap
                     .into_iter()
