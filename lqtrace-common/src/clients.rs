@@ -19,7 +19,9 @@
 //! `ATTEMPTS_LIVE` (an array of [`LIVE_SLOTS`] u64) lets the completion and reset programs skip
 //! the map when nothing is pending: live attempts = `[LIVE_ADDED] - [LIVE_KERNEL_ENDED] -
 //! [LIVE_USER_ENDED]`. The kernel adds to the first two atomically; userspace owns the third
-//! (one writer: it adds one per entry it deletes itself), so nobody's counts race.
+//! (one writer: it adds one per entry it deletes itself, as `Tracer::end_attempt` does), so
+//! nobody's counts race. A userspace delete that does not add there only costs speed: the
+//! programs then look in `ATTEMPTS` for every new connection although nothing is pending.
 
 /// Kind tag of an [`OutcomeRecord`].
 pub const KIND_OUTCOME: u8 = 6;
@@ -132,7 +134,7 @@ pub struct RefusedRecord {
     pub reason: u32,
 }
 
-/// Key of the `REFUSED_PORTS` map (value: a u32, 1): a port refusals are recorded for (one that
+/// Key of the `REFUSED_PORTS` map (value: a u8, 1): a port refusals are recorded for (one that
 /// had a listener during the run, or was asked for with `-P`), per network namespace (0: every
 /// namespace). The kernel adds {netns, port} itself when a socket enters or leaves TCP_LISTEN
 /// (or, for a port-0 bind, when the listener's first connection arrives); userspace adds `-P`

@@ -67,7 +67,8 @@ pub const STAGE_OTHER: u8 = 3;
 /// The bracket was closed when the next listener packet arrived on the same CPU rather than when
 /// its own packet was freed (e.g. the free happened without a tracepoint). Still exact.
 pub const FLAG_LATE: u8 = 1;
-/// The drop's attempt could not be entered in `ATTEMPTS` (map full, `STAT_ATTEMPTS_FULL`): the
+/// The drop's attempt has no entry in `ATTEMPTS`: the map was full (`STAT_ATTEMPTS_FULL`), or
+/// the packet was no SYN or final ACK, or its ports were unknown (IPv6 extension headers). The
 /// kernel will send no outcome for it; userspace ends it itself.
 pub const FLAG_ATTEMPT_UNTRACKED: u8 = 2;
 

@@ -62,7 +62,7 @@ fn stats_of(listener: u64) -> Option<*mut AcceptStats> {
                     port: lport,
                     _pad: 0,
                 };
-                let _ = REFUSED_PORTS.insert(&key, &1, BPF_ANY);
+                let _ = REFUSED_PORTS.insert(&key, &1u8, BPF_ANY);
             }
         }
         Err(e) if e == -EEXIST => {}
@@ -90,7 +90,7 @@ pub fn arrival(listener: u64, child: u64, now: u64) {
     let _ = CHILDREN.insert(&child, &entry, BPF_ANY);
 }
 
-/// `child` was accepted from `listener` (0: unknown, then the listener it was queued at).
+/// `child` was accepted from `listener` (0: the listener it was queued at, if seen).
 #[inline(always)]
 fn accepted(listener: u64, child: u64) {
     if config!(ready) == 0 || child == 0 {
@@ -263,11 +263,16 @@ fn syscall_exit(ctx: &TracePointContext) {
     let Some(child) = sock_of_fd(ret) else {
         return;
     };
-    // The listener from the fd accept() was called with, if it really is a TCP listener (the
-    // same syscalls serve unix sockets); else the one the child was queued at, if seen.
-    let listener = sock_of_fd(call.fd)
-        .filter(|&sk| is_tcp_listener(sk))
-        .unwrap_or(0);
+    // The listener the child was queued at, if its arrival was seen (`accepted` finds it);
+    // else the one behind the fd accept() was called with, if it really is a TCP listener (the
+    // same syscalls serve unix sockets). The fd walk costs more than the map lookup.
+    let listener = if unsafe { CHILDREN.get(&child) }.is_some() {
+        0
+    } else {
+        sock_of_fd(call.fd)
+            .filter(|&sk| is_tcp_listener(sk))
+            .unwrap_or(0)
+    };
     accepted(listener, child);
 }
 

@@ -148,6 +148,8 @@ fn emit(outcome: u8, by: u32, key: &AttemptKey, value: &AttemptValue, now: u64) 
 #[inline(always)]
 pub fn on_drop(r: &mut BracketRecord, reset_by: u32) -> bool {
     if r.lport == 0 || (r.stage != STAGE_SYN && r.stage != STAGE_ACK) {
+        // No ports (IPv6 extension headers) or not a handshake segment: no attempt to follow.
+        r.flags |= FLAG_ATTEMPT_UNTRACKED;
         return false;
     }
     let key = key_of(r.netns, r);

@@ -127,7 +127,7 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
             port: r.sport,
             _pad: 0,
         };
-        let _ = REFUSED_PORTS.insert(&port, &1, BPF_ANY);
+        let _ = REFUSED_PORTS.insert(&port, &1u8, BPF_ANY);
     }
     if kind == KIND_LISTEN {
         // A new listener: an entry at this address belongs to a freed socket.

@@ -122,7 +122,7 @@ pub static CHILDREN: LruHashMap<u64, ChildEntry> = LruHashMap::with_max_entries(
 
 /// Ports whose refused SYNs are recorded (`lqtrace_common::clients::PortKey`).
 #[map]
-pub static REFUSED_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(REFUSED_PORTS_MAX, 0);
+pub static REFUSED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(REFUSED_PORTS_MAX, 0);
 
 /// An accept() in progress, by pid_tgid: the listener's fd (syscall variant) or socket (kprobe
 /// variant), between entry and return.

@@ -454,11 +454,13 @@ impl Tracer {
     }
 
     /// The connection attempts still pending in the kernel (`lqtrace_common::clients`).
-    /// Entries the kernel resolves while this iterates are skipped.
+    /// Entries the kernel resolves while this iterates are skipped; a walk that loses its place
+    /// (the kernel deleted the current key) restarts at the first key, so keys are deduplicated.
     pub fn attempts(&self) -> Result<Vec<(AttemptKey, AttemptValue)>> {
         let map: BpfHashMap<_, AttemptKey, AttemptValue> =
             BpfHashMap::try_from(self.map("ATTEMPTS")?)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let all: HashMap<AttemptKey, AttemptValue> = map.iter().filter_map(Result::ok).collect();
+        Ok(all.into_iter().collect())
     }
 
     /// End an attempt from userspace (gave up, or the run ended): delete its entry. True when
@@ -489,13 +491,14 @@ impl Tracer {
     /// (`lqtrace_common::accepts`).
     pub fn accept_stats(&self) -> Result<Vec<(u64, AcceptStats)>> {
         let map: BpfHashMap<_, u64, AcceptStats> = BpfHashMap::try_from(self.map("ACCEPT_STATS")?)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let all: HashMap<u64, AcceptStats> = map.iter().filter_map(Result::ok).collect();
+        Ok(all.into_iter().collect())
     }
 
     /// Record refused SYNs at this port (netns 0: in every namespace): `-P` ports and the ports
     /// listening at start. The kernel adds the ports whose listeners come and go itself.
     pub fn watch_port(&mut self, key: PortKey) -> Result<()> {
-        let mut map: BpfHashMap<_, PortKey, u32> =
+        let mut map: BpfHashMap<_, PortKey, u8> =
             BpfHashMap::try_from(self.map_mut("REFUSED_PORTS")?)?;
         map.insert(key, 1, 0).with_context(|| {
             format!(
@@ -507,7 +510,7 @@ impl Tracer {
 
     /// The ports refusals are recorded for.
     pub fn refused_ports(&self) -> Result<Vec<PortKey>> {
-        let map: BpfHashMap<_, PortKey, u32> = BpfHashMap::try_from(self.map("REFUSED_PORTS")?)?;
+        let map: BpfHashMap<_, PortKey, u8> = BpfHashMap::try_from(self.map("REFUSED_PORTS")?)?;
         Ok(map.keys().filter_map(Result::ok).collect())
     }
 }
