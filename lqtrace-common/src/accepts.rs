@@ -3,6 +3,20 @@
 //! created during one of its brackets), how many its owners took with accept(), when the last
 //! one was, and how long connections waited in the queue. Userspace reads the map a few times
 //! a second; there is no record per accept.
+//!
+//! Counters are added to atomically (accepts and arrivals of one listener happen on several
+//! CPUs); the one-second window is rolled without a lock, so under accepts on several CPUs at the
+//! same instant a window may miss a few. Reading the rate at time `now` (what a drop record's
+//! `accepts_per_s` holds): `age = now - window_start_ns`; `age < 1 s` → `prev_window_accepts`,
+//! `age < 2 s` → `window_accepts`, otherwise 0.
+//!
+//! The kernel creates an entry at a listener's first arrival or accept during the run, and
+//! deletes the entry of a socket address when a new listener starts there (the old socket was
+//! freed and its memory reused). Entries of closed listeners stay until then.
+
+/// Capacity of `ACCEPT_STATS` (listeners) and `CHILDREN` (LRU: children waiting to be accepted).
+pub const ACCEPT_STATS_MAX: u32 = 4096;
+pub const CHILDREN_MAX: u32 = 65536;
 
 /// Log2 buckets of the accept-queue wait: bucket `i` counts waits in `[2^i, 2^(i+1))` µs
 /// (bucket 0 also takes shorter ones, the last one longer ones: 2^23 µs ≈ 8.4 s and up).
@@ -44,7 +58,6 @@ pub struct ChildEntry {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     #[test]

@@ -9,6 +9,19 @@
 //! the entry and, only if the delete succeeded, writes an [`OutcomeRecord`]. Userspace ends the
 //! attempts nobody resolved (the client gave up, or the run ended) by deleting their entries the
 //! same way, so each attempt gets exactly one outcome whoever sees it first.
+//!
+//! The 4-tuple of a completed handshake is the one of the packet that completed it: the child
+//! is created inside the bracket of that packet (the final ACK; the SYN for Fast Open), so the
+//! programs build the key from the bracket's record. The tracepoint's own address fields are
+//! not used: `inet_csk_clone_lock()` changes the state before it copies the client's port and
+//! address into the child on older kernels (5.10 - 6.12: `dport` is still 0 there).
+//!
+//! `ATTEMPTS_LIVE` (an array of [`LIVE_SLOTS`] u64) lets the completion and reset programs skip
+//! the map when nothing is pending: live attempts = `[LIVE_ADDED] - [LIVE_KERNEL_ENDED] -
+//! [LIVE_USER_ENDED]`. The kernel adds to the first two atomically; userspace owns the third
+//! (one writer: it adds one per entry it deletes itself, as `Tracer::end_attempt` does), so
+//! nobody's counts race. A userspace delete that does not add there only costs speed: the
+//! programs then look in `ATTEMPTS` for every new connection although nothing is pending.
 
 /// Kind tag of an [`OutcomeRecord`].
 pub const KIND_OUTCOME: u8 = 6;
@@ -20,6 +33,22 @@ pub const OUTCOME_CONNECTED: u8 = 1;
 /// This host sent a RST for the attempt: `tcp_abort_on_overflow=1` at a dropped final ACK, or
 /// the listener answering a client whose final ACK was dropped (`tcp_send_reset`, state LISTEN).
 pub const OUTCOME_RESET: u8 = 2;
+/// A new attempt from the same client port (another initial sequence number) replaced it: this
+/// one is over without having connected ([`RESOLVED_BY_NEW_ATTEMPT`]; userspace reports it as
+/// given up).
+pub const OUTCOME_SUPERSEDED: u8 = 3;
+
+/// `ATTEMPTS_LIVE` slots (see the module comment).
+pub const LIVE_ADDED: u32 = 0;
+pub const LIVE_KERNEL_ENDED: u32 = 1;
+pub const LIVE_USER_ENDED: u32 = 2;
+pub const LIVE_SLOTS: u32 = 3;
+
+/// Capacity of `ATTEMPTS`; a drop that finds it full is counted in `STAT_ATTEMPTS_FULL` and its
+/// record flagged `FLAG_ATTEMPT_UNTRACKED`.
+pub const ATTEMPTS_MAX: u32 = 16384;
+/// Capacity of `REFUSED_PORTS`.
+pub const REFUSED_PORTS_MAX: u32 = 4096;
 
 /// Key of the `ATTEMPTS` map. IPv4 addresses (including v4-mapped IPv6 ones, so that an IPv4
 /// client of a dual-stack listener has one key whatever hook saw it) are stored in the first 4
@@ -58,7 +87,7 @@ pub struct AttemptValue {
 pub struct OutcomeRecord {
     /// [`KIND_OUTCOME`].
     pub kind: u8,
-    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_RESET`].
+    /// [`OUTCOME_CONNECTED`], [`OUTCOME_RESET`] or [`OUTCOME_SUPERSEDED`].
     pub outcome: u8,
     pub _pad0: [u8; 2],
     /// The hook that resolved it, for diagnostics (`RESOLVED_BY_*`).
@@ -76,8 +105,9 @@ pub const RESOLVED_BY_CHILD: u32 = 1;
 pub const RESOLVED_BY_EMBRYONIC_RST: u32 = 2;
 /// A RST sent by the listener (`tcp_send_reset` / `tcp_v{4,6}_send_reset`).
 pub const RESOLVED_BY_LISTENER_RST: u32 = 3;
-/// A SYN with a new initial sequence number from the same client port: the earlier attempt is
-/// over (userspace reports it as given up).
+/// A SYN with a new initial sequence number from the same client port (dropped, or completing
+/// a handshake whose final ACK does not match the stored ISN): the earlier attempt is over
+/// ([`OUTCOME_SUPERSEDED`]; userspace reports it as given up).
 pub const RESOLVED_BY_NEW_ATTEMPT: u32 = 4;
 
 /// A segment to an address:port with no listener, answered with a RST (only SYNs are
@@ -99,12 +129,16 @@ pub struct RefusedRecord {
     pub raddr: [u8; 16],
     pub lport: u16,
     pub rport: u16,
-    /// `enum sk_rst_reason` where the kernel has it (0 otherwise).
+    /// `enum sk_rst_reason` where the kernel has it (Linux 6.10+; read by the tracepoint and
+    /// kprobe variants; 0 otherwise, and with the fentry variant).
     pub reason: u32,
 }
 
-/// Key of the `REFUSED_PORTS` map: a port refusals are recorded for (one that had a listener
-/// during the run, or was asked for with `-P`), per network namespace (0: every namespace).
+/// Key of the `REFUSED_PORTS` map (value: a u8, 1): a port refusals are recorded for (one that
+/// had a listener during the run, or was asked for with `-P`), per network namespace (0: every
+/// namespace). The kernel adds {netns, port} itself when a socket enters or leaves TCP_LISTEN
+/// (or, for a port-0 bind, when the listener's first connection arrives); userspace adds `-P`
+/// ports and the ports listening at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortKey {

@@ -33,7 +33,14 @@ pub const STAT_ATTEMPTS_FULL: u32 = 7;
 pub const STAT_REFUSED_UNWATCHED: u32 = 8;
 /// Listeners whose accept activity could not be kept (`ACCEPT_STATS` full).
 pub const STAT_ACCEPT_STATS_FULL: u32 = 9;
-pub const STAT_COUNT: u32 = 10;
+/// Outcome records that could not be written (ring full). Their attempts were already taken out
+/// of `ATTEMPTS` by the kernel, so userspace cannot end them (its delete finds nothing).
+pub const STAT_LOST_OUTCOMES: u32 = 10;
+/// Child sockets created while no bracket was open on their CPU (the listener, and so the
+/// arrival, unknown). Expected 0: every path that creates a child (`tcp_check_req`,
+/// `cookie_v4_check`/`cookie_v6_check`, Fast Open in `tcp_conn_request`) runs inside one.
+pub const STAT_CHILD_UNBRACKETED: u32 = 11;
+pub const STAT_COUNT: u32 = 12;
 
 /// Kind tag of a [`BracketRecord`] whose packet made the kernel count a listen drop
 /// (`ListenDrops` moved), whatever else moved: `tcp_conn_request()` may first decide to answer
@@ -60,8 +67,9 @@ pub const STAGE_OTHER: u8 = 3;
 /// The bracket was closed when the next listener packet arrived on the same CPU rather than when
 /// its own packet was freed (e.g. the free happened without a tracepoint). Still exact.
 pub const FLAG_LATE: u8 = 1;
-/// The drop's connection attempt could not be kept in the `ATTEMPTS` map (full): the kernel
-/// will not resolve it; userspace does.
+/// The drop's attempt has no entry in `ATTEMPTS`: the map was full (`STAT_ATTEMPTS_FULL`), or
+/// the packet was no SYN or final ACK, or its ports were unknown (IPv6 extension headers). The
+/// kernel will send no outcome for it; userspace ends it itself.
 pub const FLAG_ATTEMPT_UNTRACKED: u8 = 2;
 
 /// Indexes into [`BracketRecord::deltas`] and [`Config::mib`]: the `LINUX_MIB_*` counters that
@@ -98,7 +106,7 @@ pub struct BracketRecord {
     pub stage: u8,
     /// 4 or 6: the IP version of the packet (an IPv4 packet may reach an AF_INET6 listener).
     pub ip_version: u8,
-    /// [`FLAG_LATE`] bits.
+    /// [`FLAG_LATE`], [`FLAG_ATTEMPT_UNTRACKED`] bits.
     pub flags: u8,
     /// TCP flags byte of the packet.
     pub tcp_flags: u8,
@@ -177,9 +185,10 @@ pub struct ListenRecord {
 pub struct Config {
     /// Set to 1 by the loader; the programs do nothing while it is 0.
     pub ready: u32,
-    /// `TCP_LISTEN` and `TCP_CLOSE` from BTF (enum tcp_states).
+    /// `TCP_LISTEN`, `TCP_CLOSE` and `TCP_SYN_RECV` from BTF (enum tcp_states).
     pub tcp_listen: u32,
     pub tcp_close: u32,
+    pub tcp_syn_recv: u32,
     // struct sock
     /// `__sk_common.skc_state` (one byte).
     pub sk_state: u32,
@@ -187,10 +196,16 @@ pub struct Config {
     pub sk_ack_backlog: u32,
     pub sk_max_ack_backlog: u32,
     pub sk_socket: u32,
+    /// `__sk_common.skc_num`: the local port, host byte order (u16).
+    pub sk_num: u32,
+    /// `sk_protocol` (u16).
+    pub sk_protocol: u32,
     /// `inet_connection_sock.icsk_accept_queue.qlen`, from the start of the sock.
     pub icsk_qlen: u32,
     /// `socket_alloc.vfs_inode.i_ino` minus `socket_alloc.socket`: from a `struct socket *`.
     pub socket_ino: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
     // struct net
     pub net_inum: u32,
     pub net_mib_stats: u32,
@@ -199,34 +214,73 @@ pub struct Config {
     pub bpf_array_pptrs: u32,
     /// `LINUX_MIB_*` indexes in `struct linux_mib`, in `MIB_*` order.
     pub mib: [u32; MIB_COUNT],
-    // tracefs formats
-    pub tp_listen_fd: u32,
-    pub tp_listen_backlog: u32,
-    pub tp_exit_ret: u32,
+    // From the current task to the socket behind a file descriptor (accept syscall variant):
+    // task_struct.files -> files_struct.fdt -> fdtable.{max_fds, fd[]} -> file.private_data.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    // tracepoint records (layouts from BTF)
+    /// `syscall_trace_enter.args[0]` and `args[1]` (any `syscalls:sys_enter_*`), and
+    /// `syscall_trace_exit.ret` (any `syscalls:sys_exit_*`).
+    pub tp_sys_arg0: u32,
+    pub tp_sys_arg1: u32,
+    pub tp_sys_ret: u32,
     pub tp_state_skaddr: u32,
     pub tp_state_oldstate: u32,
     pub tp_state_newstate: u32,
     pub tp_state_sport: u32,
     pub tp_state_family: u32,
     pub tp_state_protocol: u32,
-    // struct sk_buff, for the function-probe variants that read the packet from the skb
+    /// `saddr[4]` and `saddr_v6[16]` of inet_sock_set_state: the socket's local address.
+    pub tp_state_saddr: u32,
+    pub tp_state_saddr_v6: u32,
+    /// 1 when `tcp:tcp_send_reset` has its own record with a `reason` (Linux 6.10, "tcp: fully
+    /// support trace_tcp_send_reset"): from then on it fires for a NULL socket too. The four
+    /// offsets below are valid only then.
+    pub tp_reset_full: u32,
+    pub tp_reset_skbaddr: u32,
+    pub tp_reset_skaddr: u32,
+    pub tp_reset_state: u32,
+    pub tp_reset_reason: u32,
+    // struct sk_buff, for the programs that read the packet from the skb
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
     pub skb_protocol: u32,
+    /// `sk_buff.dev` and `net_device.nd_net.net`: the network namespace of a segment that found
+    /// no socket (a refused SYN).
+    pub skb_dev: u32,
+    pub dev_nd_net: u32,
+    /// Number of parameters of `inet_csk_accept` (4 before Linux 6.10, 2 since; 0: absent) and
+    /// of `tcp_v4_send_reset`/`tcp_v6_send_reset` (2, or 3 with `enum sk_rst_reason` since
+    /// 6.10): which fexit program fits, and whether the kprobe reads a reason.
+    pub accept_args: u32,
+    pub send_reset_args: u32,
+    /// Set by userspace (not from the kernel): record refused SYNs at every port, not only at
+    /// the ports in `REFUSED_PORTS`.
+    pub refused_all: u32,
 }
 
-/// Positions of the listener `struct sock *` and the `struct sk_buff *` among the arguments of
-/// the functions the fentry/kprobe variants hook. They are compiled into the programs (the
-/// verifier of kernels before ~6.5 rejects a context read at a computed offset), and the loader
-/// checks them against the running kernel's BTF prototypes, skipping a variant whose function
-/// differs: (function, sk position, skb position).
-pub const PROBE_ARGS: [(&str, u32, u32); 4] = [
+/// Positions of the `struct sock *` (the listener, or for the send_reset functions the socket
+/// that answers, maybe NULL) and the `struct sk_buff *` among the arguments of the functions the
+/// fentry/kprobe variants hook. They are compiled into the programs (the verifier of kernels
+/// before ~6.5 rejects a context read at a computed offset), and the loader checks them against
+/// the running kernel's BTF prototypes, skipping a variant whose function differs: (function, sk
+/// position, skb position).
+pub const PROBE_ARGS: [(&str, u32, u32); 6] = [
     ("tcp_conn_request", 2, 3),
     ("tcp_check_req", 0, 1),
     ("cookie_v4_check", 0, 1),
     ("cookie_v6_check", 0, 1),
+    ("tcp_v4_send_reset", 0, 1),
+    ("tcp_v6_send_reset", 0, 1),
 ];
+
+/// The accept variants' function: `struct sock *inet_csk_accept(struct sock *sk, ...)`, the
+/// listener first, the child returned (checked against BTF like [`PROBE_ARGS`]).
+pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
 
 /// Bits of the `CGROUP_STAGES` map: which packets the cgroup "before" hook brackets. The others
 /// are bracketed by function probes (fentry/fexit or kprobe/kretprobe).

@@ -24,15 +24,23 @@
 //! file is the part they share. One bracket per CPU is open at a time. A variant that finds a
 //! bracket still open when it opens one closes it first ("late"): no drop can happen on a CPU
 //! outside a bracket, so a bracket whose own end was not seen is settled exactly by the next one.
+//!
+//! A drop record also carries the listener's accept activity (`accepts.rs`), and each drop
+//! enters its connection attempt in `ATTEMPTS` (`clients.rs`). A RST the listener sends for the
+//! bracketed packet itself (`tcp_abort_on_overflow=1`, or a segment the listener has no
+//! connection for) is noted by the reset programs in the bracket and resolved here, after the
+//! drop record, so that the attempt's outcome always follows its drops in the ring.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use lqtrace_common::{
-    BracketRecord, FLAG_LATE, KIND_DROP, KIND_SYNCOOKIE, MIB_COUNT, MIB_LISTEN_DROPS,
-    MIB_SYNCOOKIES_SENT, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE, STAT_BRACKETS,
-    STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
+    BracketRecord, FLAG_LATE, KIND_DROP, KIND_SYNCOOKIE, MIB_COUNT, MIB_EMBRYONIC_RSTS,
+    MIB_LISTEN_DROPS, MIB_SYNCOOKIES_SENT, STAGE_ACK, STAGE_OTHER, STAGE_SYN, STAT_BAD_CLOSE,
+    STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
+    clients::{RESOLVED_BY_EMBRYONIC_RST, RESOLVED_BY_LISTENER_RST},
 };
 
 use crate::{
+    accepts, clients,
     kernel::{read_mib, read_u32, read_u64, this_cpu_offset},
     maps::{BRACKETS, Bracket, EVENTS, config, stat_add},
 };
@@ -86,6 +94,7 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, variant: u64, cookie: u64) ->
     b.net = net;
     b.mib = mib;
     b.variant = variant;
+    b.rst_pending = 0;
     b.skb = skb;
     stat_add(STAT_BRACKETS, 1);
     Some(())
@@ -153,6 +162,7 @@ pub fn apply_ipv6(r: &mut BracketRecord, ip: &[u8; 40]) -> bool {
 pub fn apply_tcp(r: &mut BracketRecord, tcp: &[u8; 14]) {
     r.rport = u16::from_be_bytes([tcp[0], tcp[1]]);
     r.lport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    r.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let flags = tcp[13];
     r.tcp_flags = flags;
     r.stage = if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
@@ -169,6 +179,7 @@ pub fn apply_tcp(r: &mut BracketRecord, tcp: &[u8; 14]) {
 pub fn close(slot: *mut Bracket, flags: u8) {
     let b: &mut Bracket = unsafe { &mut *slot };
     b.skb = 0;
+    let rst = core::mem::take(&mut b.rst_pending) != 0;
     if flags & FLAG_LATE != 0 {
         stat_add(STAT_LATE, 1);
     }
@@ -177,7 +188,6 @@ pub fn close(slot: *mut Bracket, flags: u8) {
         stat_add(STAT_BAD_CLOSE, 1);
         return;
     }
-    let mut moved = false;
     for i in 0..MIB_COUNT {
         let d = after[i].wrapping_sub(b.before[i]);
         if d > MAX_PLAUSIBLE_DELTA {
@@ -185,22 +195,39 @@ pub fn close(slot: *mut Bracket, flags: u8) {
             return;
         }
         b.record.deltas[i] = d as u32;
-        moved |= d != 0;
-    }
-    if !moved {
-        return;
     }
     let drops = b.record.deltas[MIB_LISTEN_DROPS];
-    b.record.kind = if drops > 0 {
+    let kind = if drops > 0 {
         KIND_DROP
     } else if b.record.deltas[MIB_SYNCOOKIES_SENT] > 0 {
         KIND_SYNCOOKIE
     } else {
-        // e.g. SyncookiesRecv alone: a connection made from a cookie, not a drop.
+        // Nothing moved, or e.g. SyncookiesRecv alone (a connection made from a cookie): not a
+        // drop. A RST the listener sent for this packet still ends the client's attempt.
+        if rst {
+            let netns = read_u32(b.net + config!(net_inum) as u64).unwrap_or(0);
+            clients::resolve_reset(netns, &b.record, RESOLVED_BY_LISTENER_RST);
+        }
         return;
     };
+    b.record.kind = kind;
     b.record.flags |= flags;
     describe_listener(b);
+    accepts::fill_drop(&mut b.record, b.sk);
+    // The RST that ends this attempt: tcp_abort_on_overflow's (EmbryonicRsts moved), or another
+    // one the listener sent for the packet.
+    let reset_by = if b.record.deltas[MIB_EMBRYONIC_RSTS] > 0 {
+        RESOLVED_BY_EMBRYONIC_RST
+    } else if rst {
+        RESOLVED_BY_LISTENER_RST
+    } else {
+        0
+    };
+    let outcome_after = if kind == KIND_DROP {
+        clients::on_drop(&mut b.record, reset_by)
+    } else {
+        false
+    };
     // Waking the reader costs more than the record itself under a flood: wake it at most every
     // WAKEUP_EVERY_NS per CPU; userspace also polls the ring (session.rs), so a record written
     // without a wakeup is read within that poll period.
@@ -218,5 +245,8 @@ pub fn close(slot: *mut Bracket, flags: u8) {
         } else {
             stat_add(STAT_LOST_OTHER, 1);
         }
+    }
+    if outcome_after {
+        clients::emit_staged();
     }
 }

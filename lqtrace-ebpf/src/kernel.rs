@@ -1,5 +1,7 @@
 //! Reading kernel memory with offsets handed over by the loader (no CO-RE in Rust eBPF).
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use lqtrace_common::MIB_COUNT;
 
@@ -64,4 +66,58 @@ pub fn read_mib(mib: u64, out: &mut [u64; MIB_COUNT]) -> Option<()> {
         out[i] = read_u64(mib + idx[i] as u64 * 8)?;
     }
     Some(())
+}
+
+#[inline(always)]
+pub fn read_u16(addr: u64) -> Option<u16> {
+    unsafe { bpf_probe_read_kernel(addr as *const u16) }.ok()
+}
+
+#[inline(always)]
+pub fn read_u8(addr: u64) -> Option<u8> {
+    let mut b = [0u8; 1];
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(addr as *const u8, &mut b) }.ok()?;
+    Some(b[0])
+}
+
+#[inline(always)]
+pub fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(addr as *const u8, &mut buf) }.ok()?;
+    Some(buf)
+}
+
+/// Atomic adds to map values shared by CPUs (accept statistics, attempt drops). The BPF target
+/// has no `core::sync::atomic` read-modify-write types, so the intrinsic; its result is never
+/// used, so LLVM emits the plain `BPF_XADD` every kernel has (fetching atomics need 5.12).
+#[inline(always)]
+pub fn atomic_add64(p: *mut u64, n: u64) {
+    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+#[inline(always)]
+pub fn atomic_add32(p: *mut u32, n: u32) {
+    let _ = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// Network namespace inode of a socket.
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    read_u64(sk + config!(sk_net) as u64)
+        .and_then(|net| read_u32(net + config!(net_inum) as u64))
+        .unwrap_or(0)
+}
+
+/// Inode of a socket's `struct socket` (0 when it has none).
+#[inline(always)]
+pub fn sock_ino(sk: u64) -> u64 {
+    match read_u64(sk + config!(sk_socket) as u64) {
+        Some(socket) if socket != 0 => read_u64(socket + config!(socket_ino) as u64).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+pub fn sock_state(sk: u64) -> Option<u32> {
+    read_u8(sk + config!(sk_state) as u64).map(u32::from)
 }

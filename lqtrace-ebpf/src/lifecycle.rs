@@ -6,6 +6,17 @@
 //! backlog. Joining the two by pid_tgid gives socket -> requested backlog. A second listen() on a
 //! listening socket only changes the backlog (no state change): sys_exit_listen reports it with
 //! the fd for userspace to resolve through /proc.
+//!
+//! The same state-change tracepoint sees each child socket being created (TCP_LISTEN →
+//! TCP_SYN_RECV: `inet_csk_clone_lock()` clones the listener). That happens while the listener
+//! processes the packet that completed the handshake, inside that packet's bracket on this CPU
+//! (tcp_check_req / cookie_v4_check / cookie_v6_check, or tcp_conn_request for Fast Open), so
+//! the bracket names the listener (an arrival, `accepts.rs`) and the client (the attempt
+//! connected, `clients.rs`). This program runs for every TCP state change of the host: anything
+//! but a listener change or a child creation returns after three field reads.
+//!
+//! Ports that get or lose a listener are added to `REFUSED_PORTS`, so that refusals there are
+//! recorded for the rest of the run.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -13,15 +24,21 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use lqtrace_common::{
-    KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord, STAT_LOST_OTHER,
+    KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord, STAT_CHILD_UNBRACKETED,
+    STAT_LOST_OTHER, clients::PortKey,
 };
 
 use crate::{
+    accepts, clients,
     kernel::{read_u32, read_u64},
-    maps::{EVENTS, LISTEN_CALLS, ListenCall, config, stat_add},
+    maps::{
+        ACCEPT_STATS, BRACKETS, EVENTS, LISTEN_CALLS, ListenCall, REFUSED_PORTS, config, stat_add,
+    },
 };
 
 const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const BPF_ANY: u64 = 0;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn listen_enter(ctx: TracePointContext) -> u32 {
@@ -29,8 +46,8 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // Syscall arguments are stored as 8-byte fields; listen() takes two ints.
-    let fd = unsafe { ctx.read_at::<u64>(config!(tp_listen_fd) as usize) }.unwrap_or(u64::MAX);
-    let backlog = unsafe { ctx.read_at::<u64>(config!(tp_listen_backlog) as usize) }.unwrap_or(0);
+    let fd = unsafe { ctx.read_at::<u64>(config!(tp_sys_arg0) as usize) }.unwrap_or(u64::MAX);
+    let backlog = unsafe { ctx.read_at::<u64>(config!(tp_sys_arg1) as usize) }.unwrap_or(0);
     let call = ListenCall {
         fd: fd as i32,
         backlog: backlog as i32,
@@ -48,7 +65,7 @@ pub fn listen_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = LISTEN_CALLS.remove(&key);
-    let ret = unsafe { ctx.read_at::<u64>(config!(tp_exit_ret) as usize) }.unwrap_or(u64::MAX);
+    let ret = unsafe { ctx.read_at::<u64>(config!(tp_sys_ret) as usize) }.unwrap_or(u64::MAX);
     if call.seen == 0 && ret == 0 {
         let mut r = new_record(KIND_RELISTEN, key);
         r.has_backlog = 1;
@@ -76,6 +93,11 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     let listen = config!(tcp_listen) as i32;
     let newstate = unsafe { ctx.read_at::<i32>(config!(tp_state_newstate) as usize) }.ok()?;
     let oldstate = unsafe { ctx.read_at::<i32>(config!(tp_state_oldstate) as usize) }.ok()?;
+    if oldstate == listen && newstate == config!(tcp_syn_recv) as i32 {
+        let child = unsafe { ctx.read_at::<u64>(config!(tp_state_skaddr) as usize) }.ok()?;
+        child_created(child);
+        return Some(());
+    }
     let kind = if newstate == listen {
         KIND_LISTEN
     } else if oldstate == listen && newstate == config!(tcp_close) as i32 {
@@ -93,12 +115,23 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     if let Some(net) = read_u64(sk + config!(sk_net) as u64) {
         r.netns = read_u32(net + config!(net_inum) as u64).unwrap_or(0);
     }
+    local_address(ctx, &mut r);
     // The socket still has its file here: __tcp_close() changes the state before sock_orphan().
     let socket = read_u64(sk + config!(sk_socket) as u64).unwrap_or(0);
     if socket != 0 {
         r.sock_ino = read_u64(socket + config!(socket_ino) as u64).unwrap_or(0);
     }
+    if r.sport != 0 {
+        let port = PortKey {
+            netns: r.netns,
+            port: r.sport,
+            _pad: 0,
+        };
+        let _ = REFUSED_PORTS.insert(&port, &1u8, BPF_ANY);
+    }
     if kind == KIND_LISTEN {
+        // A new listener: an entry at this address belongs to a freed socket.
+        let _ = ACCEPT_STATS.remove(&sk);
         if let Some(call) = LISTEN_CALLS.get_ptr_mut(&key) {
             unsafe {
                 (*call).seen = 1;
@@ -110,6 +143,44 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     }
     emit(&r);
     Some(())
+}
+
+/// The socket's local address from the tracepoint record (IPv4 and v4-mapped IPv6 stored as
+/// IPv4 in the first 4 bytes).
+#[inline(always)]
+fn local_address(ctx: &TracePointContext, r: &mut ListenRecord) {
+    if r.family as u16 == AF_INET {
+        if let Ok(a) = unsafe { ctx.read_at::<[u8; 4]>(config!(tp_state_saddr) as usize) } {
+            r.laddr[..4].copy_from_slice(&a);
+            r.ip_version = 4;
+        }
+    } else if let Ok(a) = unsafe { ctx.read_at::<[u8; 16]>(config!(tp_state_saddr_v6) as usize) } {
+        if clients::is_v4_mapped(&a) {
+            r.laddr[..4].copy_from_slice(&a[12..16]);
+            r.ip_version = 4;
+        } else {
+            r.laddr = a;
+            r.ip_version = 6;
+        }
+    }
+}
+
+/// A child socket is being created by the listener whose bracket is open on this CPU.
+#[inline(always)]
+fn child_created(child: u64) {
+    let Some(b) = BRACKETS.get_ptr_mut(0) else {
+        return;
+    };
+    let b = unsafe { &*b };
+    if b.skb == 0 {
+        stat_add(STAT_CHILD_UNBRACKETED, 1);
+        return;
+    }
+    accepts::arrival(b.sk, child, unsafe { bpf_ktime_get_ns() });
+    if clients::any_live() {
+        let netns = read_u32(b.net + config!(net_inum) as u64).unwrap_or(0);
+        clients::completed(netns, &b.record);
+    }
 }
 
 #[inline(always)]

@@ -12,17 +12,26 @@
 //!   `tcp_check_req`, `cookie_v4_check`, `cookie_v6_check`.
 //!
 //! `lifecycle.rs` follows listen() calls and listener state changes (requested backlog, who
-//! called listen(), when a listener closes); `maps.rs` holds the maps and the configuration
-//! global; `kernel.rs` reads kernel memory at the offsets the loader resolved from BTF.
+//! called listen(), when a listener closes, each child socket created); `clients.rs` follows
+//! each connection attempt with a drop to its outcome; `accepts.rs` keeps accept activity per
+//! listener; `resets.rs` sees the RSTs this host sends (listener RSTs, refused SYNs); `maps.rs`
+//! holds the maps and the configuration global; `kernel.rs` reads kernel memory at the offsets
+//! the loader resolved from BTF.
 #![no_std]
 #![no_main]
+// Atomic adds to shared map values (kernel.rs): the BPF target has no atomic types.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod accepts;
 mod bracket;
 mod cgroup;
+mod clients;
 mod kernel;
 mod lifecycle;
 mod maps;
 mod probes;
+mod resets;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,9 +2,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lqtrace_common::{BracketRecord, Config, MIB_COUNT, STAT_COUNT};
+use lqtrace_common::{
+    BracketRecord, Config, MIB_COUNT, STAT_COUNT,
+    accepts::{ACCEPT_STATS_MAX, AcceptStats, CHILDREN_MAX, ChildEntry},
+    clients::{
+        ATTEMPTS_MAX, AttemptKey, AttemptValue, LIVE_SLOTS, OutcomeRecord, PortKey,
+        REFUSED_PORTS_MAX, RefusedRecord,
+    },
+};
 
 /// Kernel layout resolved by the loader from BTF and tracefs (`EbpfLoader::override_global`).
 /// Read fields with [`config!`]: a volatile read, so the compiler cannot fold the zero initializer.
@@ -59,6 +66,9 @@ pub struct Bracket {
     pub before: [u64; MIB_COUNT],
     /// Scratch slot used to turn kernel pointers into plain numbers (see `kernel::as_number`).
     pub scratch: u64,
+    /// Set by the reset programs when the listener sends a RST for this very packet: the close
+    /// resolves the packet's attempt (after its drop record, if it was a drop).
+    pub rst_pending: u64,
     /// The record to send if a counter moves, filled before processing.
     pub record: BracketRecord,
 }
@@ -91,6 +101,54 @@ pub struct ListenCall {
 /// LRU so that calls whose exit we never see (killed task) cannot fill the map.
 #[map]
 pub static LISTEN_CALLS: LruHashMap<u64, ListenCall> = LruHashMap::with_max_entries(4096, 0);
+
+/// Connection attempts with a dropped packet, until their fate is known (`lqtrace_common::clients`).
+/// A plain hash, not LRU: a full map is counted, never silently evicted.
+#[map]
+pub static ATTEMPTS: HashMap<AttemptKey, AttemptValue> = HashMap::with_max_entries(ATTEMPTS_MAX, 0);
+
+/// Live-attempt counters (`clients::LIVE_*`), so that programs skip `ATTEMPTS` when it is empty.
+#[map]
+pub static ATTEMPTS_LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
+
+/// Accept activity per listener (`struct sock *` address), see `lqtrace_common::accepts`.
+#[map]
+pub static ACCEPT_STATS: HashMap<u64, AcceptStats> = HashMap::with_max_entries(ACCEPT_STATS_MAX, 0);
+
+/// Children in an accept queue, by socket address. LRU: children closed before accept() are
+/// never seen leaving.
+#[map]
+pub static CHILDREN: LruHashMap<u64, ChildEntry> = LruHashMap::with_max_entries(CHILDREN_MAX, 0);
+
+/// Ports whose refused SYNs are recorded (`lqtrace_common::clients::PortKey`).
+#[map]
+pub static REFUSED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(REFUSED_PORTS_MAX, 0);
+
+/// An accept() in progress, by pid_tgid: the listener's fd (syscall variant) or socket (kprobe
+/// variant), between entry and return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AcceptCall {
+    pub fd: i64,
+    pub sk: u64,
+}
+
+/// LRU for the same reason as `LISTEN_CALLS`.
+#[map]
+pub static ACCEPT_CALLS: LruHashMap<u64, AcceptCall> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU room for records and values too large for the 512-byte BPF stack next to the rest.
+#[repr(C)]
+pub struct Scratch {
+    pub outcome: OutcomeRecord,
+    pub refused: RefusedRecord,
+    pub stats: AcceptStats,
+    /// The segment a reset program examines.
+    pub segment: BracketRecord,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn stat_add(index: u32, n: u64) {

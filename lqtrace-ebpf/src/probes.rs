@@ -15,14 +15,14 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use lqtrace_common::STAT_UNBRACKETED;
+use lqtrace_common::{BracketRecord, STAT_UNBRACKETED};
 
 use crate::{
     bracket::{
         ETH_P_IP, ETH_P_IPV6, VARIANT_FENTRY, VARIANT_KPROBE, apply_ipv4, apply_ipv6, apply_tcp,
         close_matching, fresh_slot, open,
     },
-    kernel::read_u64,
+    kernel::{read_bytes, read_u16, read_u64},
     maps::{config, stat_add},
 };
 
@@ -55,7 +55,14 @@ fn is_listener(sk: u64) -> bool {
 
 fn probe_open(sk: u64, skb: u64, variant: u64) -> Option<()> {
     let slot = fresh_slot()?;
-    let r = unsafe { &mut (*slot).record };
+    read_segment(skb, unsafe { &mut (*slot).record })?;
+    open(slot, sk, skb, variant, 0)
+}
+
+/// The packet fields of a record (addresses, ports, flags, stage, seq) from an skb whose network
+/// and transport headers are set (true in every function these programs hook).
+#[inline(always)]
+pub fn read_segment(skb: u64, r: &mut BracketRecord) -> Option<()> {
     let head = read_u64(skb + config!(skb_head) as u64)?;
     let nh = read_u16(skb + config!(skb_network_header) as u64)? as u64;
     let th = read_u16(skb + config!(skb_transport_header) as u64)? as u64;
@@ -71,19 +78,7 @@ fn probe_open(sk: u64, skb: u64, variant: u64) -> Option<()> {
     } else {
         return None;
     }
-    open(slot, sk, skb, variant, 0)
-}
-
-#[inline(always)]
-fn read_u16(addr: u64) -> Option<u16> {
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u16) }.ok()
-}
-
-#[inline(always)]
-fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(addr as *const u8, &mut buf) }.ok()?;
-    Some(buf)
+    Some(())
 }
 
 /// Argument positions are literals (checked against `lqtrace_common::PROBE_ARGS` by a test and

@@ -1,8 +1,16 @@
 //! Loading the embedded eBPF object and attaching hooks: the listener bookkeeping, then for each
-//! stage (SYN, final ACK) the best hook variant the running kernel accepts (`hooks::VARIANTS`).
-//! A variant is chosen by *trying* it (load + attach), after cheap pre-checks that give a clear
-//! reason; a failed variant is unloaded before the next is tried. Every step's error names the
-//! program and attach point, and carries the verifier log on `-v`.
+//! stage (SYN, final ACK, accept, reset) the best hook variant the running kernel accepts
+//! (`hooks::VARIANTS`). A variant is chosen by *trying* it (load + attach), after cheap
+//! pre-checks that give a clear reason; a failed variant is unloaded before the next is tried.
+//! Every step's error names the program and attach point, and carries the verifier log on `-v`.
+//!
+//! The drop stages must be covered (`load(.., require_all)`); the feature stages (accept, reset)
+//! need not: an uncovered one is logged as a warning and left out of `Selection::chosen`
+//! (`Selection::uncovered_features` lists it), and tracing goes on.
+//!
+//! `Tracer` also gives userspace the maps it shares with the programs: the connection attempts
+//! (`attempts`, `end_attempt`), accept activity (`accept_stats`) and the watched ports of
+//! refusals (`watch_port`, `refused_ports`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -13,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, Program,
         ProgramError, RawTracePoint, TracePoint,
@@ -50,11 +58,32 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Drop stages no variant covers (the tracer would miss drops).
     pub fn uncovered(&self) -> Vec<Stage> {
-        Stage::HOOKED
+        Stage::REQUIRED
             .into_iter()
             .filter(|g| !self.chosen.contains_key(g))
             .collect()
+    }
+
+    /// Feature stages (accept, reset) no variant covers: their records and keys are missing
+    /// from this run (accept: `accepts_per_s`/`last_accept_ns` stay 0, no accept wait; reset: no
+    /// `refused` records, no `reset` outcomes from listener RSTs).
+    pub fn uncovered_features(&self) -> Vec<Stage> {
+        Stage::HOOKED
+            .into_iter()
+            .filter(|g| !g.is_required() && !self.chosen.contains_key(g))
+            .collect()
+    }
+
+    /// Why each variant of `stage` was skipped, joined.
+    fn reasons(&self, stage: Stage) -> String {
+        self.skipped
+            .iter()
+            .filter(|(g, _, _)| *g == stage)
+            .map(|(_, m, why)| format!("{m}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -89,6 +118,7 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
         })?;
     let mut ctx = AttachCtx {
         opts,
+        config,
         aya_btf: None,
         attached: HashSet::new(),
     };
@@ -103,6 +133,15 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
                 && m != v.variant
             {
                 continue;
+            }
+            if selection.chosen.get(&stage) == Some(&v.variant) {
+                continue; // another entry of the chosen variant, for another kernel generation
+            }
+            if v.needs.check(config).is_some()
+                && variants(stage)
+                    .any(|o| o.variant == v.variant && o.needs.check(config).is_none())
+            {
+                continue; // this entry is for another kernel generation; its twin fits
             }
             match ctx.try_variant(&mut ebpf, v) {
                 Ok(()) => {
@@ -122,6 +161,18 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
             }
         }
     }
+    for stage in selection.uncovered_features() {
+        log::warn!(
+            "{} stage not covered on this kernel, tracing drops without it ({}): {}",
+            stage.as_str(),
+            match stage {
+                Stage::Accept =>
+                    "no accept activity: accepts_per_s, last_accept_ms_ago and the accept wait are missing",
+                _ => "no refused records, no reset outcomes from listener RSTs",
+            },
+            selection.reasons(stage)
+        );
+    }
     let mut stages = 0u32;
     for (g, m) in &selection.chosen {
         if *m == Variant::Cgroup {
@@ -140,11 +191,9 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
     if require_all {
         let missing = selection.uncovered();
         if !missing.is_empty() {
-            let reasons: Vec<String> = selection
-                .skipped
+            let reasons: Vec<String> = missing
                 .iter()
-                .filter(|(g, _, _)| missing.contains(g))
-                .map(|(g, m, why)| format!("{} {m}: {why}", g.as_str()))
+                .map(|g| format!("{} {}", g.as_str(), selection.reasons(*g)))
                 .collect();
             bail!(
                 "no usable hook for {} drops on this kernel ({}); run `lqtrace check` for details",
@@ -162,6 +211,7 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
 
 struct AttachCtx<'a> {
     opts: &'a LoadOptions,
+    config: &'a Config,
     aya_btf: Option<Btf>,
     /// Programs already attached (the cgroup variant serves both stages).
     attached: HashSet<&'static str>,
@@ -192,7 +242,10 @@ impl AttachCtx<'_> {
 
     /// Cheap checks that explain a skip better than a failed load would.
     fn precheck(&self, v: &VariantHooks) -> Result<(), String> {
-        if v.variant != Variant::Cgroup {
+        if let Some(why) = v.needs.check(self.config) {
+            return Err(why);
+        }
+        if matches!(v.variant, Variant::Fentry | Variant::Kprobe) {
             for f in v.functions {
                 match self.opts.probe_funcs.get(*f) {
                     Some(None) => {}
@@ -215,7 +268,7 @@ impl AttachCtx<'_> {
                     }
                 }
             }
-            Variant::Cgroup => {}
+            Variant::Cgroup | Variant::Tracepoint | Variant::Syscalls => {}
         }
         Ok(())
     }
@@ -364,7 +417,7 @@ pub fn parse_kallsyms(text: &str) -> HashSet<String> {
 }
 
 impl Tracer {
-    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
             .take_map("EVENTS")
@@ -375,7 +428,7 @@ impl Tracer {
     /// The programs' own counters (`lqtrace_common::STAT_*`), summed over CPUs.
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
         let map = self.ebpf.map("STATS").context("map STATS missing")?;
-        let arr: PerCpuArray<&aya::maps::MapData, u64> = PerCpuArray::try_from(map)?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         let mut out = [0u64; STAT_COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let values = arr.get(&(i as u32), 0).context("reading STATS")?;

@@ -5,23 +5,38 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
 use lqtrace_common::{
     accepts::AcceptStats,
-    clients::{AttemptKey, AttemptValue, PortKey},
+    clients::{AttemptKey, AttemptValue, LIVE_USER_ENDED, PortKey},
 };
 
 use crate::attribution::{accepts::AcceptSource, outcomes::AttemptMap};
 
-struct Attempts(HashMap<MapData, AttemptKey, AttemptValue>);
+/// The attempt map, and the live-attempt count the programs check before looking in it
+/// (`ATTEMPTS_LIVE`: userspace owns the slot of the attempts it ended).
+struct Attempts {
+    map: HashMap<MapData, AttemptKey, AttemptValue>,
+    live: Option<Array<MapData, u64>>,
+    ended: u64,
+}
 
 impl AttemptMap for Attempts {
     fn remove(&mut self, key: &AttemptKey) -> bool {
-        self.0.remove(key).is_ok()
+        if self.map.remove(key).is_err() {
+            return false; // not there: the kernel resolved it first
+        }
+        self.ended += 1;
+        if let Some(live) = &mut self.live
+            && let Err(e) = live.set(LIVE_USER_ENDED, self.ended, 0)
+        {
+            log::debug!("ATTEMPTS_LIVE: {e}");
+        }
+        true
     }
     fn keys(&self) -> Vec<AttemptKey> {
-        self.0.keys().filter_map(Result::ok).collect()
+        self.map.keys().filter_map(Result::ok).collect()
     }
 }
 
@@ -44,10 +59,17 @@ fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Option<HashMap
     }
 }
 
-/// The `ATTEMPTS` map, for the outcome tracker.
+/// The `ATTEMPTS` map (with `ATTEMPTS_LIVE`), for the outcome tracker.
 pub fn attempts(ebpf: &mut Ebpf) -> Option<Box<dyn AttemptMap + Send>> {
-    let m = take::<AttemptKey, AttemptValue>(ebpf, "ATTEMPTS")?;
-    Some(Box::new(Attempts(m)))
+    let map = take::<AttemptKey, AttemptValue>(ebpf, "ATTEMPTS")?;
+    let live = ebpf
+        .take_map("ATTEMPTS_LIVE")
+        .and_then(|m| Array::try_from(m).ok());
+    Some(Box::new(Attempts {
+        map,
+        live,
+        ended: 0,
+    }))
 }
 
 /// The `ACCEPT_STATS` map, for the accept poller.

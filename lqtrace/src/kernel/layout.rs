@@ -7,9 +7,11 @@
 //! - `TRACE_EVENT(e, ...)` writes `struct trace_event_raw_e` (include/trace/trace_events.h). An
 //!   event made with `DEFINE_EVENT(class, e, ...)` writes its class's struct instead: e.g.
 //!   `tcp:tcp_send_reset` is `trace_event_raw_tcp_event_sk_skb` on 5.10 and 6.1 and has its own
-//!   `trace_event_raw_tcp_send_reset` on 6.12 and later. A `Record` lists the candidates in
-//!   order (`structs: &["trace_event_raw_tcp_send_reset", "trace_event_raw_tcp_event_sk_skb"]`),
-//!   then each field is one `tp_field` line.
+//!   `trace_event_raw_tcp_send_reset` (with `reason`) from 6.10 on ("tcp: fully support
+//!   trace_tcp_send_reset", which also made it fire without a socket). [`Record::structs`] lists
+//!   the structs a record may be; for tcp_send_reset only the own struct will do, and its
+//!   absence is no error, just `Config::tp_reset_full` = 0 (the reset stage uses a function
+//!   probe instead).
 //! - `syscalls:sys_enter_*` writes `struct syscall_trace_enter { struct trace_entry ent; int nr;
 //!   unsigned long args[]; }` and `sys_exit_*` `struct syscall_trace_exit { ...; long ret; }`
 //!   (kernel/trace/trace.h): every argument takes one `unsigned long` whatever its C type
@@ -43,6 +45,10 @@ const SYS_EXIT: Record = Record {
 const INET_SOCK_SET_STATE: Record = Record {
     tracepoint: "sock:inet_sock_set_state",
     structs: &["trace_event_raw_inet_sock_set_state"],
+};
+const TCP_SEND_RESET: Record = Record {
+    tracepoint: "tcp:tcp_send_reset",
+    structs: &["trace_event_raw_tcp_send_reset"],
 };
 
 /// Offset of `path` in the record of `rec`, checking it has the size the programs read.
@@ -81,11 +87,14 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     };
     c.tcp_listen = enum_u32(btf, "TCP_LISTEN")?;
     c.tcp_close = enum_u32(btf, "TCP_CLOSE")?;
+    c.tcp_syn_recv = enum_u32(btf, "TCP_SYN_RECV")?;
     c.sk_state = field(btf, "sock", "__sk_common.skc_state", 1)?;
     c.sk_net = field(btf, "sock", "__sk_common.skc_net", 8)?;
     c.sk_ack_backlog = field(btf, "sock", "sk_ack_backlog", 4)?;
     c.sk_max_ack_backlog = field(btf, "sock", "sk_max_ack_backlog", 4)?;
     c.sk_socket = field(btf, "sock", "sk_socket", 8)?;
+    c.sk_num = field(btf, "sock", "__sk_common.skc_num", 2)?;
+    c.sk_protocol = field(btf, "sock", "sk_protocol", 2)?;
     // struct sock is the first member of inet_connection_sock (via inet_sock), so offsets from
     // the inet_connection_sock start are offsets from the sock pointer.
     c.icsk_qlen = field(btf, "inet_connection_sock", "icsk_accept_queue.qlen", 4)?;
@@ -94,6 +103,7 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     c.socket_ino = ino
         .checked_sub(socket.offset)
         .context("socket_alloc layout")?;
+    c.socket_sk = field(btf, "socket", "sk", 8)?;
     c.net_inum = field(btf, "net", "ns.inum", 4)?;
     c.net_mib_stats = field(btf, "net", "mib.net_statistics", 8)?;
     c.net_somaxconn = field(btf, "net", "core.sysctl_somaxconn", 4)?;
@@ -103,17 +113,25 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         *slot = enum_u32(btf, name)?;
     }
     debug_assert_eq!(c.mib.len(), MIB_COUNT);
-    // For the function-probe variants, which read the packet from the skb.
+    // The accept syscall variant: from the current task to the socket behind an fd.
+    c.task_files = field(btf, "task_struct", "files", 8)?;
+    c.files_fdt = field(btf, "files_struct", "fdt", 8)?;
+    c.fdt_max_fds = field(btf, "fdtable", "max_fds", 4)?;
+    c.fdt_fd = field(btf, "fdtable", "fd", 8)?;
+    c.file_private_data = field(btf, "file", "private_data", 8)?;
+    // For the programs that read the packet from the skb.
     c.skb_head = field(btf, "sk_buff", "head", 8)?;
     c.skb_network_header = field(btf, "sk_buff", "network_header", 2)?;
     c.skb_transport_header = field(btf, "sk_buff", "transport_header", 2)?;
     c.skb_protocol = field(btf, "sk_buff", "protocol", 2)?;
+    c.skb_dev = field(btf, "sk_buff", "dev", 8)?;
+    c.dev_nd_net = field(btf, "net_device", "nd_net.net", 8)?;
     check_raw_tracepoint(btf, "consume_skb")?;
     check_raw_tracepoint(btf, "kfree_skb")?;
 
-    c.tp_listen_fd = tp_field(btf, &SYS_ENTER, "args[0]", 8)?;
-    c.tp_listen_backlog = tp_field(btf, &SYS_ENTER, "args[1]", 8)?;
-    c.tp_exit_ret = tp_field(btf, &SYS_EXIT, "ret", 8)?;
+    c.tp_sys_arg0 = tp_field(btf, &SYS_ENTER, "args[0]", 8)?;
+    c.tp_sys_arg1 = tp_field(btf, &SYS_ENTER, "args[1]", 8)?;
+    c.tp_sys_ret = tp_field(btf, &SYS_EXIT, "ret", 8)?;
     let state = &INET_SOCK_SET_STATE;
     c.tp_state_skaddr = tp_field(btf, state, "skaddr", 8)?;
     c.tp_state_oldstate = tp_field(btf, state, "oldstate", 4)?;
@@ -121,7 +139,44 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     c.tp_state_sport = tp_field(btf, state, "sport", 2)?;
     c.tp_state_family = tp_field(btf, state, "family", 2)?;
     c.tp_state_protocol = tp_field(btf, state, "protocol", 2)?;
+    c.tp_state_saddr = tp_field(btf, state, "saddr", 4)?;
+    c.tp_state_saddr_v6 = tp_field(btf, state, "saddr_v6", 16)?;
+    if let Ok([skb, sk, st, reason]) = reset_tracepoint(btf) {
+        c.tp_reset_full = 1;
+        (c.tp_reset_skbaddr, c.tp_reset_skaddr) = (skb, sk);
+        (c.tp_reset_state, c.tp_reset_reason) = (st, reason);
+    }
+    c.accept_args = accept_args(btf).unwrap_or(0);
+    c.send_reset_args = btf
+        .func_params("tcp_v4_send_reset")
+        .map_or(0, |p| p.len() as u32);
     Ok(c)
+}
+
+/// Offsets of `skbaddr`, `skaddr`, `state` and `reason` in the record of `tcp:tcp_send_reset`,
+/// or why the reset tracepoint variant cannot be used on this kernel.
+pub fn reset_tracepoint(btf: &Btf) -> Result<[u32; 4]> {
+    let rec = &TCP_SEND_RESET;
+    let reason = tp_field(btf, rec, "reason", 4).context(
+        "tcp:tcp_send_reset has no record of its own with a reason (Linux < 6.10): it does not fire for a segment without a socket",
+    )?;
+    Ok([
+        tp_field(btf, rec, "skbaddr", 8)?,
+        tp_field(btf, rec, "skaddr", 8)?,
+        tp_field(btf, rec, "state", 4)?,
+        reason,
+    ])
+}
+
+/// Parameter count of `inet_csk_accept` (4 before Linux 6.10, 2 since: `flags, err, kern`
+/// became `struct proto_accept_arg *`), checking that the listener comes first.
+pub fn accept_args(btf: &Btf) -> Result<u32> {
+    let f = lqtrace_common::ACCEPT_FUNCTION;
+    let params = btf.func_params(f)?;
+    match params.first().map(String::as_str) {
+        Some("struct sock *") => Ok(params.len() as u32),
+        other => bail!("{f}(): first parameter is {other:?}, expected struct sock *"),
+    }
 }
 
 /// The raw tracepoint programs read the skb from argument 0: make sure that is what the running
@@ -143,15 +198,27 @@ fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
 /// vary across versions). None when the function is absent or the prototype is unexpected.
 pub fn sk_skb_args(btf: &Btf, func: &str) -> Option<(u32, u32)> {
     let params = btf.func_params(func).ok()?;
-    let pos = |ty: &str| params.iter().position(|t| t == ty).map(|p| p as u32);
-    let sk = pos("struct sock *")?;
-    let skb = pos("struct sk_buff *")?;
+    let pos = |ty: &[&str]| {
+        params
+            .iter()
+            .position(|t| ty.contains(&t.as_str()))
+            .map(|p| p as u32)
+    };
+    let sk = pos(&["struct sock *", "const struct sock *"])?;
+    let skb = pos(&["struct sk_buff *"])?;
     (sk < 6 && skb < 6).then_some((sk, skb))
 }
 
 /// For each function the probe variants hook: None when it exists in BTF with `sk` and `skb` at
-/// the positions compiled into the programs (`lqtrace_common::PROBE_ARGS`), else why not.
+/// the positions compiled into the programs (`lqtrace_common::PROBE_ARGS`; for
+/// `inet_csk_accept`, the listener first), else why not.
 pub fn probe_functions(btf: &Btf) -> std::collections::HashMap<String, Option<String>> {
+    let accept = lqtrace_common::ACCEPT_FUNCTION;
+    let accept_why = if btf.has_func(accept) {
+        accept_args(btf).err().map(|e| e.to_string())
+    } else {
+        Some(format!("{accept}() is not in the kernel BTF"))
+    };
     lqtrace_common::PROBE_ARGS
         .iter()
         .map(|&(f, sk, skb)| {
@@ -167,6 +234,7 @@ pub fn probe_functions(btf: &Btf) -> std::collections::HashMap<String, Option<St
             };
             (f.to_string(), why)
         })
+        .chain([(accept.to_string(), accept_why)])
         .collect()
 }
 
@@ -183,7 +251,8 @@ mod tests {
                 assert!(
                     lqtrace_common::PROBE_ARGS
                         .iter()
-                        .any(|(name, _, _)| name == f),
+                        .any(|(name, _, _)| name == f)
+                        || *f == lqtrace_common::ACCEPT_FUNCTION,
                     "{f} missing from PROBE_ARGS"
                 );
             }
@@ -197,7 +266,9 @@ mod tests {
                 .trim()
                 .strip_prefix("field:")
                 .and_then(|f| f.split(';').next());
-            decl.is_some_and(|d| d.split_whitespace().last() == Some(name))
+            // `__u8 saddr[4]`: the name without its array length.
+            let last = decl.and_then(|d| d.split_whitespace().last());
+            last.is_some_and(|n| n.split('[').next() == Some(name))
         })?;
         let number = |key: &str| line.split(key).nth(1)?.split(';').next()?.parse().ok();
         Some((number("offset:")?, number("size:")?))
@@ -213,15 +284,19 @@ mod tests {
             return;
         };
         let c = resolve(&btf).unwrap_or_else(|e| panic!("{e:#}"));
-        let cases = [
-            ("syscalls/sys_enter_listen", "fd", c.tp_listen_fd, 8),
+        let mut cases = vec![
+            ("syscalls/sys_enter_listen", "fd", c.tp_sys_arg0, 8),
+            ("syscalls/sys_enter_listen", "backlog", c.tp_sys_arg1, 8),
+            ("syscalls/sys_exit_listen", "ret", c.tp_sys_ret, 8),
+            ("syscalls/sys_enter_accept4", "fd", c.tp_sys_arg0, 8),
+            ("syscalls/sys_exit_accept4", "ret", c.tp_sys_ret, 8),
+            ("sock/inet_sock_set_state", "saddr", c.tp_state_saddr, 4),
             (
-                "syscalls/sys_enter_listen",
-                "backlog",
-                c.tp_listen_backlog,
-                8,
+                "sock/inet_sock_set_state",
+                "saddr_v6",
+                c.tp_state_saddr_v6,
+                16,
             ),
-            ("syscalls/sys_exit_listen", "ret", c.tp_exit_ret, 8),
             ("sock/inet_sock_set_state", "skaddr", c.tp_state_skaddr, 8),
             (
                 "sock/inet_sock_set_state",
@@ -244,6 +319,14 @@ mod tests {
                 2,
             ),
         ];
+        if c.tp_reset_full == 1 {
+            cases.extend([
+                ("tcp/tcp_send_reset", "skbaddr", c.tp_reset_skbaddr, 8),
+                ("tcp/tcp_send_reset", "skaddr", c.tp_reset_skaddr, 8),
+                ("tcp/tcp_send_reset", "state", c.tp_reset_state, 4),
+                ("tcp/tcp_send_reset", "reason", c.tp_reset_reason, 4),
+            ]);
+        }
         for (event, name, offset, size) in cases {
             let file = root.join("events").join(event).join("format");
             let format = std::fs::read_to_string(&file).unwrap();

@@ -70,7 +70,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         };
         println!("{}", serde_json::to_string(&c)?);
     } else {
-        println!("{:<34} {:<8} ATTACH POINTS / WHY NOT", "REASON", "VARIANT");
+        println!("{:<34} {:<10} ATTACH POINTS / WHY NOT", "REASON", "VARIANT");
         for s in &stages {
             let attach = if s.attach.is_empty() {
                 "-".to_string()
@@ -78,11 +78,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 s.attach.join(" + ")
             };
             for reason in &s.reasons {
-                println!("{reason:<34} {:<8} {attach}", s.variant.unwrap_or("NONE"));
+                println!("{reason:<34} {:<10} {attach}", s.variant.unwrap_or("NONE"));
             }
             for k in &s.skipped {
                 let stage = format!("  ({} stage)", s.stage);
-                println!("{stage:<34} {:<8} skipped: {}", k.variant, k.why);
+                println!("{stage:<34} {:<10} skipped: {}", k.variant, k.why);
             }
         }
     }

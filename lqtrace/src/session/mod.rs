@@ -81,7 +81,8 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
     let cgroup_root = preflight::cgroup2_root()?;
     tracefs::root()?; // mounted if missing: aya attaches the classic tracepoints through it
     let btf = Btf::from_file(&opts.btf)?;
-    let config = layout::resolve(&btf).context("reading the kernel layout")?;
+    let mut config = layout::resolve(&btf).context("reading the kernel layout")?;
+    config.refused_all = u32::from(opts.refused_all);
     let load_opts = loader::LoadOptions {
         cgroup_root,
         btf_path: opts.btf.clone(),
