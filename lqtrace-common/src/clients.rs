@@ -54,7 +54,7 @@ pub const REFUSED_PORTS_MAX: u32 = 4096;
 /// client of a dual-stack listener has one key whatever hook saw it) are stored in the first 4
 /// bytes with `ip_version` 4; the rest is zero.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptKey {
     pub netns: u32,
     /// Host byte order.

@@ -16,7 +16,10 @@ use lqtrace::{
     bpf::records::{self, Record},
     kernel::btf::Btf,
 };
-use lqtrace_common::{BracketRecord, KIND_DROP, KIND_LISTEN, ListenRecord};
+use lqtrace_common::{
+    BracketRecord, KIND_DROP, KIND_LISTEN, ListenRecord,
+    clients::{OutcomeRecord, RefusedRecord},
+};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +474,13 @@ proptest! {
         let r = records::decode(&v);
         if r.is_ok() {
             // Only the exact sizes (or their 8-byte ring padding) may decode.
-            let ok_len = [size_of::<BracketRecord>(), size_of::<ListenRecord>()].iter().any(|&n| len >= n && len <= n.next_multiple_of(8));
+            let sizes = [
+                size_of::<BracketRecord>(),
+                size_of::<ListenRecord>(),
+                size_of::<OutcomeRecord>(),
+                size_of::<RefusedRecord>(),
+            ];
+            let ok_len = sizes.iter().any(|&n| len >= n && len <= n.next_multiple_of(8));
             prop_assert!(ok_len, "kind {kind} with {len} bytes decoded");
         }
     }

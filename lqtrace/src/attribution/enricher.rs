@@ -24,7 +24,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lqtrace_common::{KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord};
+use lqtrace_common::{
+    KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord, clients::RefusedRecord,
+};
 
 use super::{
     accepts::{AcceptPoller, AcceptSource},
@@ -126,6 +128,7 @@ pub fn start(
         kernel,
         accept_poller: AcceptPoller::default(),
         last_tick: Instant::now(),
+        deferred: Vec::new(),
     };
     e.request_scan();
     let enricher = std::thread::Builder::new()
@@ -204,6 +207,8 @@ struct Enricher {
     kernel: KernelMaps,
     accept_poller: AcceptPoller,
     last_tick: Instant,
+    /// Refused SYNs at ports that, by the records read so far, still have a listener.
+    deferred: Vec<(Instant, RefusedRecord)>,
 }
 
 /// The kernel maps the enricher reads and writes (absent when the programs lack them).
@@ -213,6 +218,8 @@ pub struct KernelMaps {
     pub accepts: Option<Box<dyn AcceptSource + Send>>,
 }
 
+/// How long a refused SYN waits for the close record of its port's listener.
+const DEFER_REFUSED: Duration = Duration::from_millis(100);
 /// How often attempts are checked for having given up, and accept counters read.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -367,16 +374,12 @@ impl Enricher {
                 self.batch.push(Event::Outcome(e));
             }
             Pending::Record(Record::Refused(r)) => {
-                let e = self.ports.refused(
-                    r.netns,
-                    addr(r.ip_version, &r.laddr),
-                    r.lport,
-                    addr(r.ip_version, &r.raddr),
-                    r.rport,
-                    r.ts_ns,
-                    &self.clock,
-                );
-                self.batch.push(Event::Refused(e));
+                if self.ports.listening(r.netns, r.lport) {
+                    // The close record of the port's last listener is probably right behind.
+                    self.deferred.push((Instant::now(), r));
+                } else {
+                    self.refused(&r);
+                }
             }
             Pending::Queues(ts_ns, snap) => {
                 let listeners = snap
@@ -448,9 +451,41 @@ impl Enricher {
         label
     }
 
+    fn refused(&mut self, r: &RefusedRecord) {
+        let e = self.ports.refused(
+            r.netns,
+            addr(r.ip_version, &r.laddr),
+            r.lport,
+            addr(r.ip_version, &r.raddr),
+            r.rport,
+            r.ts_ns,
+            &self.clock,
+        );
+        self.batch.push(Event::Refused(e));
+    }
+
+    /// Refused SYNs held for a close record: those at `port` (a close was just read), or all
+    /// that waited DEFER_REFUSED.
+    fn release_refused(&mut self, port: Option<(u32, u16)>) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let (now, all) = (Instant::now(), std::mem::take(&mut self.deferred));
+        for (at, r) in all {
+            let due = port.is_some_and(|p| p == (r.netns, r.lport))
+                || now.duration_since(at) >= DEFER_REFUSED;
+            if due {
+                self.refused(&r);
+            } else {
+                self.deferred.push((at, r));
+            }
+        }
+    }
+
     /// Every TICK: attempts that gave up, and the accept counters.
     fn tick(&mut self) {
         self.last_tick = Instant::now();
+        self.release_refused(None);
         let now_ns = monotonic_ns();
         if !self.attempts.is_empty() {
             let mut none = NoMap;
@@ -471,6 +506,9 @@ impl Enricher {
 
     /// The end of the run: what is still open is unresolved.
     fn finish(&mut self) {
+        for (_, r) in std::mem::take(&mut self.deferred) {
+            self.refused(&r);
+        }
         let mut none = NoMap;
         let map: &mut dyn AttemptMap = match self.kernel.attempts.as_deref_mut() {
             Some(m) => m,
@@ -509,7 +547,9 @@ impl Enricher {
                     last: false,
                 };
                 self.ports.closed(&mut e);
+                let port = (e.netns, e.lport);
                 self.batch.push(Event::ListenClose(e));
+                self.release_refused(Some(port));
                 return;
             }
             _ => return,

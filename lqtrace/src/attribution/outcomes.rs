@@ -16,7 +16,13 @@
 //! of an attempt the next one is due within 2^(n-1) s; [`allowance`] adds a margin for timer
 //! slack and load.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use lqtrace_common::clients::{
     AttemptKey, OUTCOME_CONNECTED, OUTCOME_RESET, OutcomeRecord, RESOLVED_BY_NEW_ATTEMPT,
@@ -59,6 +65,9 @@ struct Attempt {
     drops: u32,
     /// The kernel has no entry for it (its map was full): nobody will delete one.
     untracked: bool,
+    /// The kernel ended it first (its entry was gone when the tracker came to end it): since
+    /// when its outcome record is awaited.
+    waiting_since: Option<u64>,
     sock_ino: u64,
     laddr: IpAddr,
     raddr: IpAddr,
@@ -68,8 +77,19 @@ struct Attempt {
 #[derive(Debug, Default)]
 pub struct Attempts {
     open: HashMap<AttemptKey, Attempt>,
+    /// When each open attempt is next due to be looked at, earliest first. Entries go stale
+    /// when an attempt gets another drop (it is then due later) or ends: checked when popped.
+    due: BinaryHeap<Reverse<(u64, AttemptKey)>>,
     /// Attempts reported unresolved at once because `open` was full.
     pub overflow: u64,
+}
+
+/// How long an attempt the kernel resolved first may wait for its outcome record before it is
+/// taken as lost (counted by the kernel in `STAT_LOST_OUTCOMES`) and reported unresolved.
+const RECORD_GRACE_NS: u64 = 5_000_000_000;
+
+fn due_ns(a: &Attempt) -> u64 {
+    a.last_ns + allowance(a.drops).as_nanos() as u64
 }
 
 impl Attempts {
@@ -101,6 +121,7 @@ impl Attempts {
             last_ns: e.ts_ns,
             drops: e.count,
             untracked,
+            waiting_since: None,
             sock_ino: e.sock_ino,
             laddr: e.laddr,
             raddr: e.raddr,
@@ -110,6 +131,7 @@ impl Attempts {
             self.overflow += 1;
             return Some(event(&key, &a, Outcome::Unresolved, a.last_ns, clock));
         }
+        self.due.push(Reverse((due_ns(&a), key)));
         self.open.insert(key, a);
         None
     }
@@ -129,6 +151,7 @@ impl Attempts {
             last_ns: r.value.last_ns,
             drops: r.value.drops,
             untracked: false,
+            waiting_since: None,
             sock_ino: r.value.sock_ino,
             laddr: crate::event::addr(r.key.ip_version, &r.key.laddr),
             raddr: crate::event::addr(r.key.ip_version, &r.key.raddr),
@@ -150,22 +173,35 @@ impl Attempts {
         map: &mut dyn AttemptMap,
         clock: &Clock,
     ) -> Vec<OutcomeEvent> {
-        let due: Vec<AttemptKey> = self
-            .open
-            .iter()
-            .filter(|(_, a)| {
-                now_ns.saturating_sub(a.last_ns) > allowance(a.drops).as_nanos() as u64
-            })
-            .map(|(k, _)| *k)
-            .collect();
         let mut out = Vec::new();
-        for key in due {
-            let ours = self.open.get(&key).is_some_and(|a| a.untracked) || map.remove(&key);
-            if !ours {
-                continue; // resolved in the kernel meanwhile: its record follows
+        while let Some(Reverse((at, key))) = self.due.peek().copied() {
+            if at > now_ns {
+                break;
             }
-            if let Some(a) = self.open.remove(&key) {
-                out.push(event(&key, &a, Outcome::GaveUp, a.last_ns, clock));
+            self.due.pop();
+            let Some(a) = self.open.get_mut(&key) else {
+                continue; // ended meanwhile
+            };
+            let due = due_ns(a).max(a.waiting_since.map_or(0, |t| t + RECORD_GRACE_NS));
+            if due > now_ns {
+                self.due.push(Reverse((due, key))); // another drop since, or waiting for a record
+                continue;
+            }
+            if a.waiting_since.is_some() {
+                // The kernel ended it but its record never came (lost): report it.
+                if let Some(a) = self.open.remove(&key) {
+                    out.push(event(&key, &a, Outcome::Unresolved, a.last_ns, clock));
+                }
+                continue;
+            }
+            if a.untracked || map.remove(&key) {
+                if let Some(a) = self.open.remove(&key) {
+                    out.push(event(&key, &a, Outcome::GaveUp, a.last_ns, clock));
+                }
+            } else {
+                // Resolved in the kernel meanwhile: its record follows.
+                a.waiting_since = Some(now_ns);
+                self.due.push(Reverse((now_ns + RECORD_GRACE_NS, key)));
             }
         }
         out
@@ -174,6 +210,7 @@ impl Attempts {
     /// The end of the run: every attempt still open, and every entry left in the kernel's map
     /// (attempts whose drop record never arrived), is unresolved.
     pub fn finish(&mut self, map: &mut dyn AttemptMap, clock: &Clock) -> Vec<OutcomeEvent> {
+        self.due.clear();
         let mut out: Vec<OutcomeEvent> = std::mem::take(&mut self.open)
             .into_iter()
             .map(|(key, a)| {
@@ -190,6 +227,7 @@ impl Attempts {
                     last_ns: 0,
                     drops: 0,
                     untracked: false,
+                    waiting_since: None,
                     sock_ino: 0,
                     laddr: crate::event::addr(key.ip_version, &key.laddr),
                     raddr: crate::event::addr(key.ip_version, &key.raddr),

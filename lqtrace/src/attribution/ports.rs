@@ -60,6 +60,14 @@ impl Ports {
         }
     }
 
+    /// Whether a socket listens on the port, as far as the listen and close records said so far.
+    /// A SYN can be refused before the close record of the last listener is read: the kernel
+    /// unhashes the socket in `tcp_set_state()` before `inet_sk_state_store()` fires the
+    /// tracepoint.
+    pub fn listening(&self, netns: u32, port: u16) -> bool {
+        self.by_port.get(&(netns, port)).is_some_and(|l| l.live > 0)
+    }
+
     /// The refused event for a SYN to `laddr:lport` in `netns` that nothing listened on.
     #[allow(clippy::too_many_arguments)]
     pub fn refused(
