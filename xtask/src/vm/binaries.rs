@@ -1,73 +1,43 @@
-//! Static (musl) builds of what the guests run: lqtrace, vm-guest (/init) and the host's
-//! integration test binaries named in [`GUEST_TESTS`]. Static, because the guest's initramfs has
-//! no C library; lqtrace's build.rs builds the eBPF object for the BPF target either way.
+//! Static builds of what the guests run, per guest architecture (`cross.rs`:
+//! x86_64-unknown-linux-musl, aarch64-unknown-linux-gnu with a static glibc): lqtrace, vm-guest
+//! (/init) and the host's integration test binaries named in [`GUEST_TESTS`]. Static, because
+//! the guest's initramfs has no C library for them. The lqtrace binary is the one
+//! `cargo xtask build --release --target ARCH` produces (same command, same artifacts), and
+//! [`cross::check_built`] checks it (machine, static, kprobes reading that architecture's
+//! `pt_regs`) before any guest boots.
 
 use std::{path::PathBuf, process::Stdio};
 
 use anyhow::{Context as _, bail};
 
 use super::payloads::GUEST_TESTS;
-use crate::util::{self, command, render};
+use crate::{
+    cross::{self, Arch},
+    util::{self, render},
+};
 
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
-
-/// `rustup target add x86_64-unknown-linux-musl` when it is not installed.
-fn ensure_musl_target() -> anyhow::Result<()> {
-    let Some(rustup) = util::find_program("rustup") else {
-        return Ok(());
-    };
-    let root = util::workspace_root();
-    let out = command(&rustup)
-        .current_dir(&root)
-        .args(["target", "list", "--installed"])
-        .output()
-        .context("rustup target list")?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == MUSL)
-    {
-        return Ok(());
-    }
-    let mut cmd = command(&rustup);
-    cmd.current_dir(&root).args(["target", "add", MUSL]);
-    eprintln!("vm: installing: {}", render(&cmd));
-    util::run(&mut cmd)
-}
-
-pub fn build_guest() -> anyhow::Result<PathBuf> {
-    ensure_musl_target()?;
-    let mut cmd = util::cargo();
-    cmd.current_dir(util::workspace_root()).args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "-p",
-        "lqtrace",
-        "-p",
-        "vm-guest",
-    ]);
+/// lqtrace and vm-guest for `arch`; returns their directory.
+pub fn build_guest(arch: Arch) -> anyhow::Result<PathBuf> {
+    let mut cmd = cross::cargo(arch, "build");
+    cmd.args(["--release", "-p", "lqtrace", "-p", "vm-guest"]);
     eprintln!("vm: {}", render(&cmd));
     util::run(&mut cmd)?;
-    Ok(util::target_dir().join(MUSL).join("release"))
+    eprintln!("vm: {}", cross::check_built(arch, true)?);
+    Ok(util::target_dir().join(arch.triple()).join("release"))
 }
 
-/// The host's integration tests named in [`GUEST_TESTS`], built static like the tracer: the
-/// same scenarios, run inside each guest. Returns (guest binary name, executable).
-pub fn build_guest_tests() -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut cmd = util::cargo();
-    cmd.current_dir(util::workspace_root())
-        .args([
-            "test",
-            "--release",
-            "--target",
-            MUSL,
-            "-p",
-            "lqtrace",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit());
+/// The host's integration tests named in [`GUEST_TESTS`], built static for `arch` like the
+/// tracer: the same scenarios, run inside each guest. Returns (guest binary name, executable).
+pub fn build_guest_tests(arch: Arch) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cross::cargo(arch, "test");
+    cmd.args([
+        "--release",
+        "-p",
+        "lqtrace",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(Stdio::inherit());
     for t in GUEST_TESTS {
         cmd.args(["--test", t]);
     }
