@@ -56,8 +56,8 @@ use crate::{
 pub struct VmTestArgs {
     /// Kernel to test (repeatable): 5.10, 6.1, 6.12, sid (alias 7.x), arm64-6.1, arm64-6.12,
     /// arm64-sid (alias arm64-7.x), all (every one of them), host (no VM: the payloads run on
-    /// this machine), or the path of a kernel image (bzImage, or an arm64 Image) [default: 5.10
-    /// 6.1 6.12 sid arm64-6.1 arm64-6.12]
+    /// this machine), or the path of a kernel image (bzImage, or an arm64 Image) [default:
+    /// $LQTRACE_VM_KERNELS if set, else 5.10 6.1 6.12 sid arm64-6.1 arm64-6.12]
     #[arg(long = "kernel", value_name = "KERNEL")]
     pub kernels: Vec<String>,
     /// Keep target/vm/work (initramfs, payload lists) and print the QEMU command of each kernel
@@ -105,7 +105,23 @@ fn image_arch(path: &Path) -> Arch {
     }
 }
 
-fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
+/// `LQTRACE_VM_KERNELS` (kernel names separated by spaces or commas) replaces the default set
+/// when no `--kernel` is given: CI can trim or widen the matrix without code changes.
+pub const KERNELS_ENV: &str = "LQTRACE_VM_KERNELS";
+
+/// The jobs for `--kernel` `names`, or for `env_default` (the [`KERNELS_ENV`] value) when none.
+fn parse_targets(names: &[String], env_default: Option<&str>) -> anyhow::Result<Vec<Job>> {
+    let from_env: Vec<String> = env_default
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    let names = if names.is_empty() {
+        &from_env[..]
+    } else {
+        names
+    };
     let names: Vec<String> = if names.is_empty() {
         kernels::DEFAULT.iter().map(|s| s.to_string()).collect()
     } else if names.iter().any(|n| n == kernels::ALL) {
@@ -233,7 +249,7 @@ struct Boot {
 
 pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let jobs = parse_targets(&args.kernels)?;
+    let jobs = parse_targets(&args.kernels, std::env::var(KERNELS_ENV).ok().as_deref())?;
     let vm_dir = util::target_dir().join("vm");
     let cache = vm_dir.join("cache");
     let work = vm_dir.join("work");
@@ -462,20 +478,25 @@ mod tests {
 
     #[test]
     fn targets() {
-        let j = parse_targets(&[]).unwrap();
+        let j = parse_targets(&[], None).unwrap();
         let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
         assert_eq!(labels, kernels::DEFAULT);
         let arches: Vec<Arch> = j.iter().map(|j| j.arch).collect();
         assert_eq!(arches[..4], [Arch::X86_64; 4]);
         assert_eq!(arches[4..], [Arch::Aarch64; 2]);
-        let j = parse_targets(&["all".into()]).unwrap();
+        let j = parse_targets(&[], Some("6.1, arm64-6.1")).unwrap();
+        let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
+        assert_eq!(labels, ["6.1", "arm64-6.1"]);
+        let j = parse_targets(&["5.10".into()], Some("6.1")).unwrap();
+        assert_eq!(j.len(), 1, "--kernel wins over the environment");
+        let j = parse_targets(&["all".into()], None).unwrap();
         assert_eq!(j.len(), kernels::SPECS.len());
         assert!(j.iter().any(|j| j.label == "arm64-sid"));
-        let j = parse_targets(&["7.x".into(), "host".into(), "sid".into()]).unwrap();
+        let j = parse_targets(&["7.x".into(), "host".into(), "sid".into()], None).unwrap();
         let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
         assert_eq!(labels, ["sid", "host"]);
-        assert!(parse_targets(&["4.4".into()]).is_err());
-        let j = parse_targets(&["arm64-7.x".into()]).unwrap();
+        assert!(parse_targets(&["4.4".into()], None).is_err());
+        let j = parse_targets(&["arm64-7.x".into()], None).unwrap();
         assert_eq!(
             (j[0].label.as_str(), j[0].arch),
             ("arm64-sid", Arch::Aarch64)

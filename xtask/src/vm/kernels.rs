@@ -472,10 +472,14 @@ mod tests {
             assert!(spec(d).is_some(), "{d}");
         }
         for s in SPECS {
-            for (suite, _) in s.candidates {
+            for (suite, meta) in s.candidates {
                 assert!(apt::SUITES.iter().any(|(x, _)| x == suite), "{suite}");
+                // The package of the spec's architecture (its apt state has no other).
+                assert!(meta.ends_with(s.arch.debian()), "{}: {meta}", s.label);
             }
+            assert!(["fentry", "kprobe", "cgroup"].contains(&s.default_hooks));
         }
+        assert_eq!(spec("arm64-7.x").unwrap().arch, Arch::Aarch64);
     }
 
     #[test]
