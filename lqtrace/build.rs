@@ -3,6 +3,14 @@ use aya_build::Toolchain;
 
 /// Builds the kernel programs (lqtrace-ebpf) for the BPF target with the nightly toolchain and
 /// bpf-linker; `src/loader.rs` embeds the object with `include_bytes_aligned!`.
+///
+/// The object is per *target* architecture: the kprobe programs read their arguments from
+/// `struct pt_regs`, whose layout differs between architectures (x86-64 `di, si, dx, cx`, arm64
+/// `regs[0..]`), and aya-ebpf picks it with `cfg(bpf_target_arch)`. aya-build sets that cfg from
+/// this script's `CARGO_CFG_TARGET_ARCH`, which is the architecture lqtrace is built for (e.g.
+/// aarch64 under `cargo xtask build --target aarch64`), not the build machine's, and OUT_DIR is
+/// per target, so each target embeds its own object. Nothing to pass here; `cargo xtask build
+/// --target` and the VM matrix check the built object's register reads (xtask/src/cross.rs).
 fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 (quick unit-test builds) makes aya-build skip the eBPF object; leave an
     // empty one so `include_bytes_aligned!` compiles and the loader says what is missing.

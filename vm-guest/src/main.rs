@@ -2,8 +2,8 @@
 //!
 //! As PID 1 (in the VM): mounts proc, sysfs, devtmpfs, tracefs, debugfs, cgroup2 and bpffs,
 //! brings `lo` up, runs the payloads listed in `/vmtest.conf` (see `config.rs`) one after the
-//! other, each with its timeout, then ends the VM through QEMU's isa-debug-exit device with
-//! code 0 (all passed) or 1.
+//! other, each with its timeout, then ends the VM with code 0 (all passed) or 1 (`arch.rs`:
+//! a `VMTEST-EXIT` line, plus isa-debug-exit on x86-64).
 //!
 //! Console protocol (parsed by xtask/src/vm/report.rs):
 //!
@@ -14,11 +14,13 @@
 //! <name>|e <stderr line>
 //! VMTEST <name> PASS|FAIL|SKIP <seconds>s <details>
 //! VMTEST-DONE pass=<n> fail=<n> skip=<n>
+//! VMTEST-EXIT <code>               (as PID 1, right before power-off)
 //! ```
 //!
 //! Elsewhere: `vm-guest run CONFIG` runs a payload list on this machine (same output, exit
 //! status 0/1); `vm-guest overflow LQTRACE [ARGS...]` runs the overflow scenario alone.
 
+mod arch;
 mod config;
 mod out;
 mod overflow;

@@ -154,21 +154,23 @@ pub fn memlock() -> String {
     }
 }
 
-/// Ends the VM: writes `code` to QEMU's isa-debug-exit port (0xf4), which makes QEMU exit with
-/// status `code * 2 + 1`; falls back to a power-off (QEMU exit 0) if the device is missing.
+/// Ends the VM with `code`: a `VMTEST-EXIT` line, then the architecture's exit device if any
+/// (`arch.rs`: isa-debug-exit on x86-64, QEMU status `code * 2 + 1`), then a power-off (QEMU
+/// exit 0; on arm64 the host takes the code from the line).
 pub fn vm_exit(code: u32) -> ! {
-    // SAFETY: ioperm grants this process access to 4 ports; `out` writes one dword. Harmless
-    // without the device (the write goes nowhere) and we power off right after.
+    crate::arch::announce_exit(code);
+    // SAFETY: plain libc calls on the console fds.
     unsafe {
-        // The console (ttyS0) transmits asynchronously: without draining, QEMU exits with the
-        // last lines (the VMTEST verdicts) still in the UART buffer.
+        // The console (ttyS0, ttyAMA0) transmits asynchronously: without draining, QEMU exits
+        // with the last lines (the VMTEST verdicts) still in the UART buffer.
         libc::tcdrain(1);
         libc::tcdrain(2);
         std::thread::sleep(std::time::Duration::from_millis(50));
         libc::sync();
-        if libc::syscall(libc::SYS_ioperm, 0xf4_u64, 4_u64, 1_i32) == 0 {
-            std::arch::asm!("out dx, eax", in("dx") 0xf4u16, in("eax") code, options(nomem, nostack));
-        }
+    }
+    crate::arch::debug_exit(code);
+    // SAFETY: PID 1 powering off the VM.
+    unsafe {
         libc::reboot(libc::RB_POWER_OFF);
     }
     loop {

@@ -8,12 +8,14 @@
 //!
 //! This file holds the plan: one [`Check`] per piece, the [`Fix`]es they ask for, and running
 //! them in order. `rust.rs` checks the Rust pieces (nightly, rust-src, rustfmt, bpf-linker),
-//! `system.rs` the Debian ones (LLVM, test programs, BTF) and runs apt.
+//! `system.rs` the Debian ones (LLVM, test programs, BTF) and runs apt, `cross.rs` what a
+//! static build for x86-64 or arm64 needs (only when asked for that target).
 //!
 //! The "everything is there" path only looks at files and runs `dpkg-query` and
 //! `bpf-linker --version` (a few milliseconds each); the slow tools (apt, rustup, cargo install)
 //! run only when something is missing.
 
+mod cross;
 mod rust;
 mod system;
 
@@ -21,7 +23,10 @@ use std::{collections::BTreeSet, process::Stdio, time::Instant};
 
 use anyhow::bail;
 
-use crate::util::{self, command, render};
+use crate::{
+    cross::Arch,
+    util::{self, command, render},
+};
 
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libclang-22-dev"];
@@ -36,7 +41,11 @@ pub enum Fix {
     NightlyToolchain,
     RustSrc,
     Rustfmt,
-    BpfLinker { force: bool },
+    /// `rustup target add <triple>` (stable toolchain).
+    RustTarget(&'static str),
+    BpfLinker {
+        force: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -55,10 +64,11 @@ pub struct Check {
     pub status: Status,
 }
 
-/// Checks every piece without changing anything.
-pub fn check_all() -> Vec<Check> {
+/// Checks every piece without changing anything; with `target`, also what building for that
+/// architecture needs (`toolchain/cross.rs`).
+pub fn check_all(target: Option<Arch>) -> Vec<Check> {
     let nightly = rust::nightly_dir();
-    vec![
+    let mut checks = vec![
         Check {
             name: "nightly toolchain",
             status: rust::check_nightly(&nightly),
@@ -114,14 +124,23 @@ pub fn check_all() -> Vec<Check> {
             name: "kernel BTF",
             status: system::check_btf(),
         },
-    ]
+    ];
+    if let Some(arch) = target {
+        checks.extend(cross::checks(arch));
+    }
+    checks
 }
 
 /// Prints one line per piece, installs what is missing, and checks again.
 /// With `verbose == false` an all-ok result is a single line.
 pub fn ensure(verbose: bool) -> anyhow::Result<()> {
+    ensure_for(verbose, None)
+}
+
+/// [`ensure`], plus what building for `target` needs.
+pub fn ensure_for(verbose: bool, target: Option<Arch>) -> anyhow::Result<()> {
     let start = Instant::now();
-    let checks = check_all();
+    let checks = check_all(target);
     let fixes = plan(&checks);
     if fixes.is_empty() {
         if verbose {
@@ -147,7 +166,7 @@ pub fn ensure(verbose: bool) -> anyhow::Result<()> {
     let mut checks = checks;
     for round in 1..=2 {
         install(&fixes)?;
-        checks = check_all();
+        checks = check_all(target);
         fixes = plan(&checks);
         if fixes.is_empty() || round == 2 {
             break;
@@ -243,6 +262,12 @@ fn install(fixes: &[Fix]) -> anyhow::Result<()> {
                 }
                 let mut cmd = command("rustup");
                 cmd.args(["component", "add", "rustfmt", "--toolchain", NIGHTLY]);
+                cmd
+            }
+            Fix::RustTarget(triple) => {
+                let mut cmd = command("rustup");
+                cmd.current_dir(util::workspace_root())
+                    .args(["target", "add", triple]);
                 cmd
             }
             Fix::BpfLinker { force } => {

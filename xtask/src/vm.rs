@@ -1,28 +1,35 @@
-//! `cargo xtask vm-test`: boot Debian kernels under QEMU and run lqtrace's scenarios in each.
+//! `cargo xtask vm-test`: boot Debian kernels under QEMU and run lqtrace's scenarios in each,
+//! on x86-64 and arm64 guests.
 //!
-//! 1. Host tools: `qemu-system-x86_64` (`qemu.rs`; installed from bookworm-backports together
-//!    with qemu-utils when missing, so the machine's qemu-utils 10 stays), the musl Rust target.
-//! 2. `cargo build --release --target x86_64-unknown-linux-musl -p lqtrace -p vm-guest` and the
-//!    integration tests the guests run (`musl.rs`): static binaries (build.rs builds the eBPF
-//!    object for the BPF target either way).
+//! 1. Host tools: QEMU for each guest architecture (`qemu.rs`; installed from
+//!    bookworm-backports together with qemu-utils when missing, so the machine's qemu-utils 10
+//!    stays), and what the static builds need (`toolchain/cross.rs`).
+//! 2. Per guest architecture, static builds of lqtrace, vm-guest and the integration tests the
+//!    guests run (`binaries.rs`, `cross.rs`: x86_64-unknown-linux-musl, or
+//!    aarch64-unknown-linux-gnu with a static glibc; build.rs builds the eBPF object for the
+//!    BPF target with that architecture's `bpf_target_arch`, checked on the object).
 //! 3. Kernels (`kernels.rs`): Debian cloud images via `apt-get download` with a private sources
-//!    list, cached under `target/vm/cache/`.
-//! 4. One initramfs (`initramfs.rs`): /init = vm-guest, /bin/lqtrace, /vmtest.conf (the payload
-//!    list generated from `payloads.rs`), plus one per kernel with its modules.
-//! 5. Each kernel boots under QEMU/TCG (`qemu.rs`); the serial console goes to
+//!    list per architecture, cached under `target/vm/cache/`.
+//! 4. One initramfs per architecture (`initramfs.rs`): /init = vm-guest, /bin/lqtrace, `ip`
+//!    with its libraries (`tools.rs`), /vmtest.conf (the payload list generated from
+//!    `payloads.rs`), plus one per kernel with its modules.
+//! 5. Each kernel boots under QEMU/TCG (`qemu.rs`), `--jobs` at a time whatever the
+//!    architecture (arm64 guests first: they take longest); the serial console goes to
 //!    `target/vm/<kernel>.log`; the guest prints `VMTEST <payload> PASS|FAIL|SKIP ...` lines
-//!    and ends the VM through isa-debug-exit.
-//! 6. A table per kernel (`report.rs`); non-zero exit if any kernel failed.
+//!    and `VMTEST-EXIT <code>`, and ends the VM (isa-debug-exit on x86-64, power-off on arm64).
+//! 6. A table per kernel and README's "Supported kernels" rows (`report.rs`); the default hook
+//!    choice must be the kernel's `default_hooks`; non-zero exit if any kernel failed.
 //!
 //! `--kernel host` runs the same payload list on this machine with `vm-guest run` (root).
 //! This file holds the command line and the order of the steps.
 
+mod binaries;
 mod initramfs;
 mod kernels;
-mod musl;
 mod payloads;
 mod qemu;
 mod report;
+mod tools;
 
 use std::{
     fs,
@@ -36,18 +43,21 @@ use std::{
 
 use anyhow::bail;
 use clap::Args;
-use payloads::{GUEST_MODULES, HOST_TOOLS, PAYLOADS};
+use payloads::{GUEST_MODULES, PAYLOADS};
 use report::Outcome;
 
 use crate::{
+    cross::Arch,
     toolchain,
     util::{self, command, render},
 };
 
 #[derive(Debug, Clone, Args)]
 pub struct VmTestArgs {
-    /// Kernel to test (repeatable): 5.10, 6.1, 6.12, sid (alias 7.x), host (no VM: the payloads
-    /// run on this machine), or the path of a bzImage [default: 5.10 6.1 6.12 sid]
+    /// Kernel to test (repeatable): 5.10, 6.1, 6.12, sid (alias 7.x), arm64-6.1, arm64-6.12,
+    /// arm64-sid (alias arm64-7.x), all (every one of them), host (no VM: the payloads run on
+    /// this machine), or the path of a kernel image (bzImage, or an arm64 Image) [default:
+    /// $LQTRACE_VM_KERNELS if set, else 5.10 6.1 6.12 sid arm64-6.1 arm64-6.12]
     #[arg(long = "kernel", value_name = "KERNEL")]
     pub kernels: Vec<String>,
     /// Keep target/vm/work (initramfs, payload lists) and print the QEMU command of each kernel
@@ -78,12 +88,46 @@ enum Target {
 
 struct Job {
     label: String,
+    arch: Arch,
     target: Target,
 }
 
-fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
+/// The architecture of a kernel image file: arm64 `Image`s carry the magic `ARM\x64` at byte
+/// 0x38 (Documentation/arch/arm64/booting.rst); anything else is taken for an x86-64 bzImage.
+fn image_arch(path: &Path) -> Arch {
+    use std::io::Read as _;
+    let mut head = [0u8; 0x40];
+    let ok = fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if ok.is_ok() && &head[0x38..0x3c] == b"ARM\x64" {
+        Arch::Aarch64
+    } else {
+        Arch::X86_64
+    }
+}
+
+/// `LQTRACE_VM_KERNELS` (kernel names separated by spaces or commas) replaces the default set
+/// when no `--kernel` is given: CI can trim or widen the matrix without code changes.
+pub const KERNELS_ENV: &str = "LQTRACE_VM_KERNELS";
+
+/// The jobs for `--kernel` `names`, or for `env_default` (the [`KERNELS_ENV`] value) when none.
+fn parse_targets(names: &[String], env_default: Option<&str>) -> anyhow::Result<Vec<Job>> {
+    let from_env: Vec<String> = env_default
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    let names = if names.is_empty() {
+        &from_env[..]
+    } else {
+        names
+    };
     let names: Vec<String> = if names.is_empty() {
         kernels::DEFAULT.iter().map(|s| s.to_string()).collect()
+    } else if names.iter().any(|n| n == kernels::ALL) {
+        let mut v: Vec<String> = kernels::SPECS.iter().map(|s| s.label.to_string()).collect();
+        v.extend(names.iter().filter(|n| *n != kernels::ALL).cloned());
+        v
     } else {
         names.to_vec()
     };
@@ -92,11 +136,13 @@ fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
         let job = if n == "host" {
             Job {
                 label: "host".into(),
+                arch: Arch::X86_64,
                 target: Target::Host,
             }
         } else if let Some(spec) = kernels::spec(&n) {
             Job {
                 label: spec.label.into(),
+                arch: spec.arch,
                 target: Target::Debian(spec),
             }
         } else if Path::new(&n).is_file() {
@@ -106,6 +152,7 @@ fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
                 .map_or("custom".into(), |f| f.to_string_lossy().into_owned());
             Job {
                 label,
+                arch: image_arch(&p),
                 target: Target::File(p),
             }
         } else {
@@ -120,7 +167,7 @@ fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
                 })
                 .collect();
             bail!(
-                "unknown kernel {n:?}: use one of {}, host, or a bzImage path",
+                "unknown kernel {n:?}: use one of {}, all, host, or a kernel image path",
                 known.join(", ")
             );
         };
@@ -131,34 +178,36 @@ fn parse_targets(names: &[String]) -> anyhow::Result<Vec<Job>> {
     Ok(jobs)
 }
 
-pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let jobs = parse_targets(&args.kernels)?;
-    let vm_dir = util::target_dir().join("vm");
-    let cache = vm_dir.join("cache");
-    let work = vm_dir.join("work");
+/// `qemu::ensure_qemu` for `cargo xtask setup --target ARCH`.
+pub fn ensure_qemu(arch: Arch) -> anyhow::Result<PathBuf> {
+    let cache = util::target_dir().join("vm").join("cache");
     fs::create_dir_all(&cache)?;
-    fs::create_dir_all(&work)?;
-    let any_vm = jobs.iter().any(|j| !matches!(j.target, Target::Host));
-    let any_host = jobs.iter().any(|j| matches!(j.target, Target::Host));
-    if any_host && !util::is_root() {
-        bail!("--kernel host runs lqtrace on this machine: run as root");
-    }
+    qemu::ensure_qemu(&cache, arch)
+}
 
-    let qemu_bin = if any_vm {
-        Some(qemu::ensure_qemu(&cache)?)
+/// What one guest architecture boots with.
+struct ArchSetup {
+    arch: Arch,
+    qemu: Option<PathBuf>,
+    /// The shared initramfs (modules are appended per kernel).
+    initrd: PathBuf,
+    /// Shipped binaries, for `--kernel host`'s payload list.
+    binaries: Vec<(String, PathBuf)>,
+    init: PathBuf,
+}
+
+/// Builds the guest binaries for `arch` and writes its initramfs.
+fn prepare_arch(arch: Arch, cache: &Path, work: &Path, with_vm: bool) -> anyhow::Result<ArchSetup> {
+    toolchain::ensure_for(false, Some(arch))?;
+    let qemu = if with_vm {
+        Some(qemu::ensure_qemu(cache, arch)?)
     } else {
         None
     };
-
-    // Build.
-    let t = Instant::now();
-    toolchain::ensure(false)?;
-    let musl_dir = musl::build_guest()?;
-    let tests = musl::build_guest_tests()?;
-    let build_took = t.elapsed();
-    let binaries = payloads::guest_binaries(&musl_dir, &tests);
-    let init = musl_dir.join("vm-guest");
+    let dir = binaries::build_guest(arch)?;
+    let tests = binaries::build_guest_tests(arch)?;
+    let binaries = payloads::guest_binaries(&dir, &tests);
+    let init = dir.join("vm-guest");
     for (_, p) in binaries
         .iter()
         .chain(std::iter::once(&(String::new(), init.clone())))
@@ -167,6 +216,65 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
             bail!("{} not found after building", p.display());
         }
     }
+    let config = payloads::payload_config(PAYLOADS, &binaries, true)?;
+    let initrd = work.join(format!("initrd-{}.cpio", arch.debian()));
+    let extra = if with_vm {
+        tools::guest_tool_files(arch, cache)?
+    } else {
+        Vec::new()
+    };
+    let size = initramfs::write_initramfs(&initrd, &init, &binaries, &extra, &config)?;
+    fs::write(work.join(format!("vmtest-{}.conf", arch.debian())), &config)?;
+    eprintln!(
+        "vm: {arch} initramfs {} ({:.1} MiB)",
+        initrd.display(),
+        size as f64 / 1048576.0
+    );
+    Ok(ArchSetup {
+        arch,
+        qemu,
+        initrd,
+        binaries,
+        init,
+    })
+}
+
+/// One VM to boot.
+struct Boot {
+    outcome: usize,
+    arch: Arch,
+    vmlinuz: PathBuf,
+    modules: Vec<PathBuf>,
+}
+
+pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let jobs = parse_targets(&args.kernels, std::env::var(KERNELS_ENV).ok().as_deref())?;
+    let vm_dir = util::target_dir().join("vm");
+    let cache = vm_dir.join("cache");
+    let work = vm_dir.join("work");
+    fs::create_dir_all(&cache)?;
+    fs::create_dir_all(&work)?;
+    let any_host = jobs.iter().any(|j| matches!(j.target, Target::Host));
+    if any_host && !util::is_root() {
+        bail!("--kernel host runs lqtrace on this machine: run as root");
+    }
+
+    // Build, per architecture.
+    let t = Instant::now();
+    toolchain::ensure(false)?;
+    let mut arches: Vec<Arch> = jobs.iter().map(|j| j.arch).collect();
+    arches.sort_unstable();
+    arches.dedup();
+    let mut setups = Vec::new();
+    for &arch in &arches {
+        let with_vm = jobs
+            .iter()
+            .any(|j| j.arch == arch && !matches!(j.target, Target::Host));
+        setups.push(prepare_arch(arch, &cache, &work, with_vm)?);
+    }
+    let setup_of = |arch: Arch| setups.iter().find(|s| s.arch == arch).expect("prepared");
+    let build_took = t.elapsed();
     eprintln!("vm: build: {}", util::secs(build_took));
 
     // Kernels.
@@ -183,24 +291,33 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let mut fetched = kernels::fetch_all(&specs, &cache, args.refresh, GUEST_MODULES).into_iter();
 
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut boots: Vec<(usize, PathBuf, Vec<PathBuf>)> = Vec::new(); // (outcome index, vmlinuz, modules)
+    let mut boots: Vec<Boot> = Vec::new();
     for j in &jobs {
         let log = vm_dir.join(format!("{}.log", j.label));
         let mut o = Outcome {
             label: j.label.clone(),
+            arch: j.arch,
+            kernel: None,
+            default_hooks: None,
             package: "-".into(),
             fetch: None,
             fetch_error: None,
             run: None,
             log,
         };
+        let boot = |vmlinuz: PathBuf, modules: Vec<PathBuf>| Boot {
+            outcome: outcomes.len(),
+            arch: j.arch,
+            vmlinuz,
+            modules,
+        };
         match &j.target {
             Target::Host => o.package = "(no VM)".into(),
             Target::File(p) => {
                 o.package = "(file)".into();
-                boots.push((outcomes.len(), p.clone(), Vec::new()));
+                boots.push(boot(p.clone(), Vec::new()));
             }
-            Target::Debian(_) => match fetched.next().expect("one result per spec") {
+            Target::Debian(spec) => match fetched.next().expect("one result per spec") {
                 Ok(f) => {
                     let k = &f.kernel;
                     eprintln!(
@@ -214,120 +331,78 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
                         k.config_summary()
                     );
                     o.package = format!("{} {}", k.package, k.version);
+                    o.kernel = Some((k.package.clone(), k.version.clone(), k.suite.clone()));
+                    o.default_hooks = Some(spec.default_hooks);
                     o.fetch = Some(f.took);
-                    boots.push((outcomes.len(), k.vmlinuz.clone(), k.modules.clone()));
+                    boots.push(boot(k.vmlinuz.clone(), k.modules.clone()));
                 }
                 Err(e) => o.fetch_error = Some(format!("{e:#}")),
             },
         }
         outcomes.push(o);
     }
-
-    // Initramfs (one for all kernels).
-    let config = payloads::payload_config(PAYLOADS, &binaries, true)?;
-    let initrd = work.join("initrd.cpio");
-    let mut extra = Vec::new();
-    for tool in HOST_TOOLS {
-        extra.extend(payloads::host_tool_files(tool)?);
-    }
-    let size = initramfs::write_initramfs(&initrd, &init, &binaries, &extra, &config)?;
-    fs::write(work.join("vmtest.conf"), &config)?;
-    eprintln!(
-        "vm: initramfs {} ({:.1} MiB)",
-        initrd.display(),
-        size as f64 / 1048576.0
-    );
+    // Longest first (arm64 guests are emulated, the x86-64 ones only translated), so that the
+    // last VM to start is a short one.
+    boots.sort_by_key(|b| b.arch != Arch::Aarch64);
 
     let timeout = Duration::from_secs(args.timeout);
 
     // Host first, alone (the VMs would disturb its timing).
     if let Some(i) = outcomes.iter().position(|o| o.label == "host") {
+        let s = setup_of(Arch::X86_64);
         let host_conf = work.join("host.conf");
         fs::write(
             &host_conf,
-            payloads::payload_config(PAYLOADS, &binaries, false)?,
+            payloads::payload_config(PAYLOADS, &s.binaries, false)?,
         )?;
-        let mut cmd = command(&init);
+        let mut cmd = command(&s.init);
         cmd.arg("run").arg(&host_conf);
         eprintln!("vm: [host] {}", render(&cmd));
         outcomes[i].run = Some(qemu::follow("host", cmd, &outcomes[i].log, timeout, false));
     }
 
     // VMs, `--jobs` at a time.
-    if let Some(qemu_bin) = &qemu_bin {
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(usize, qemu::Run)>> = Mutex::new(Vec::new());
-        let workers = args.jobs.max(1).min(boots.len().max(1));
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let n = next.fetch_add(1, Ordering::SeqCst);
-                        let Some((i, vmlinuz, modules)) = boots.get(n) else {
-                            break;
-                        };
-                        let o = &outcomes[*i];
-                        let initrd = match initramfs::kernel_initramfs(
-                            &initrd,
-                            modules,
-                            &work.join(format!("initrd-{}.cpio", o.label)),
-                        ) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                eprintln!("vm: [{}] initramfs: {e:#}", o.label);
-                                results.lock().unwrap().push((
-                                    *i,
-                                    qemu::Run {
-                                        exit: qemu::Exit::CouldNotStart(format!(
-                                            "initramfs: {e:#}"
-                                        )),
-                                        boot: None,
-                                        total: Duration::ZERO,
-                                        report: Default::default(),
-                                    },
-                                ));
-                                continue;
-                            }
-                        };
-                        let cmd = qemu::command_for(qemu_bin, vmlinuz, &initrd, args.smp, 1024);
-                        eprintln!("vm: [{}] booting {}", o.label, vmlinuz.display());
-                        if args.keep {
-                            eprintln!("vm: [{}] {}", o.label, render(&cmd));
-                        }
-                        let run = qemu::follow(&o.label, cmd, &o.log, timeout, true);
-                        eprintln!(
-                            "vm: [{}] {} after {} (log {})",
-                            o.label,
-                            run.exit.describe(),
-                            util::secs(run.total),
-                            o.log.display()
-                        );
-                        results.lock().unwrap().push((*i, run));
-                    }
-                });
-            }
-        });
-        if !boots.is_empty() {
-            eprintln!(
-                "vm: {} VM(s), {} at a time: {}",
-                boots.len(),
-                workers,
-                util::secs(t.elapsed())
-            );
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, qemu::Run)>> = Mutex::new(Vec::new());
+    let workers = args.jobs.max(1).min(boots.len().max(1));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(b) = boots.get(n) else {
+                        break;
+                    };
+                    let o = &outcomes[b.outcome];
+                    let setup = setup_of(b.arch);
+                    let run = boot_one(b, o, setup, &work, args, timeout);
+                    results.lock().unwrap().push((b.outcome, run));
+                }
+            });
         }
-        for (i, run) in results.into_inner().unwrap() {
-            outcomes[i].run = Some(run);
-        }
+    });
+    if !boots.is_empty() {
+        eprintln!(
+            "vm: {} VM(s), {} at a time: {}",
+            boots.len(),
+            workers,
+            util::secs(t.elapsed())
+        );
+    }
+    for (i, run) in results.into_inner().unwrap() {
+        outcomes[i].run = Some(run);
     }
 
     report::print_table(&outcomes);
+    println!("\nREADME rows (\"Supported kernels\"):\n");
+    print!("{}", report::readme_rows(&outcomes));
     for o in outcomes.iter().filter(|o| !o.passed()) {
         report::print_failure(o);
     }
     if args.keep {
         println!(
-            "\nkept {} (initrd.cpio, initrd-<kernel>.cpio with the modules, vmtest.conf)",
+            "\nkept {} (initrd-<arch>.cpio, initrd-<kernel>.cpio with the modules, vmtest-<arch>.conf)",
             work.display()
         );
     } else {
@@ -352,18 +427,94 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Boots one kernel with its modules appended to its architecture's initramfs.
+fn boot_one(
+    b: &Boot,
+    o: &Outcome,
+    setup: &ArchSetup,
+    work: &Path,
+    args: &VmTestArgs,
+    timeout: Duration,
+) -> qemu::Run {
+    let not_run = |why: String| qemu::Run {
+        exit: qemu::Exit::CouldNotStart(why),
+        boot: None,
+        total: Duration::ZERO,
+        report: Default::default(),
+    };
+    let Some(qemu_bin) = &setup.qemu else {
+        return not_run(format!("no QEMU for {}", b.arch));
+    };
+    let initrd = match initramfs::kernel_initramfs(
+        &setup.initrd,
+        &b.modules,
+        &work.join(format!("initrd-{}.cpio", o.label)),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vm: [{}] initramfs: {e:#}", o.label);
+            return not_run(format!("initramfs: {e:#}"));
+        }
+    };
+    let cmd = qemu::command_for(b.arch, qemu_bin, &b.vmlinuz, &initrd, args.smp, 1024);
+    eprintln!("vm: [{}] booting {}", o.label, b.vmlinuz.display());
+    if args.keep {
+        eprintln!("vm: [{}] {}", o.label, render(&cmd));
+    }
+    let run = qemu::follow(&o.label, cmd, &o.log, timeout, true);
+    eprintln!(
+        "vm: [{}] {} after {} (log {})",
+        o.label,
+        run.exit.describe(),
+        util::secs(run.total),
+        o.log.display()
+    );
+    run
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn targets() {
-        let j = parse_targets(&[]).unwrap();
+        let j = parse_targets(&[], None).unwrap();
         let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
-        assert_eq!(labels, ["5.10", "6.1", "6.12", "sid"]);
-        let j = parse_targets(&["7.x".into(), "host".into(), "sid".into()]).unwrap();
+        assert_eq!(labels, kernels::DEFAULT);
+        let arches: Vec<Arch> = j.iter().map(|j| j.arch).collect();
+        assert_eq!(arches[..4], [Arch::X86_64; 4]);
+        assert_eq!(arches[4..], [Arch::Aarch64; 2]);
+        let j = parse_targets(&[], Some("6.1, arm64-6.1")).unwrap();
+        let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
+        assert_eq!(labels, ["6.1", "arm64-6.1"]);
+        let j = parse_targets(&["5.10".into()], Some("6.1")).unwrap();
+        assert_eq!(j.len(), 1, "--kernel wins over the environment");
+        let j = parse_targets(&["all".into()], None).unwrap();
+        assert_eq!(j.len(), kernels::SPECS.len());
+        assert!(j.iter().any(|j| j.label == "arm64-sid"));
+        let j = parse_targets(&["7.x".into(), "host".into(), "sid".into()], None).unwrap();
         let labels: Vec<&str> = j.iter().map(|j| j.label.as_str()).collect();
         assert_eq!(labels, ["sid", "host"]);
-        assert!(parse_targets(&["4.4".into()]).is_err());
+        assert!(parse_targets(&["4.4".into()], None).is_err());
+        let j = parse_targets(&["arm64-7.x".into()], None).unwrap();
+        assert_eq!(
+            (j[0].label.as_str(), j[0].arch),
+            ("arm64-sid", Arch::Aarch64)
+        );
+    }
+
+    #[test]
+    fn kernel_image_architecture() {
+        let dir = std::env::temp_dir().join(format!("xtask-image-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut arm = vec![0u8; 0x40];
+        arm[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        fs::write(dir.join("Image"), &arm).unwrap();
+        fs::write(dir.join("bzImage"), vec![0u8; 0x40]).unwrap();
+        fs::write(dir.join("short"), b"MZ").unwrap();
+        assert_eq!(image_arch(&dir.join("Image")), Arch::Aarch64);
+        assert_eq!(image_arch(&dir.join("bzImage")), Arch::X86_64);
+        assert_eq!(image_arch(&dir.join("short")), Arch::X86_64);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

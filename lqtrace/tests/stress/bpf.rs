@@ -42,29 +42,14 @@ pub fn bpftool_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
 }
 
-const PROGRAM_NAMES: &[&str] = &[
-    "listener_rx",
-    "skb_consumed",
-    "skb_dropped",
-    "sock_state",
-    "listen_enter",
-    "listen_exit",
-];
-
-/// (prog ids with lqtrace's program names, all link ids) as bpftool shows them.
-pub fn bpftool_lqtrace_objects() -> (BTreeSet<u64>, BTreeSet<u64>) {
+/// (all prog ids, all link ids) as bpftool shows them: the tracer's own are told apart by the
+/// ids it holds (`bpf_objects_of`), not by names, which change with the hook table.
+pub fn bpftool_objects() -> (BTreeSet<u64>, BTreeSet<u64>) {
     let progs = bpftool_json(&["prog", "show"])
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter(|p| {
-            p["name"].as_str().is_some_and(|n| {
-                PROGRAM_NAMES
-                    .iter()
-                    .any(|w| n.starts_with(&w[..w.len().min(15)]))
-            })
-        })
         .filter_map(|p| p["id"].as_u64())
         .collect();
     let links = bpftool_json(&["link", "show"])

@@ -245,10 +245,10 @@ fn signals_leave_nothing_attached() {
         (libc::SIGTERM, "SIGTERM"),
         (libc::SIGKILL, "SIGKILL"),
     ] {
-        let (progs_before, links_before) = bpftool_lqtrace_objects();
+        let (progs_before, links_before) = bpftool_objects();
         let t = Tracer::start(&[]);
         let mine = bpf_objects_of(t.pid());
-        let (progs_during, links_during) = bpftool_lqtrace_objects();
+        let (progs_during, links_during) = bpftool_objects();
         assert!(
             mine.progs.len() >= 6 && mine.links.len() >= 6,
             "[{name}] expected >= 6 programs and links held by the tracer: {mine:?}"
@@ -282,7 +282,7 @@ fn signals_leave_nothing_attached() {
         // The kernel releases programs and links when the last fd closes; give it a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
         let (progs_after, links_after) = loop {
-            let (p, l) = bpftool_lqtrace_objects();
+            let (p, l) = bpftool_objects();
             if (mine.progs.is_disjoint(&p) && mine.links.is_disjoint(&l))
                 || Instant::now() > deadline
             {
@@ -295,7 +295,7 @@ fn signals_leave_nothing_attached() {
         let left_links: Vec<_> = mine.links.intersection(&links_after).collect();
         eprintln!(
             "[{name}] tracer held progs {:?} links {:?}; exited after {exit_took:?}, all released after {released:?}; \
-             lqtrace-named programs before {} / during {} / after {}, links before {} / after {}",
+             programs on the host before {} / during {} / after {}, links before {} / after {}",
             mine.progs,
             mine.links,
             progs_before.len(),

@@ -3,8 +3,9 @@
 //! modules out of the packages in `kernels/extract.rs`; nothing is installed.
 //!
 //! Layout under `target/vm/cache/`:
-//! - `apt/` — private apt state: `sources.list`, `lists/`, an empty dpkg `status`, `archives/`
-//! - `debs/` — downloaded `.deb` files
+//! - `apt/` (amd64), `apt-arm64/` — private apt state per architecture: `sources.list`,
+//!   `lists/`, an empty dpkg `status`, `archives/`
+//! - `debs/` — downloaded `.deb` files (the architecture is in their names)
 //! - `kernels/<package>_<version>/{vmlinuz,config,modules/}` — what QEMU boots
 //! - `kernels/<label>.resolved` — the package chosen for a label (`6.1`, ...): reused until
 //!   `--refresh`, so reruns need no network.
@@ -19,16 +20,25 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apt::{Apt, deb_version, find_deb, image_dependency, split_image_parts, version_gt};
+pub use apt::Apt;
+use apt::{deb_version, find_deb, image_dependency, split_image_parts, version_gt};
 use extract::{extract_boot_files, module_name};
 
-use crate::util;
+use crate::{cross::Arch, util};
 
 /// A kernel of the matrix: where its package may come from. The highest version among the
 /// candidates wins; `prefix` guards against a meta-package that moved to another series.
 pub struct Spec {
     pub label: &'static str,
     pub aliases: &'static [&'static str],
+    /// The guest's architecture (QEMU binary, machine, guest binaries, package architecture).
+    pub arch: Arch,
+    /// The hook variant the default choice must settle on for both drop groups (the overflow
+    /// payload's `hooks=syn:X/ack:X`): what this kernel accepts, measured, so that a regression
+    /// to a worse variant fails the matrix. arm64 before 6.5 has no ftrace direct calls
+    /// (`CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS`), so BPF trampolines attach to BPF programs
+    /// only and fentry on a kernel function fails (ENOTSUPP): kprobe it is.
+    pub default_hooks: &'static str,
     /// (suite, meta-package): the meta-package depends on the versioned image package.
     pub candidates: &'static [(&'static str, &'static str)],
     pub prefix: Option<&'static str>,
@@ -37,6 +47,8 @@ pub struct Spec {
 pub const SPECS: &[Spec] = &[
     Spec {
         label: "5.10",
+        arch: Arch::X86_64,
+        default_hooks: "fentry",
         aliases: &["bullseye"],
         candidates: &[
             ("bullseye-security", "linux-image-cloud-amd64"),
@@ -46,6 +58,8 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         label: "6.1",
+        arch: Arch::X86_64,
+        default_hooks: "fentry",
         aliases: &["bookworm"],
         candidates: &[
             ("bookworm-security", "linux-image-cloud-amd64"),
@@ -55,6 +69,8 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         label: "6.12",
+        arch: Arch::X86_64,
+        default_hooks: "fentry",
         aliases: &["bookworm-backports"],
         candidates: &[
             ("bookworm-security", "linux-image-6.12-cloud-amd64"),
@@ -64,13 +80,48 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         label: "sid",
+        arch: Arch::X86_64,
+        default_hooks: "fentry",
         aliases: &["7.x", "7", "unstable"],
         candidates: &[("sid", "linux-image-cloud-amd64")],
         prefix: None,
     },
+    Spec {
+        label: "arm64-6.1",
+        arch: Arch::Aarch64,
+        default_hooks: "kprobe",
+        aliases: &["arm64-bookworm"],
+        candidates: &[
+            ("bookworm-security", "linux-image-cloud-arm64"),
+            ("bookworm", "linux-image-cloud-arm64"),
+        ],
+        prefix: Some("linux-image-6.1."),
+    },
+    Spec {
+        label: "arm64-6.12",
+        arch: Arch::Aarch64,
+        default_hooks: "fentry",
+        aliases: &["arm64-bookworm-backports"],
+        candidates: &[
+            ("bookworm-security", "linux-image-6.12-cloud-arm64"),
+            ("bookworm-backports", "linux-image-cloud-arm64"),
+        ],
+        prefix: Some("linux-image-6.12."),
+    },
+    Spec {
+        label: "arm64-sid",
+        arch: Arch::Aarch64,
+        default_hooks: "fentry",
+        aliases: &["arm64-7.x", "arm64-7", "arm64-unstable"],
+        candidates: &[("sid", "linux-image-cloud-arm64")],
+        prefix: None,
+    },
 ];
 
-pub const DEFAULT: &[&str] = &["5.10", "6.1", "6.12", "sid"];
+/// What `cargo xtask vm-test` (and so CI) boots without `--kernel`.
+pub const DEFAULT: &[&str] = &["5.10", "6.1", "6.12", "sid", "arm64-6.1", "arm64-6.12"];
+/// `--kernel all`: every spec.
+pub const ALL: &str = "all";
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
     SPECS
@@ -221,40 +272,67 @@ pub fn fetch_all(
     if need.is_empty() {
         return results.into_iter().map(Option::unwrap).collect();
     }
-    let t = Instant::now();
-    let apt = Apt::new(cache.join("apt"));
-    let mut suites: Vec<&str> = need
-        .iter()
-        .flat_map(|&i| specs[i].candidates.iter().map(|c| c.0))
-        .collect();
-    suites.sort_unstable();
-    suites.dedup();
-    let prepared = if util::is_root() {
-        fs::create_dir_all(&kdir)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| apt.prepare(&suites, refresh))
-    } else {
-        Err(anyhow::anyhow!(
-            "downloading kernels uses apt-get (root); run as root or fill {} first",
-            cache.display()
-        ))
-    };
-    let update_took = t.elapsed();
-    for &i in &need {
-        results[i] = Some(match &prepared {
-            Err(e) => Err(anyhow::anyhow!("{e:#}")),
-            Ok(()) => {
-                let t = Instant::now();
-                resolve_and_download(specs[i], &apt, cache, &kdir, modules).map(|kernel| Fetched {
-                    kernel,
-                    cached: false,
-                    // The shared apt-get update is charged to every kernel that needed it.
-                    took: t.elapsed() + update_took,
-                })
-            }
-        });
+    let mut arches: Vec<Arch> = need.iter().map(|&i| specs[i].arch).collect();
+    arches.sort_unstable();
+    arches.dedup();
+    for arch in arches {
+        let t = Instant::now();
+        let apt = Apt::new(apt_dir(cache, arch), arch);
+        let mine: Vec<usize> = need
+            .iter()
+            .copied()
+            .filter(|&i| specs[i].arch == arch)
+            .collect();
+        let mut suites: Vec<&str> = mine
+            .iter()
+            .flat_map(|&i| specs[i].candidates.iter().map(|c| c.0))
+            .collect();
+        suites.sort_unstable();
+        suites.dedup();
+        let prepared = if util::is_root() {
+            fs::create_dir_all(&kdir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| apt.prepare(&suites, refresh))
+        } else {
+            Err(anyhow::anyhow!(
+                "downloading kernels uses apt-get (root); run as root or fill {} first",
+                cache.display()
+            ))
+        };
+        let update_took = t.elapsed();
+        for i in mine {
+            results[i] = Some(match &prepared {
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                Ok(()) => {
+                    let t = Instant::now();
+                    resolve_and_download(specs[i], &apt, cache, &kdir, modules).map(|kernel| {
+                        Fetched {
+                            kernel,
+                            cached: false,
+                            // The shared apt-get update is charged to every kernel that needed it.
+                            took: t.elapsed() + update_took,
+                        }
+                    })
+                }
+            });
+        }
     }
     results.into_iter().map(Option::unwrap).collect()
+}
+
+/// The private apt state for `arch`'s packages: `apt/` (amd64, the first one) or `apt-<arch>/`.
+pub fn apt_dir(cache: &Path, arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => cache.join("apt"),
+        _ => cache.join(format!("apt-{}", arch.debian())),
+    }
+}
+
+/// The private apt state for `arch`, ready to use (lists for `suites` fetched if missing).
+pub fn apt_for(cache: &Path, arch: Arch, suites: &[&str], refresh: bool) -> anyhow::Result<Apt> {
+    let apt = Apt::new(apt_dir(cache, arch), arch);
+    apt.prepare(suites, refresh)?;
+    Ok(apt)
 }
 
 fn resolve_and_download(
@@ -299,7 +377,7 @@ fn resolve_and_download(
 
     let debs = cache.join("debs");
     let get = |pkg: &str, ver: &str| -> anyhow::Result<PathBuf> {
-        match find_deb(&debs, pkg, ver)? {
+        match find_deb(&debs, pkg, ver, apt.arch())? {
             Some(d) => Ok(d),
             None => apt.download(pkg, ver, &debs),
         }
@@ -394,10 +472,14 @@ mod tests {
             assert!(spec(d).is_some(), "{d}");
         }
         for s in SPECS {
-            for (suite, _) in s.candidates {
+            for (suite, meta) in s.candidates {
                 assert!(apt::SUITES.iter().any(|(x, _)| x == suite), "{suite}");
+                // The package of the spec's architecture (its apt state has no other).
+                assert!(meta.ends_with(s.arch.debian()), "{}: {meta}", s.label);
             }
+            assert!(["fentry", "kprobe", "cgroup"].contains(&s.default_hooks));
         }
+        assert_eq!(spec("arm64-7.x").unwrap().arch, Arch::Aarch64);
     }
 
     #[test]

@@ -121,11 +121,8 @@ pub fn guest_binaries(musl_dir: &Path, tests: &[(String, PathBuf)]) -> Vec<(Stri
 /// `/bin/<file>-tests`.
 pub const GUEST_TESTS: &[&str] = &["loopback", "tun", "clients", "verdicts"];
 
-/// Host programs shipped as `/bin/<name>` with the shared libraries `ldd` lists, at their host
-/// paths: the TUN tests configure their device with `ip`, and tests use `ip netns exec`.
-pub const HOST_TOOLS: &[&str] = &["ip"];
-
-/// The files a dynamically linked host program needs: (guest path, host path).
+/// The files a dynamically linked host program needs for an x86-64 guest, with the shared
+/// libraries `ldd` lists at their host paths: (guest path, host path). See `tools.rs`.
 pub fn host_tool_files(name: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let program =
         util::find_program(name).with_context(|| format!("{name} not found on this machine"))?;

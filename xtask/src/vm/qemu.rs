@@ -1,5 +1,15 @@
 //! QEMU: installing it on the host when missing, booting a kernel under it (TCG) and following
 //! its serial console; the same follower runs `vm-guest run` on the host for `--kernel host`.
+//!
+//! Per guest architecture:
+//! - x86-64: `qemu-system-x86_64 -machine pc`, console ttyS0, the exit code through
+//!   isa-debug-exit (QEMU status `code * 2 + 1`).
+//! - arm64: `qemu-system-aarch64 -machine virt -cpu max,pauth-impdef=on`, console ttyAMA0 (the
+//!   board's PL011, built into Debian's arm64 kernels). `virt` has no exit device: the guest
+//!   powers off (PSCI SYSTEM_OFF, QEMU exits 0) after a `VMTEST-EXIT <code>` line, which the
+//!   console parser (`report.rs`) turns into the exit code. `pauth-impdef=on`: QEMU's
+//!   architected pointer-authentication algorithm (QARMA) is slow under TCG and Debian's arm64
+//!   kernels sign every return address; the implementation-defined one is a cheap hash.
 
 use std::{
     fs::{self, File},
@@ -14,7 +24,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::report::{self, GuestReport};
-use crate::util::{self, command, render};
+use crate::{
+    cross::Arch,
+    util::{self, command, render},
+};
 
 fn os_codename() -> String {
     fs::read_to_string("/etc/os-release")
@@ -27,11 +40,21 @@ fn os_codename() -> String {
         .unwrap_or_default()
 }
 
-/// Installs qemu-system-x86 when `qemu-system-x86_64` is missing. On bookworm it comes from
+/// (QEMU binary, Debian package) for guests of `arch`.
+pub fn qemu_for(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    }
+}
+
+/// Installs the QEMU package for `arch` when its binary is missing. On bookworm it comes from
 /// bookworm-backports with qemu-utils (installing bookworm's qemu-system-x86 would replace a
-/// backports qemu-utils and lose `qemu-img`), through a private sources list.
-pub fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(q) = util::find_program("qemu-system-x86_64") {
+/// backports qemu-utils and lose `qemu-img`; the packages of both architectures share
+/// qemu-system-common, so they must come from the same suite), through a private sources list.
+pub fn ensure_qemu(cache: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
+    let (binary, package) = qemu_for(arch);
+    if let Some(q) = util::find_program(binary) {
         return Ok(q);
     }
     let bookworm = os_codename() == "bookworm";
@@ -70,24 +93,19 @@ pub fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
             "--no-install-recommends",
             "-t",
             "bookworm-backports",
-            "qemu-system-x86",
+            package,
             "qemu-utils",
         ]
     } else {
-        &[
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "qemu-system-x86",
-        ]
+        &["install", "-y", "--no-install-recommends", package]
     };
     if !util::is_root() {
         bail!(
-            "qemu-system-x86_64 is missing; as root, run `cargo xtask vm-test` (it installs it) or:\n    {}",
+            "{binary} is missing; as root, run `cargo xtask vm-test` (it installs it) or:\n    {}",
             render(&apt(install))
         );
     }
-    eprintln!("vm: qemu-system-x86_64 not found; installing it");
+    eprintln!("vm: {binary} not found; installing it");
     if bookworm {
         fs::create_dir_all(apt_dir.join("lists/partial"))?;
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -108,24 +126,39 @@ pub fn ensure_qemu(cache: &Path) -> anyhow::Result<PathBuf> {
         eprintln!("vm: installing: {}", render(&cmd));
         util::run(&mut cmd)?;
     }
-    eprintln!(
-        "vm: installed qemu-system-x86 in {}",
-        util::secs(t.elapsed())
-    );
-    util::find_program("qemu-system-x86_64")
-        .context("qemu-system-x86_64 still not found after installing")
+    eprintln!("vm: installed {package} in {}", util::secs(t.elapsed()));
+    util::find_program(binary).with_context(|| format!("{binary} still not found after installing"))
 }
 
-/// The guest ends the VM by writing a code to this port (vm-guest `sys::vm_exit`).
+/// The x86-64 guest ends the VM by writing a code to this port (vm-guest `arch.rs`).
 pub const DEBUG_EXIT_PORT: &str = "0xf4";
 
-pub const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+/// The kernel command line: the console is the machine's first UART.
+pub fn append(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "console=ttyS0 panic=-1 quiet",
+        Arch::Aarch64 => "console=ttyAMA0 panic=-1 quiet",
+    }
+}
 
-/// `qemu-system-x86_64` for one kernel. TCG only: the machine's /dev/kvm (PVM) crashes stock
-/// kernels, so `-accel tcg` is forced. Default `pc` machine (`microvm` with -smp 2 hangs).
-pub fn command_for(qemu: &Path, vmlinuz: &Path, initrd: &Path, smp: u32, mem_mb: u32) -> Command {
+/// QEMU for one kernel. TCG only: the machine's /dev/kvm (PVM) crashes stock kernels, so
+/// `-accel tcg` is forced (and arm64 guests are emulated anyway). x86-64: default `pc` machine
+/// (`microvm` with -smp 2 hangs) with isa-debug-exit; arm64: `virt` (see the module comment).
+pub fn command_for(
+    arch: Arch,
+    qemu: &Path,
+    vmlinuz: &Path,
+    initrd: &Path,
+    smp: u32,
+    mem_mb: u32,
+) -> Command {
     let mut cmd = command(qemu);
-    cmd.args(["-accel", "tcg", "-machine", "pc", "-m"])
+    cmd.args(["-accel", "tcg"]);
+    match arch {
+        Arch::X86_64 => cmd.args(["-machine", "pc"]),
+        Arch::Aarch64 => cmd.args(["-machine", "virt", "-cpu", "max,pauth-impdef=on"]),
+    };
+    cmd.arg("-m")
         .arg(mem_mb.to_string())
         .arg("-smp")
         .arg(smp.to_string())
@@ -142,21 +175,23 @@ pub fn command_for(qemu: &Path, vmlinuz: &Path, initrd: &Path, smp: u32, mem_mb:
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", APPEND])
-        .args([
+        .args(["-append", append(arch)]);
+    if arch == Arch::X86_64 {
+        cmd.args([
             "-device",
             &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT},iosize=0x04"),
         ]);
+    }
     cmd
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
-    /// The guest's exit code (isa-debug-exit: QEMU status = code * 2 + 1; host mode: the
-    /// vm-guest exit status).
+    /// The guest's exit code (isa-debug-exit: QEMU status = code * 2 + 1; a power-off after a
+    /// `VMTEST-EXIT` line; host mode: the vm-guest exit status).
     Guest(i32),
-    /// QEMU exited 0: the guest rebooted/powered off without the exit device (a kernel panic
-    /// with `panic=-1 -no-reboot`, or /init died).
+    /// QEMU exited 0 without a `VMTEST-EXIT` line: the guest rebooted/powered off on its own (a
+    /// kernel panic with `panic=-1 -no-reboot`, or /init died).
     NoExitCode,
     /// Killed by a signal or another status.
     Other(String),
@@ -165,9 +200,10 @@ pub enum Exit {
 }
 
 impl Exit {
-    pub fn from_qemu(status: ExitStatus) -> Exit {
+    /// From QEMU's exit status and the code the guest announced on its console, if any.
+    pub fn from_qemu(status: ExitStatus, announced: Option<i32>) -> Exit {
         match status.code() {
-            Some(0) => Exit::NoExitCode,
+            Some(0) => announced.map_or(Exit::NoExitCode, Exit::Guest),
             Some(c) if c % 2 == 1 => Exit::Guest(c >> 1),
             _ => Exit::Other(util::describe(status)),
         }
@@ -285,7 +321,7 @@ pub fn follow(label: &str, mut cmd: Command, log: &Path, timeout: Duration, qemu
     }
     let exit = match status {
         _ if timed_out => Exit::Timeout,
-        Ok(st) if qemu => Exit::from_qemu(st),
+        Ok(st) if qemu => Exit::from_qemu(st, report.exit_code),
         Ok(st) => match st.code() {
             Some(c) => Exit::Guest(c),
             None => Exit::Other(util::describe(st)),
@@ -317,12 +353,15 @@ mod tests {
     #[test]
     fn qemu_exit_codes() {
         let st = |code: i32| ExitStatus::from_raw(code << 8);
-        assert_eq!(Exit::from_qemu(st(1)), Exit::Guest(0));
-        assert_eq!(Exit::from_qemu(st(3)), Exit::Guest(1));
-        assert_eq!(Exit::from_qemu(st(0)), Exit::NoExitCode);
-        assert!(matches!(Exit::from_qemu(st(2)), Exit::Other(_)));
+        assert_eq!(Exit::from_qemu(st(1), None), Exit::Guest(0));
+        assert_eq!(Exit::from_qemu(st(3), Some(1)), Exit::Guest(1));
+        assert_eq!(Exit::from_qemu(st(0), None), Exit::NoExitCode);
+        // arm64: power-off (QEMU 0) after the guest's VMTEST-EXIT line.
+        assert_eq!(Exit::from_qemu(st(0), Some(0)), Exit::Guest(0));
+        assert_eq!(Exit::from_qemu(st(0), Some(1)), Exit::Guest(1));
+        assert!(matches!(Exit::from_qemu(st(2), None), Exit::Other(_)));
         assert!(matches!(
-            Exit::from_qemu(ExitStatus::from_raw(9)),
+            Exit::from_qemu(ExitStatus::from_raw(9), None),
             Exit::Other(_)
         ));
     }

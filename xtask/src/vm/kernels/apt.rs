@@ -1,7 +1,8 @@
 //! Downloading kernel packages with apt without installing anything: a private apt state (own
 //! sources list, lists and empty dpkg status under `target/vm/cache/apt/`), `apt-cache` to pick
 //! versions and read dependencies, `apt-get download` for the `.deb` files, and parsers for
-//! what those commands print.
+//! what those commands print. One state per package architecture (`APT::Architecture`): the
+//! arm64 guests' kernels and tools come from Debian's arm64 archive through the same code.
 
 use std::{
     fs,
@@ -12,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{self, command, render};
+use crate::{
+    cross::Arch,
+    util::{self, command, render},
+};
 
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -26,14 +30,19 @@ pub const SUITES: &[(&str, &str)] = &[
     ("sid", "http://deb.debian.org/debian"),
 ];
 
-/// Private apt state under `dir`.
+/// Private apt state under `dir`, for the packages of `arch`.
 pub struct Apt {
     dir: PathBuf,
+    arch: Arch,
 }
 
 impl Apt {
-    pub fn new(dir: PathBuf) -> Apt {
-        Apt { dir }
+    pub fn new(dir: PathBuf, arch: Arch) -> Apt {
+        Apt { dir, arch }
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
     }
 
     fn lists(&self) -> PathBuf {
@@ -54,6 +63,10 @@ impl Apt {
             "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false".into(),
             "APT::Get::List-Cleanup=0".into(),
             "APT::Sandbox::User=root".into(),
+            // This state's only architecture: its lists, its `.deb` files, and the one
+            // dependencies resolve in (an empty dpkg status installs nothing on the host).
+            format!("APT::Architecture={}", self.arch.debian()),
+            format!("APT::Architectures={}", self.arch.debian()),
         ]
     }
 
@@ -144,9 +157,64 @@ impl Apt {
             .args(["-q", "download", &format!("{pkg}={version}")]);
         eprintln!("vm: {}", render(&cmd));
         util::run(&mut cmd)?;
-        find_deb(dest, pkg, version)?
+        find_deb(dest, pkg, version, self.arch)?
             .with_context(|| format!("no {pkg} .deb in {} after download", dest.display()))
     }
+
+    /// Downloads `pkgs` from `suite` with their whole dependency closure (`apt-get install
+    /// --download-only` against the empty dpkg status: nothing is installed) and returns the
+    /// `.deb` files of that closure. The closure comes from a simulated install (`-s`), which
+    /// lists every package whether or not its `.deb` is already downloaded.
+    pub fn download_closure(&self, pkgs: &[&str], suite: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let install = |extra: &[&str]| {
+            let mut cmd = self.cmd("apt-get");
+            cmd.args(["-q", "-y", "--no-install-recommends", "-t", suite])
+                .args(extra)
+                .arg("install")
+                .args(pkgs);
+            cmd
+        };
+        let mut sim = install(&["-s"]);
+        let out = sim
+            .output()
+            .with_context(|| format!("running {}", render(&sim)))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed: {}",
+                render(&sim),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let files = parse_simulated(&String::from_utf8_lossy(&out.stdout));
+        if files.is_empty() {
+            bail!("`{}` listed no package", render(&sim));
+        }
+        let archives = self.dir.join("cache/archives");
+        let paths: Vec<PathBuf> = files.iter().map(|f| archives.join(f)).collect();
+        if !paths.iter().all(|p| p.exists()) {
+            let mut get = install(&["--download-only"]);
+            eprintln!("vm: {}", render(&get));
+            util::run(&mut get)?;
+        }
+        if let Some(p) = paths.iter().find(|p| !p.exists()) {
+            bail!("{} missing after downloading", p.display());
+        }
+        Ok(paths)
+    }
+}
+
+/// The `.deb` file names of the packages a simulated `apt-get -s install` would unpack
+/// (`Inst zlib1g (1:1.2.13.dfsg-1 Debian:12.15/oldstable [arm64])`).
+pub fn parse_simulated(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("Inst ")?;
+            let (name, rest) = rest.split_once(" (")?;
+            let version = rest.split_whitespace().next()?;
+            let arch = rest.split_once('[')?.1.split_once(']')?.0;
+            Some(format!("{name}_{}_{arch}.deb", deb_version(version)))
+        })
+        .collect()
 }
 
 /// Rows of `apt-cache madison` output for `suite`: the versions.
@@ -184,8 +252,13 @@ pub fn deb_version(version: &str) -> String {
     version.replace(':', "%3a")
 }
 
-pub fn find_deb(dir: &Path, pkg: &str, version: &str) -> anyhow::Result<Option<PathBuf>> {
-    let want = format!("{pkg}_{}_amd64.deb", deb_version(version));
+pub fn find_deb(
+    dir: &Path,
+    pkg: &str,
+    version: &str,
+    arch: Arch,
+) -> anyhow::Result<Option<PathBuf>> {
+    let want = format!("{pkg}_{}_{}.deb", deb_version(version), arch.debian());
     let p = dir.join(&want);
     Ok(p.exists().then_some(p))
 }
@@ -285,6 +358,23 @@ mod tests {
             ]
         );
         assert!(split_image_parts("linux-base (>= 4.17~)").is_empty());
+    }
+
+    #[test]
+    fn simulated_install_output() {
+        let out = "Reading package lists...\n\
+                   Inst debconf (1.5.82 Debian:12.15/oldstable [all])\n\
+                   Inst libgcc-s1 (12.2.0-14+deb12u1 Debian:12.15/oldstable [arm64]) []\n\
+                   Inst zlib1g (1:1.2.13.dfsg-1 Debian:12.15/oldstable [arm64])\n\
+                   Conf debconf (1.5.82 Debian:12.15/oldstable [all])\n";
+        assert_eq!(
+            parse_simulated(out),
+            [
+                "debconf_1.5.82_all.deb",
+                "libgcc-s1_12.2.0-14+deb12u1_arm64.deb",
+                "zlib1g_1%3a1.2.13.dfsg-1_arm64.deb"
+            ]
+        );
     }
 
     #[test]
