@@ -36,9 +36,9 @@ use crate::{
     },
 };
 
-/// Attempts followed at once, at most; past that, new ones are reported unresolved at once
-/// (counted), never silently lost.
-pub const MAX_ATTEMPTS: usize = 1 << 16;
+/// Attempts followed at once, at most: as many as the kernel's map holds. Past that, new ones
+/// are reported unresolved at once (counted), never silently lost.
+pub const MAX_ATTEMPTS: usize = lqtrace_common::clients::ATTEMPTS_MAX as usize;
 
 /// How long after its last dropped packet an attempt with `drops` drops is given before it
 /// counts as given up: the next retransmission is due 2^(drops-1) s later; allow half as much
@@ -57,21 +57,23 @@ pub trait AttemptMap {
     fn keys(&self) -> Vec<AttemptKey>;
 }
 
-/// One attempt being followed.
+/// One attempt being followed (kept small: a flood fills the table; the addresses are in the
+/// key).
 #[derive(Debug, Clone)]
 struct Attempt {
     first_ns: u64,
     last_ns: u64,
-    drops: u32,
-    /// The kernel has no entry for it (its map was full): nobody will delete one.
-    untracked: bool,
     /// The kernel ended it first (its entry was gone when the tracker came to end it): since
     /// when its outcome record is awaited.
     waiting_since: Option<u64>,
     sock_ino: u64,
-    laddr: IpAddr,
-    raddr: IpAddr,
     owners: Owners,
+    drops: u32,
+    /// The kernel has no entry for it (its map was full): nobody will delete one.
+    untracked: bool,
+    /// An IPv4 client of an IPv6 listener: the key holds IPv4 addresses, the events show them
+    /// as the listener saw them (`::ffff:a.b.c.d`).
+    v4_mapped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -123,9 +125,8 @@ impl Attempts {
             untracked,
             waiting_since: None,
             sock_ino: e.sock_ino,
-            laddr: e.laddr,
-            raddr: e.raddr,
             owners: Arc::clone(&e.owners),
+            v4_mapped: e.laddr.is_ipv6() && key.ip_version == 4,
         };
         if self.open.len() >= MAX_ATTEMPTS {
             self.overflow += 1;
@@ -153,9 +154,8 @@ impl Attempts {
             untracked: false,
             waiting_since: None,
             sock_ino: r.value.sock_ino,
-            laddr: crate::event::addr(r.key.ip_version, &r.key.laddr),
-            raddr: crate::event::addr(r.key.ip_version, &r.key.raddr),
             owners: Owners::default(),
+            v4_mapped: false,
         });
         let end = match outcome {
             Outcome::GaveUp => a.last_ns,
@@ -229,9 +229,8 @@ impl Attempts {
                     untracked: false,
                     waiting_since: None,
                     sock_ino: 0,
-                    laddr: crate::event::addr(key.ip_version, &key.laddr),
-                    raddr: crate::event::addr(key.ip_version, &key.raddr),
                     owners: Owners::default(),
+                    v4_mapped: false,
                 };
                 out.push(event(&key, &a, Outcome::Unresolved, 0, clock));
             }
@@ -254,9 +253,9 @@ fn event(
         ts_ns: end_ns,
         outcome,
         netns: key.netns,
-        laddr: a.laddr,
+        laddr: unpacked(key.ip_version, &key.laddr, a.v4_mapped),
         lport: key.lport,
-        raddr: a.raddr,
+        raddr: unpacked(key.ip_version, &key.raddr, a.v4_mapped),
         rport: key.rport,
         sock_ino: a.sock_ino,
         owners: Arc::clone(&a.owners),
@@ -280,6 +279,14 @@ pub fn key_of(e: &DropEvent) -> AttemptKey {
         raddr,
         ip_version: v,
         _pad: [0; 3],
+    }
+}
+
+/// The address as the listener saw it, from its packed form in a key.
+fn unpacked(ip_version: u8, bytes: &[u8; 16], v4_mapped: bool) -> IpAddr {
+    match crate::event::addr(ip_version, bytes) {
+        IpAddr::V4(v4) if v4_mapped => IpAddr::V6(v4.to_ipv6_mapped()),
+        a => a,
     }
 }
 

@@ -103,6 +103,12 @@ below as it happens (this namespace only), then the reconciliation with the name
                     break;
                 }
             }
+            _ = printer.idle() => {
+                if printer.flush().is_err() {
+                    output_closed = true;
+                    break;
+                }
+            }
             why = stop.wait() => {
                 interrupted = why == Why::Signal;
                 break;

@@ -98,7 +98,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
     sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
-    let mut out = Output {
+    let mut out = Lines {
         printer: &mut printer,
         json: cli.json,
         closed: false,
@@ -111,6 +111,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
             events = session.next_events() => out.events(&events?),
+            _ = out.printer.idle() => out.events(&[]),
             _ = sample_tick.tick() => session.sample_queues(),
             _ = progress.tick() => {
                 let line = status_line(&session);
@@ -143,6 +144,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     loop {
         tokio::select! {
             events = session.next_events() => out.events(&events?),
+            _ = out.printer.idle() => out.events(&[]),
             _ = &mut linger => break,
         }
     }
@@ -214,20 +216,20 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
 }
 
 /// Per-drop output in -j mode; stdout closing (e.g. `| head`) stops it without failing the run.
-struct Output<'a> {
+struct Lines<'a> {
     printer: &'a mut Printer,
     json: bool,
     closed: bool,
 }
 
-impl Output<'_> {
+impl Lines<'_> {
     fn events(&mut self, events: &[Event]) {
         for e in events {
             if self.json && !self.closed && self.printer.event(e).is_err() {
                 self.closed = true;
             }
         }
-        if self.json && !self.closed && !events.is_empty() && self.printer.flush().is_err() {
+        if self.json && !self.closed && self.printer.flush().is_err() {
             self.closed = true;
         }
     }

@@ -33,6 +33,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     break;
                 }
             }
+            _ = printer.idle() => {
+                if printer.flush().is_err() {
+                    output_closed = true;
+                    break;
+                }
+            }
             _ = stop.wait() => break,
         }
     }
@@ -46,19 +52,24 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         let _ = printer.summary(&summary);
     }
+    let output = printer.output();
     if !printer.finish() {
         // stdout is closed or not being read: the summary still belongs somewhere.
         eprintln!("lqtrace: summary (stdout did not take it):");
-        summary_to_stderr(&summary, cli.json);
+        summary_to_stderr(&summary, output, cli.json);
     }
     Ok(())
 }
 
-fn summary_to_stderr(summary: &crate::stats::summary::Summary, json: bool) {
+fn summary_to_stderr(
+    summary: &crate::stats::summary::Summary,
+    output: crate::sink::printer::Output,
+    json: bool,
+) {
     if json {
-        eprintln!("{}", crate::sink::json::summary_line(summary));
+        eprintln!("{}", crate::sink::json::summary_line(summary, output));
     } else {
-        for line in crate::sink::text::summary(summary) {
+        for line in crate::sink::text::summary(summary, output) {
             eprintln!("{line}");
         }
     }

@@ -30,8 +30,10 @@ use crate::{
 };
 
 const POLL: Duration = Duration::from_millis(20);
-/// Records waiting for the enricher, at most.
-pub const MAX_QUEUED: usize = 1 << 16;
+/// Records waiting for the enricher, at most (the 4 MiB ring in front of them holds ~25k more).
+pub const MAX_QUEUED: usize = 1 << 14;
+/// Records handed over at once: the enricher starts on a batch while the next is read.
+const BATCH: usize = 1024;
 
 /// What the reader counted: records it could not decode, and records the enricher's queue had
 /// no room for (and the listen drops among them).
@@ -113,13 +115,22 @@ fn read_loop(
             // SAFETY: one valid pollfd; a failed or interrupted poll only means "read now".
             unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
         }
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
         while let Some(item) = ring.next() {
             match records::decode(&item) {
                 Ok(r) => batch.push(r),
                 Err(_) => {
                     stats.undecodable.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            drop(item);
+            if batch.len() == BATCH {
+                send(
+                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                    to,
+                    queued,
+                    stats,
+                );
             }
         }
         if !batch.is_empty() {

@@ -2,6 +2,9 @@
 //! structs). Keys are stable, users' jq scripts depend on them: README's "JSON keys" tables
 //! list them, and a test here compares those tables with what is serialized.
 
+use serde::Serialize;
+
+use super::{coalesce::Coalesced, printer::Output};
 use crate::{
     event::{DropEvent, Event},
     stats::summary::Summary,
@@ -23,9 +26,37 @@ pub fn line(e: &Event) -> Option<String> {
     s.ok()
 }
 
-/// The summary as one line of JSON.
-pub fn summary_line(s: &Summary) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+/// A record with what it stands for when folded (`coalesced`), as one line of JSON.
+pub fn folded_line(e: &Event, c: Option<&Coalesced>) -> Option<String> {
+    #[derive(Serialize)]
+    struct Folded<'a, T> {
+        #[serde(flatten)]
+        record: &'a T,
+        coalesced: &'a Coalesced,
+    }
+    let Some(coalesced) = c else {
+        return line(e);
+    };
+    let s = match e {
+        Event::Drop(record) => serde_json::to_string(&Folded { record, coalesced }),
+        Event::Outcome(record) => serde_json::to_string(&Folded { record, coalesced }),
+        Event::Refused(record) => serde_json::to_string(&Folded { record, coalesced }),
+        _ => return None,
+    };
+    s.ok()
+}
+
+/// The summary as one line of JSON, with what the printer folded (`coalesced_records`,
+/// `coalesced_lines`).
+pub fn summary_line(s: &Summary, output: Output) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        #[serde(flatten)]
+        summary: &'a Summary,
+        #[serde(flatten)]
+        output: Output,
+    }
+    serde_json::to_string(&Line { summary: s, output }).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -62,7 +93,7 @@ mod tests {
             &std::collections::BTreeMap::new(),
             [("syn".to_string(), "cgroup".to_string())].into(),
         );
-        let v: Value = serde_json::from_str(&summary_line(&s)).unwrap();
+        let v: Value = serde_json::from_str(&summary_line(&s, Output::default())).unwrap();
         assert_eq!(v["kind"], "summary");
         assert_eq!(
             v["listeners"][0]["drops"], 1,
@@ -113,6 +144,22 @@ mod tests {
         assert_eq!(
             object_keys(&record["owners"][0]),
             readme_keys("Each entry of `owners`")
+        );
+        let c = Coalesced {
+            records: 2,
+            last_ts: e.ts,
+            rports: vec![1],
+            rports_more: 0,
+        };
+        let folded: Value =
+            serde_json::from_str(&folded_line(&Event::Drop(e.clone()), Some(&c)).unwrap()).unwrap();
+        let mut keys = readme_keys("Records of kind `drop` and `syncookie`");
+        keys.push("coalesced".into());
+        keys.sort_unstable();
+        assert_eq!(object_keys(&folded), keys);
+        assert_eq!(
+            object_keys(&folded["coalesced"]),
+            readme_keys("one more key, `coalesced`")
         );
         let by = Process {
             pid: 1,
@@ -192,7 +239,7 @@ mod tests {
         )]
         .into();
         let s = agg.summary(&Default::default(), &end, Default::default());
-        let v: Value = serde_json::from_str(&summary_line(&s)).unwrap();
+        let v: Value = serde_json::from_str(&summary_line(&s, Output::default())).unwrap();
         assert_eq!(
             object_keys(&v),
             readme_keys("The summary object, printed last")

@@ -2,8 +2,11 @@
 //!
 //! Lines are written by a separate thread: a stdout that nobody reads (a stalled pipe) must not
 //! block the event loop, or Ctrl-C/SIGTERM would go unanswered and the ring buffer would fill.
-//! What cannot be handed to that thread within a bounded amount of memory is counted and
-//! reported on stderr; the records themselves were still counted in the summary.
+//! When that thread falls behind ([`FOLD_AT`] bytes waiting), new records are folded
+//! (`sink::coalesce`) instead of formatted, and the folds are written once it has caught up
+//! ([`RESUME_AT`]): a slow reader gets fewer lines, never fewer records. Only what stdout has
+//! not taken when the run ends (or past the hard bound [`MAX_PENDING_BYTES`]) is lost, counted
+//! and reported on stderr.
 
 use std::{
     io::{self, Write},
@@ -16,13 +19,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{json, text};
+use super::{coalesce::Coalescer, json, text};
 use crate::{event::Event, stats::summary::Summary};
 
 pub const BANNER: &str = "Tracing listen-queue drops... Ctrl-C to end.";
 
-/// Output waiting for a slow stdout may use this much memory before lines are dropped.
-const MAX_PENDING_BYTES: usize = 32 << 20;
+/// Output waiting for stdout past which new records are folded rather than formatted.
+pub const FOLD_AT: usize = 1 << 20;
+/// Folds are written out once the output waiting is down to this.
+const RESUME_AT: usize = 256 << 10;
+/// Output waiting for stdout may use this much memory before lines are dropped (only folds
+/// written because [`coalesce::MAX_FOLDS`](super::coalesce::MAX_FOLDS) keys were reached, and
+/// the summary, can get this far).
+const MAX_PENDING_BYTES: usize = 8 << 20;
+/// How often [`Printer::idle`] wakes the event loop while folds wait for stdout.
+const FOLD_POLL: Duration = Duration::from_millis(100);
 /// How long the end of the run waits for stdout to take the last lines and the summary.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -37,6 +48,7 @@ pub struct Printer {
     /// Set by the writer thread when stdout is closed (EPIPE) or fails.
     broken: Arc<AtomicBool>,
     dropped_lines: u64,
+    folds: Coalescer,
 }
 
 impl Printer {
@@ -58,6 +70,7 @@ impl Printer {
             pending,
             broken,
             dropped_lines: 0,
+            folds: Coalescer::default(),
         }
     }
 
@@ -72,8 +85,17 @@ impl Printer {
         Ok(())
     }
 
-    /// A line event (drop, outcome, refused SYN); other events print nothing.
+    /// A line event (drop, outcome, refused SYN); other events print nothing. Folded while
+    /// stdout is behind.
     pub fn event(&mut self, e: &Event) -> io::Result<()> {
+        if !self.folds.is_empty() || self.pending() > FOLD_AT {
+            if self.folds.add(e) {
+                if self.folds.is_full() {
+                    self.write_folds();
+                }
+                return self.check();
+            }
+        }
         let line = if self.json {
             json::line(e)
         } else {
@@ -85,15 +107,35 @@ impl Printer {
         self.check()
     }
 
+    /// The summary, after every folded record. Says how many records were coalesced.
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.write_folds();
+        let out = self.output();
         if self.json {
-            self.line(json::summary_line(s));
+            self.line(json::summary_line(s, out));
         } else {
-            for line in text::summary(s) {
+            for line in text::summary(s, out) {
                 self.line(line);
             }
         }
         self.flush()
+    }
+
+    /// What the printer did to keep up (for the summary).
+    pub fn output(&self) -> Output {
+        Output {
+            coalesced_records: self.folds.coalesced_records,
+            coalesced_lines: self.folds.coalesced_lines,
+        }
+    }
+
+    /// Resolves every [`FOLD_POLL`] while folds wait for stdout (the event loop then calls
+    /// [`flush`](Self::flush) to write them once it caught up); never otherwise.
+    pub async fn idle(&self) {
+        if self.folds.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(FOLD_POLL).await;
     }
 
     /// Other text for stdout (e.g. a mode's explanation), kept in order with the records. All
@@ -110,6 +152,9 @@ impl Printer {
     /// fallen too far behind. Never blocks. Err when stdout is closed.
     pub fn flush(&mut self) -> io::Result<()> {
         self.check()?;
+        if !self.folds.is_empty() && self.pending() <= RESUME_AT {
+            self.write_folds();
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -146,6 +191,7 @@ impl Printer {
     }
 
     fn close(&mut self) -> bool {
+        self.write_folds();
         let _ = self.flush();
         self.tx = None; // ends the writer's loop once it has written everything
         let mut complete = self.dropped_lines == 0;
@@ -173,6 +219,17 @@ impl Printer {
         complete
     }
 
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Every fold as a line, now.
+    fn write_folds(&mut self) {
+        for line in self.folds.drain(self.json) {
+            self.line(line);
+        }
+    }
+
     fn line(&mut self, line: String) {
         self.batch.extend_from_slice(line.as_bytes());
         self.batch.push(b'\n');
@@ -192,6 +249,15 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// What the printer did to keep up with a slow stdout, for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Output {
+    /// Records written folded into others' lines (`coalesced` in those lines).
+    pub coalesced_records: u64,
+    /// The lines they were folded into.
+    pub coalesced_lines: u64,
 }
 
 impl Drop for Printer {

@@ -1,5 +1,6 @@
 //! Text output: fixed-width columns, in the style of the BCC/bpftrace tools.
 
+use super::{coalesce::Coalesced, printer::Output};
 use crate::{
     advice::{self, Cause, Facts},
     attribution::owners::Owner,
@@ -32,35 +33,53 @@ fn owner_cols(owners: &[Owner]) -> (String, String) {
 /// A line event in the table's columns (`None` for events that are not printed). Outcomes and
 /// refused SYNs use STAGE for their kind and REASON for what happened.
 pub fn line(e: &Event) -> Option<String> {
+    folded_line(e, None)
+}
+
+/// A line event, or a folded one (`sink::coalesce`): the first record's line, its RADDR with
+/// `+N` for the other clients, and the sum.
+pub fn folded_line(e: &Event, c: Option<&Coalesced>) -> Option<String> {
+    let others = c.map_or(0, |c| c.records - 1);
     match e {
-        Event::Drop(d) => Some(event(d)),
-        Event::Outcome(o) => Some(outcome(o)),
-        Event::Refused(r) => Some(refused(r)),
+        Event::Drop(d) => Some(drop_row(d, others)),
+        Event::Outcome(o) => Some(outcome(o, c)),
+        Event::Refused(r) => Some(refused(r, others)),
         _ => None,
     }
 }
 
+/// The remote endpoint, with `+N` when the line stands for N more clients.
+fn remote(addr: &std::net::IpAddr, port: u16, others: u64) -> String {
+    let e = endpoint(addr, port);
+    if others > 0 {
+        format!("{e}+{others}")
+    } else {
+        e
+    }
+}
+
 /// E.g. `connected +1.00s (1 drop)`, `gave_up after 2 drops, 3.00s`.
-fn outcome(o: &OutcomeEvent) -> String {
+fn outcome(o: &OutcomeEvent, c: Option<&Coalesced>) -> String {
     let (pid, comm) = owner_cols(&o.owners);
     let drops = format!("{} drop{}", o.drops, if o.drops == 1 { "" } else { "s" });
-    let what = match o.outcome {
-        Outcome::Connected => format!("connected +{:.2}s ({drops})", o.delay_ms / 1e3),
-        other => format!("{} after {drops}, {:.2}s", other.as_str(), o.delay_ms / 1e3),
+    let what = match (o.outcome, c) {
+        (_, Some(c)) => super::coalesce::folded_outcome(o, c),
+        (Outcome::Connected, None) => format!("connected +{:.2}s ({drops})", o.delay_ms / 1e3),
+        (other, None) => format!("{} after {drops}, {:.2}s", other.as_str(), o.delay_ms / 1e3),
     };
     row(
         &o.ts,
         &pid,
         &comm,
         endpoint(&o.laddr, o.lport),
-        endpoint(&o.raddr, o.rport),
+        remote(&o.raddr, o.rport, c.map_or(0, |c| c.records - 1)),
         "conn",
         &what,
     )
 }
 
 /// E.g. `refused (listener closed 120 ms ago)`, with PID/COMM of who closed it.
-fn refused(r: &RefusedEvent) -> String {
+fn refused(r: &RefusedEvent, others: u64) -> String {
     let (pid, comm) = r
         .closed_by
         .as_ref()
@@ -76,7 +95,7 @@ fn refused(r: &RefusedEvent) -> String {
         &pid,
         &comm,
         endpoint(&r.laddr, r.lport),
-        endpoint(&r.raddr, r.rport),
+        remote(&r.raddr, r.rport, others),
         "rst",
         &what,
     )
@@ -103,7 +122,7 @@ fn row(
     )
 }
 
-pub fn event(e: &DropEvent) -> String {
+fn drop_row(e: &DropEvent, others: u64) -> String {
     let (pid, comm) = owner_cols(&e.owners);
     let mut reason = e.reason.as_str().to_string();
     if e.rst_sent {
@@ -122,13 +141,14 @@ pub fn event(e: &DropEvent) -> String {
         &pid,
         &comm,
         endpoint(&e.laddr, e.lport),
-        endpoint(&e.raddr, e.rport),
+        remote(&e.raddr, e.rport, others),
         e.stage.as_str(),
         &rest,
     )
 }
 
-pub fn summary(s: &Summary) -> Vec<String> {
+/// The end-of-run summary; `output`: what the printer folded to keep up with stdout.
+pub fn summary(s: &Summary, output: Output) -> Vec<String> {
     let mut out = vec![
         String::new(),
         format!("Summary after {:.1}s:", s.duration_s),
@@ -197,6 +217,12 @@ pub fn summary(s: &Summary) -> Vec<String> {
         "Lost records: {} (standing for {} drops), other lost: {}, undecodable: {}, unbracketed packets: {}",
         s.lost_records, s.lost_drops, s.lost_other, s.undecodable, s.unbracketed
     ));
+    if output.coalesced_records > 0 {
+        out.push(format!(
+            "Coalesced: {} records written as {} lines (stdout did not keep up; see `coalesced` in those lines)",
+            output.coalesced_records, output.coalesced_lines
+        ));
+    }
     if !s.hooks.is_empty() {
         let hooks: Vec<String> = s
             .hooks
@@ -311,7 +337,7 @@ mod tests {
 
     #[test]
     fn event_line_has_the_columns() {
-        let line = event(&sample());
+        let line = drop_row(&sample(), 0);
         for part in [
             "42",
             "java",
@@ -333,9 +359,9 @@ mod tests {
     fn unknown_owner_and_several_owners() {
         let mut e = sample();
         e.owners = Owners::default();
-        assert!(event(&e).contains(" -       ?"));
+        assert!(drop_row(&e, 0).contains(" -       ?"));
         e.owners = [Owner::test(1, "a"), Owner::test(2, "b")].into();
-        assert!(event(&e).contains("a+1"));
+        assert!(drop_row(&e, 0).contains("a+1"));
     }
 
     /// A summary with one listener whose attempts had outcomes, a stall, and a port that
@@ -436,7 +462,7 @@ mod tests {
 
     #[test]
     fn impact_verdict_and_refused_ports() {
-        let lines = summary(&rich_summary());
+        let lines = summary(&rich_summary(), Output::default());
         let text = lines.join("\n");
         let at = |needle: &str| {
             lines
@@ -508,7 +534,7 @@ mod tests {
             ]
             .into(),
         );
-        let lines = summary(&s);
+        let lines = summary(&s, Output::default());
         assert_eq!(lines.len(), 8, "{lines:#?}");
         assert!(lines[1].starts_with("Summary after "));
         assert!(lines[2].starts_with("  LISTENER"));
@@ -533,7 +559,7 @@ mod tests {
         s.refused[0].gaps.clear();
         s.hooks.insert("accept".into(), "fentry".into());
         s.hooks.insert("syn".into(), "fentry".into());
-        let text = summary(&s).join("\n");
+        let text = summary(&s, Output::default()).join("\n");
         assert!(
             text.contains("\n    verdict: unknown (accept() was not observed at this listener)\n"),
             "{text}"
