@@ -29,7 +29,21 @@ fn install_logger(verbose: bool) {
         .init();
 }
 
+/// glibc gives each thread that allocates its own malloc arena, and memory freed into one is
+/// not reused by another: with the ring reader allocating record batches, the enricher freeing
+/// them and the printer's writer thread in between, a SYN flood grew the tracer from 50 to
+/// 72 MiB RSS (debug build, 100k drops/s) where one arena stays flat at 51 MiB with no loss of
+/// throughput (each thread keeps its tcache). musl (the static builds) has no per-thread arenas.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() {
+    one_malloc_arena();
     let cli = Cli::parse();
     install_logger(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,4 +1,4 @@
-//! Stress and fault tests (root): a long SYN flood and a stdout nobody reads (`stress/flood.rs`);
+//! Stress and fault tests (root): a long SYN flood, a stdout nobody reads and a slow one (`stress/flood.rs`);
 //! listener churn, a namespace deleted while traced, an owner killed mid-burst, and the tracer
 //! ended by SIGINT, SIGTERM and SIGKILL (`stress/faults.rs`). Bounded: CI lengths by default,
 //! full lengths with LQTRACE_STRESS_FULL=1.

@@ -115,7 +115,9 @@ fn read_loop(
             // SAFETY: one valid pollfd; a failed or interrupted poll only means "read now".
             unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
         }
-        let mut batch = Vec::with_capacity(BATCH);
+        // Grown as records come (not `with_capacity(BATCH)`): a wake-up that finds one record
+        // must not queue 1024 records' worth of memory, or `MAX_QUEUED` would not bound it.
+        let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             match records::decode(&item) {
                 Ok(r) => batch.push(r),
@@ -125,12 +127,7 @@ fn read_loop(
             }
             drop(item);
             if batch.len() == BATCH {
-                send(
-                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                    to,
-                    queued,
-                    stats,
-                );
+                send(std::mem::take(&mut batch), to, queued, stats);
             }
         }
         if !batch.is_empty() {

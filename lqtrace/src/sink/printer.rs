@@ -88,13 +88,11 @@ impl Printer {
     /// A line event (drop, outcome, refused SYN); other events print nothing. Folded while
     /// stdout is behind.
     pub fn event(&mut self, e: &Event) -> io::Result<()> {
-        if !self.folds.is_empty() || self.pending() > FOLD_AT {
-            if self.folds.add(e) {
-                if self.folds.is_full() {
-                    self.write_folds();
-                }
-                return self.check();
+        if (!self.folds.is_empty() || self.pending() > FOLD_AT) && self.folds.add(e) {
+            if self.folds.is_full() {
+                self.write_folds();
             }
+            return self.check();
         }
         let line = if self.json {
             json::line(e)
