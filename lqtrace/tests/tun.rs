@@ -114,6 +114,17 @@ fn ack_overflow(abort: bool) {
         assert_all_drops(&out, ns.inum(), "rst_sent == true", |r| {
             r["rst_sent"].as_bool() == Some(true)
         });
+        // Each reset attempt's outcome is `reset`, after its one dropped ACK.
+        let want: BTreeMap<u16, (String, u64)> = truth
+            .dropped
+            .keys()
+            .map(|p| (*p, ("reset".to_string(), 1)))
+            .collect();
+        assert_eq!(
+            outcomes_by_rport(&out, &ns),
+            want,
+            "[{label}] outcome records per client port (left) vs the ports the peer saw reset (right)"
+        );
     } else {
         assert!(
             peer.reset().is_empty(),
@@ -152,6 +163,45 @@ fn ack_overflow_abort_on_overflow_0() {
 fn ack_overflow_abort_on_overflow_1() {
     require_root!();
     ack_overflow(true);
+}
+
+/// A client whose final ACK was dropped believes it is connected; its data, once the request
+/// has expired, is answered with a RST by the listener: each such attempt's outcome is `reset`,
+/// with every dropped packet of the attempt counted.
+#[test]
+fn data_after_dropped_final_ack_is_reset() {
+    require_root!();
+    let label = "reset_after_ack";
+    let ns = netns(
+        "lqt-ackrst",
+        &[
+            ("net.ipv4.tcp_syncookies", "0"),
+            ("net.ipv4.tcp_abort_on_overflow", "0"),
+            ("net.ipv4.tcp_synack_retries", "0"),
+        ],
+    );
+    let backlog = 3u16;
+    let run = Setup::start(&ns, i32::from(backlog)).run(label, "ack_accept_queue_full", |p| {
+        provoke_reset_after_dropped_ack(p, backlog, 45000)
+    });
+    let (out, truth, peer) = (run.out, run.truth, run.peer);
+    let reset: Vec<u16> = peer.reset();
+    assert_eq!(
+        reset,
+        truth.dropped.keys().copied().collect::<Vec<_>>(),
+        "[{label}] the listener answered the data of every dropped-ACK client with a RST\n{}",
+        peer.describe()
+    );
+    let want: BTreeMap<u16, (String, u64)> = truth
+        .dropped
+        .iter()
+        .map(|(p, n)| (*p, ("reset".to_string(), *n)))
+        .collect();
+    assert_eq!(
+        outcomes_by_rport(&out, &ns),
+        want,
+        "[{label}] outcome records per client port (left) vs the peer's resets and drops (right)"
+    );
 }
 
 #[test]

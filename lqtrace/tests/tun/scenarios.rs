@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub use super::peer::TunPeer;
@@ -75,6 +75,65 @@ impl Truth {
     pub fn total(&self) -> u64 {
         self.dropped.values().sum()
     }
+}
+
+/// The outcome records of `netns` by client port: (outcome, drops). Panics on two records for
+/// one port (each attempt has exactly one outcome).
+pub fn outcomes_by_rport(out: &TraceOutput, ns: &TempNetns) -> BTreeMap<u16, (String, u64)> {
+    let mut m = BTreeMap::new();
+    for r in records_in(&out.records, ns.inum(), "outcome") {
+        let port = u(r, "rport") as u16;
+        let o = (
+            r["outcome"].as_str().unwrap_or("?").to_string(),
+            u(r, "drops"),
+        );
+        if let Some(prev) = m.insert(port, o) {
+            panic!("two outcome records for client port {port}: {prev:?} and {r}");
+        }
+    }
+    m
+}
+
+/// Final ACKs dropped (abort_on_overflow=0), then the client's data again until the listener
+/// answers it with a RST: with `tcp_synack_retries=0` the request expires at its first SYN-ACK
+/// timeout (1 s), and data reaching the listener with no request behind it gets a RST from the
+/// listening socket (`tcp_rcv_state_process`, TCP_LISTEN with ACK set). Until then each re-sent
+/// segment is one more drop, counted in the truth.
+pub fn provoke_reset_after_dropped_ack(peer: &mut TunPeer, backlog: u16, base: u16) -> Truth {
+    let mut t = provoke_ack_overflow(peer, backlog, base, false);
+    let ports: Vec<u16> = t.dropped.keys().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        peer.pump(Duration::from_millis(400));
+        let waiting: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|p| peer.conn(*p).rsts == 0)
+            .collect();
+        if waiting.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        let sent_before: Vec<u32> = waiting
+            .iter()
+            .map(|p| peer.conn(*p).data_acks_sent)
+            .collect();
+        for &p in &waiting {
+            peer.send_ack_data(p);
+        }
+        peer.pump(ANSWER);
+        let dropped_again: Vec<u16> = waiting
+            .iter()
+            .zip(sent_before)
+            .filter(|(p, n)| peer.conn(**p).rsts == 0 && peer.conn(**p).data_acks_sent > *n)
+            .map(|(p, _)| *p)
+            .collect();
+        eprintln!(
+            "[reset_after_ack] data re-sent from {waiting:?}: unanswered again {dropped_again:?}, RST for {:?}",
+            peer.reset()
+        );
+        t.add(&dropped_again);
+    }
+    t
 }
 
 /// Port set/multiset equality between the peer's truth and the drop records of `netns`.
