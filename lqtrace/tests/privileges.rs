@@ -51,7 +51,15 @@ impl Copy {
         let dir = std::env::temp_dir().join(format!("lqtrace-priv-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("lqtrace");
-        std::fs::copy(tracer::bin(), &bin).unwrap();
+        // Copied by cp(1), not std::fs::copy: a child another test thread forks while our
+        // process holds the copy open for writing would keep that fd until it execs, and
+        // executing the copy meanwhile fails with ETXTBSY ("Text file busy").
+        let cp = Command::new("cp")
+            .arg(tracer::bin())
+            .arg(&bin)
+            .status()
+            .expect("run cp");
+        assert!(cp.success(), "cp {} {}", tracer::bin(), bin.display());
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -53,11 +53,16 @@ impl WallTime {
 
     /// Local time of day `HH:MM:SS.mmm`, for the text output.
     pub fn local_hms(self) -> String {
-        let secs = self.0.div_euclid(1_000_000_000) as libc::time_t;
+        let secs = self.0.div_euclid(1_000_000_000);
         let millis = self.0.rem_euclid(1_000_000_000) / 1_000_000;
+        // Typed by localtime_r's parameter, not by naming `libc::time_t` (deprecated on musl,
+        // whose time_t changes width).
+        let Ok(t) = secs.try_into() else {
+            return format!("{secs}.{millis:03}");
+        };
         // SAFETY: a zeroed tm is a valid out parameter; localtime_r is thread-safe.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
             return format!("{secs}.{millis:03}");
         }
         format!(

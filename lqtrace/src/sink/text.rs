@@ -219,7 +219,7 @@ pub fn summary(s: &Summary, output: Output) -> Vec<String> {
     ));
     if output.coalesced_records > 0 {
         out.push(format!(
-            "Coalesced: {} records written as {} lines (stdout did not keep up; see `coalesced` in those lines)",
+            "Coalesced: {} records written as {} lines (stdout did not keep up: a folded line is its first record, with xN after the reason and +N other clients after RADDR:RPORT)",
             output.coalesced_records, output.coalesced_lines
         ));
     }
