@@ -142,10 +142,17 @@ pub fn judge(
         ));
     }
     let (peak_n, peak_s) = peak_window(&s, first, last);
+    // Below SUSTAINED_S a shortfall is still a burst (the queue, had it been larger, would have
+    // held it), but the figures must not be called "kept pace".
+    let pace = if out_rate >= 0.9 * in_rate {
+        "while accept() kept pace"
+    } else {
+        "too briefly to be a capacity problem"
+    };
     Some(with(
         Kind::Burst,
         format!(
-            "{peak_n} connections arrived within {peak_s:.1} s (limit {limit}) while accept() kept pace ({out_rate:.0}/s accepted, {in_rate:.0}/s arrived over {span_s:.1} s)"
+            "{peak_n} connections arrived within {peak_s:.1} s (limit {limit}) {pace} ({out_rate:.0}/s accepted, {in_rate:.0}/s arrived over {span_s:.1} s)"
         ),
     ))
 }
