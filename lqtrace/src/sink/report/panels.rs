@@ -38,11 +38,11 @@ type TimeChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Ranged
 /// How a series of the clients panel reads a bucket.
 type ClientSeries = (&'static str, RGBColor, fn(&ClientBucket) -> u64);
 
-/// A chart over the run's time axis: the same margins and label areas in every time panel.
-fn time_chart<'a, DB: DrawingBackend>(
+/// A chart from 0 to `x_hi` and 0 to `y_max`: the same margins and label areas in every panel.
+fn chart<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     caption: String,
-    tl: &Timeline,
+    x_hi: f64,
     y_max: f64,
 ) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     ChartBuilder::on(area)
@@ -50,7 +50,46 @@ fn time_chart<'a, DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max(tl), 0.0..y_max)
+        .build_cartesian_2d(0.0..x_hi, 0.0..y_max)
+}
+
+/// A chart over the run's time axis, the same in every time panel.
+fn time_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    tl: &Timeline,
+    y_max: f64,
+) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    chart(area, caption, x_max(tl), y_max)
+}
+
+/// The mesh of every panel: the axis titles, tick labels as short as the range allows, the same
+/// fonts and light grid. `whole`: the y axis counts whole connections, so a short one gets
+/// integer ticks.
+fn mesh<DB: DrawingBackend>(
+    chart: &mut TimeChart<'_, DB>,
+    (x_desc, y_desc): (&str, &str),
+    (x_hi, y_max): (f64, f64),
+    whole: bool,
+) -> DrawResult<DB> {
+    let x_label = |v: &f64| axis_label(*v, x_hi);
+    let y_label = |v: &f64| axis_label(*v, y_max);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(RGBColor(235, 235, 235));
+    if whole {
+        mesh.y_labels(if y_max <= 10.0 {
+            y_max as usize + 1
+        } else {
+            10
+        });
+    }
+    mesh.draw()
 }
 
 /// Drops per second over time, one line per reason seen.
@@ -77,16 +116,12 @@ pub fn drops<DB: DrawingBackend>(
         format!("Listen drops per second by reason ({})", step_label(tl))
     };
     let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("drops / s")
-        .x_label_formatter(&|v| axis_label(*v, x_max(tl)))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    mesh(
+        &mut chart,
+        ("seconds since start", "drops / s"),
+        (x_max(tl), y_max),
+        false,
+    )?;
     for r in &reasons {
         let color = reason_color(*r);
         let pts = steps(
@@ -155,16 +190,12 @@ pub fn clients<DB: DrawingBackend>(
         )
     };
     let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections / s")
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    mesh(
+        &mut chart,
+        ("seconds since start", "connections / s"),
+        (xm, y_max),
+        false,
+    )?;
     for (n, (a, b, port)) in bands.iter().enumerate() {
         // At least a pixel or two wide: a 5 ms gap must still show.
         let b = b.max(a + xm / 400.0);
@@ -249,31 +280,13 @@ pub fn delays<DB: DrawingBackend>(
         (None, _) => "Client connect delay after a drop (no delayed connection)".to_string(),
     };
     let x_hi = top_ms / 1e3;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_hi, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc(if fine {
-            "delay, seconds (100 ms bins)"
-        } else {
-            "delay, seconds (1 s bins)"
-        })
-        .y_desc("connections")
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&|v| axis_label(*v, x_hi))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = chart(area, caption, x_hi, y_max)?;
+    let x_desc = if fine {
+        "delay, seconds (100 ms bins)"
+    } else {
+        "delay, seconds (1 s bins)"
+    };
+    mesh(&mut chart, (x_desc, "connections"), (x_hi, y_max), true)?;
     let color = RGBColor(0, 114, 178);
     chart.draw_series(
         bins.iter()
@@ -397,22 +410,12 @@ pub fn queue<DB: DrawingBackend>(
     };
     let xm = x_max(tl);
     let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections in accept queue")
-        // Whole connections: integer ticks on a short axis.
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    mesh(
+        &mut chart,
+        ("seconds since start", "connections in accept queue"),
+        (xm, y_max),
+        true,
+    )?;
     for l in &listeners {
         let color = colors[&l.key];
         let label = listener_label(l);
@@ -480,16 +483,12 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
     };
     let xm = x_max(tl);
     let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections / s")
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    mesh(
+        &mut chart,
+        ("seconds since start", "connections / s"),
+        (xm, y_max),
+        false,
+    )?;
     for l in &listeners {
         let color = colors[&l.key];
         chart

@@ -123,17 +123,7 @@ impl Apt {
     fn output(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = self.cmd("apt-cache");
         cmd.args(args);
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", render(&cmd)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                render(&cmd),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(&mut cmd)
     }
 
     /// Versions of `pkg` in `suite` (from `apt-cache madison`).
@@ -175,17 +165,7 @@ impl Apt {
             cmd
         };
         let mut sim = install(&["-s"]);
-        let out = sim
-            .output()
-            .with_context(|| format!("running {}", render(&sim)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                render(&sim),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let files = parse_simulated(&String::from_utf8_lossy(&out.stdout));
+        let files = parse_simulated(&stdout_of(&mut sim)?);
         if files.is_empty() {
             bail!("`{}` listed no package", render(&sim));
         }
@@ -201,6 +181,21 @@ impl Apt {
         }
         Ok(paths)
     }
+}
+
+/// What `cmd` printed on stdout; an error naming the command and its stderr if it failed.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", render(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            render(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The `.deb` file names of the packages a simulated `apt-get -s install` would unpack
