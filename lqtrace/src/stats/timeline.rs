@@ -83,6 +83,20 @@ impl ClientBucket {
     }
 }
 
+/// Buckets 2i and 2i+1 of a host-wide series become bucket i (a last odd one stays alone).
+fn merge_adjacent<T: Copy>(buckets: &mut Vec<T>, merge: fn(&mut T, &T)) {
+    *buckets = buckets
+        .chunks(2)
+        .map(|c| {
+            let mut b = c[0];
+            if let Some(n) = c.get(1) {
+                merge(&mut b, n);
+            }
+            b
+        })
+        .collect();
+}
+
 /// One listener's series.
 #[derive(Debug, Clone)]
 pub struct ListenerSeries {
@@ -282,28 +296,8 @@ impl Timeline {
     /// Halve the resolution: bucket width doubles, adjacent buckets are combined.
     fn merge_pairs(&mut self) {
         self.bucket_ns *= 2;
-        let old = std::mem::take(&mut self.host);
-        self.host = old
-            .chunks(2)
-            .map(|c| {
-                let mut b = c[0];
-                if let Some(n) = c.get(1) {
-                    b.merge(n);
-                }
-                b
-            })
-            .collect();
-        let old = std::mem::take(&mut self.clients);
-        self.clients = old
-            .chunks(2)
-            .map(|c| {
-                let mut b = c[0];
-                if let Some(n) = c.get(1) {
-                    b.merge(n);
-                }
-                b
-            })
-            .collect();
+        merge_adjacent(&mut self.host, ReasonCounts::merge);
+        merge_adjacent(&mut self.clients, ClientBucket::merge);
         for l in self.listeners.values_mut() {
             l.merge_pairs();
         }

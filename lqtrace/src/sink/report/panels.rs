@@ -53,16 +53,6 @@ fn chart<'a, DB: DrawingBackend>(
         .build_cartesian_2d(0.0..x_hi, 0.0..y_max)
 }
 
-/// A chart over the run's time axis, the same in every time panel.
-fn time_chart<'a, DB: DrawingBackend>(
-    area: &'a DrawingArea<DB, Shift>,
-    caption: String,
-    tl: &Timeline,
-    y_max: f64,
-) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
-    chart(area, caption, x_max(tl), y_max)
-}
-
 /// The mesh of every panel: the axis titles, tick labels as short as the range allows, the same
 /// fonts and light grid. `whole`: the y axis counts whole connections, so a short one gets
 /// integer ticks.
@@ -92,6 +82,30 @@ fn mesh<DB: DrawingBackend>(
     mesh.draw()
 }
 
+/// A chart over the run's time axis with its mesh drawn, the same in every time panel: seconds
+/// since the start on x, `y_desc` on y (`whole`: as in [`mesh`]).
+fn time_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    tl: &Timeline,
+    (y_desc, y_max): (&str, f64),
+    whole: bool,
+) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = chart(area, caption, x_max(tl), y_max)?;
+    mesh(
+        &mut chart,
+        ("seconds since start", y_desc),
+        (x_max(tl), y_max),
+        whole,
+    )?;
+    Ok(chart)
+}
+
+/// The legend's mark of a line series: a short thick stroke of its color.
+fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+}
+
 /// Drops per second over time, one line per reason seen.
 pub fn drops<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -115,13 +129,7 @@ pub fn drops<DB: DrawingBackend>(
     } else {
         format!("Listen drops per second by reason ({})", step_label(tl))
     };
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    mesh(
-        &mut chart,
-        ("seconds since start", "drops / s"),
-        (x_max(tl), y_max),
-        false,
-    )?;
+    let mut chart = time_chart(area, caption, tl, ("drops / s", y_max), false)?;
     for r in &reasons {
         let color = reason_color(*r);
         let pts = steps(
@@ -134,9 +142,7 @@ pub fn drops<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(r.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
     }
     if !reasons.is_empty() {
         legend(&mut chart)?;
@@ -189,13 +195,7 @@ pub fn clients<DB: DrawingBackend>(
             step_label(tl)
         )
     };
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    mesh(
-        &mut chart,
-        ("seconds since start", "connections / s"),
-        (xm, y_max),
-        false,
-    )?;
+    let mut chart = time_chart(area, caption, tl, ("connections / s", y_max), false)?;
     for (n, (a, b, port)) in bands.iter().enumerate() {
         // At least a pixel or two wide: a 5 ms gap must still show.
         let b = b.max(a + xm / 400.0);
@@ -227,9 +227,7 @@ pub fn clients<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(*label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
     }
     if !shown.is_empty() || !bands.is_empty() {
         legend(&mut chart)?;
@@ -409,11 +407,11 @@ pub fn queue<DB: DrawingBackend>(
         ),
     };
     let xm = x_max(tl);
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    mesh(
-        &mut chart,
-        ("seconds since start", "connections in accept queue"),
-        (xm, y_max),
+    let mut chart = time_chart(
+        area,
+        caption,
+        tl,
+        ("connections in accept queue", y_max),
         true,
     )?;
     for l in &listeners {
@@ -423,9 +421,7 @@ pub fn queue<DB: DrawingBackend>(
         for run in held_runs(tl, l) {
             let series = chart.draw_series(LineSeries::new(run, color.stroke_width(2)))?;
             if first {
-                series.label(label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
+                series.label(label.clone()).legend(legend_mark(color));
                 first = false;
             }
         }
@@ -481,14 +477,7 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
             step_label(tl)
         )
     };
-    let xm = x_max(tl);
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    mesh(
-        &mut chart,
-        ("seconds since start", "connections / s"),
-        (xm, y_max),
-        false,
-    )?;
+    let mut chart = time_chart(area, caption, tl, ("connections / s", y_max), false)?;
     for l in &listeners {
         let color = colors[&l.key];
         chart
@@ -497,9 +486,7 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
                 color.stroke_width(2),
             ))?
             .label(listener_label(l))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
         chart.draw_series(DashedLineSeries::new(
             steps(tl, rate(l, |b| b.accepts).into_iter()),
             6,
