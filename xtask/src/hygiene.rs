@@ -58,7 +58,6 @@ mod tests {
     use crate::util;
 
     #[test]
-    #[ignore = "enabled once the issue-8 splits land"]
     fn no_userspace_file_over_the_limit() {
         let big = oversized(&util::workspace_root(), &USERSPACE_CRATES, MAX_LINES).unwrap();
         let list: Vec<String> = big

@@ -162,36 +162,53 @@ mod tests {
         })
     }
 
+    /// Each of `paths` names the pod `UID` and the container `ID` of `runtime`.
+    fn in_pod(runtime: &str, paths: &[String]) {
+        let want = both(UID, &format!("{runtime}://{ID}"));
+        for p in paths {
+            assert_eq!(parse_container(p), want, "{p}");
+        }
+    }
+
+    /// The pod `UID` itself, no container in it.
+    fn pod_only() -> Option<ContainerRef> {
+        Some(ContainerRef {
+            pod_uid: Some(UID.into()),
+            container_id: None,
+        })
+    }
+
     #[test]
     fn systemd_containerd_all_qos_classes() {
-        for qos in ["burstable", "besteffort"] {
-            let p = format!(
-                "/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{UID_}.slice/cri-containerd-{ID}.scope"
-            );
-            assert_eq!(
-                parse_container(&p),
-                both(UID, &format!("containerd://{ID}")),
-                "{p}"
-            );
-        }
+        let mut paths: Vec<String> = ["burstable", "besteffort"]
+            .iter()
+            .map(|qos| {
+                format!(
+                    "/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{UID_}.slice/cri-containerd-{ID}.scope"
+                )
+            })
+            .collect();
         // Guaranteed pods sit directly under kubepods.slice.
-        let p = format!("/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
+        paths.push(format!(
+            "/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope"
+        ));
+        in_pod("containerd", &paths);
     }
 
     #[test]
     fn systemd_crio_and_docker() {
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{ID}.scope"
+        in_pod(
+            "cri-o",
+            &[format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{ID}.scope"
+            )],
         );
-        assert_eq!(parse_container(&p), both(UID, &format!("cri-o://{ID}")));
-        let p = format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/docker-{ID}.scope"
+        in_pod(
+            "docker",
+            &[format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/docker-{ID}.scope"
+            )],
         );
-        assert_eq!(parse_container(&p), both(UID, &format!("docker://{ID}")));
     }
 
     #[test]
@@ -199,45 +216,28 @@ mod tests {
         let p = format!(
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-conmon-{ID}.scope"
         );
-        assert_eq!(
-            parse_container(&p),
-            Some(ContainerRef {
-                pod_uid: Some(UID.into()),
-                container_id: None
-            })
-        );
+        assert_eq!(parse_container(&p), pod_only());
     }
 
     #[test]
     fn cgroupfs_driver() {
-        let p = format!("/kubepods/burstable/pod{UID}/{ID}");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
-        let p = format!("/kubepods/besteffort/pod{UID}/{ID}");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
-        let p = format!("/kubepods/pod{UID}/{ID}");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
+        in_pod(
+            "containerd",
+            &[
+                format!("/kubepods/burstable/pod{UID}/{ID}"),
+                format!("/kubepods/besteffort/pod{UID}/{ID}"),
+                format!("/kubepods/pod{UID}/{ID}"),
+            ],
         );
         // cgroup v1 hierarchy with docker as the runtime (dockershim + cgroupfs).
-        let p = format!("/docker/kubepods/burstable/pod{UID}/{ID}");
-        assert_eq!(parse_container(&p), both(UID, &format!("docker://{ID}")));
+        in_pod(
+            "docker",
+            &[format!("/docker/kubepods/burstable/pod{UID}/{ID}")],
+        );
         // The pod's own cgroup (the pause process under cgroupfs sits in a container dir; a
         // process directly in the pod dir has no container).
         let p = format!("/kubepods/burstable/pod{UID}");
-        assert_eq!(
-            parse_container(&p),
-            Some(ContainerRef {
-                pod_uid: Some(UID.into()),
-                container_id: None
-            })
-        );
+        assert_eq!(parse_container(&p), pod_only());
     }
 
     #[test]
@@ -285,42 +285,32 @@ mod tests {
 
     #[test]
     fn kind_nested_kubelet_and_inner_cgroups() {
-        let p = format!(
-            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
-        );
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
-        // systemd running inside the container: the process sits in a sub-cgroup.
-        let p = format!(
-            "/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope/system.slice/nginx.service"
-        );
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
+        in_pod(
+            "containerd",
+            &[
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
+                ),
+                // systemd running inside the container: the process sits in a sub-cgroup.
+                format!(
+                    "/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope/system.slice/nginx.service"
+                ),
+            ],
         );
     }
 
     #[test]
     fn relative_to_a_private_cgroup_namespace() {
         // lqtrace itself in a pod (cgroupns private) reading other pods' processes.
-        let p = format!(
-            "/../../../kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
-        );
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
-        let p = format!("/../../kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
-        );
-        let p = format!("/../../besteffort/pod{UID}/{ID}");
-        assert_eq!(
-            parse_container(&p),
-            both(UID, &format!("containerd://{ID}"))
+        in_pod(
+            "containerd",
+            &[
+                format!(
+                    "/../../../kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
+                ),
+                format!("/../../kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope"),
+                format!("/../../besteffort/pod{UID}/{ID}"),
+            ],
         );
         // A host service seen from the pod: nothing.
         assert_eq!(

@@ -256,7 +256,10 @@ pub(crate) mod tests {
     use lqtrace_common::{KIND_DROP, KIND_SYNCOOKIE, STAGE_ACK, STAGE_SYN};
 
     use super::*;
-    use crate::attribution::owners::Owner;
+    use crate::{
+        attribution::owners::Owner,
+        event::clients::{Outcome, OutcomeEvent, RefusedEvent},
+    };
 
     /// A drop event as the text and JSON tests use it.
     pub(crate) fn sample() -> DropEvent {
@@ -287,6 +290,44 @@ pub(crate) mod tests {
             accepts_per_s: 3,
             netns_label: "4026531840".into(),
             attempt_untracked: false,
+        }
+    }
+
+    /// The attempt of `e` (its 4-tuple, listener and owners) ending in `outcome` a second after
+    /// its one dropped packet, both at `e`'s time; tests set the times they need.
+    pub(crate) fn outcome_of(e: &DropEvent, outcome: Outcome) -> OutcomeEvent {
+        OutcomeEvent {
+            kind: (),
+            ts: e.ts,
+            ts_ns: e.ts_ns,
+            outcome,
+            netns: e.netns,
+            laddr: e.laddr,
+            lport: e.lport,
+            raddr: e.raddr,
+            rport: e.rport,
+            sock_ino: e.sock_ino,
+            owners: Arc::clone(&e.owners),
+            drops: 1,
+            first_drop_ts: e.ts,
+            delay_ms: 1000.0,
+            first_drop_ns: e.ts_ns,
+        }
+    }
+
+    /// A SYN from `e`'s client refused at `e`'s address and time, where no listener had closed.
+    pub(crate) fn refused_at(e: &DropEvent) -> RefusedEvent {
+        RefusedEvent {
+            kind: (),
+            ts: e.ts,
+            ts_ns: e.ts_ns,
+            netns: e.netns,
+            laddr: e.laddr,
+            lport: e.lport,
+            raddr: e.raddr,
+            rport: e.rport,
+            listener_closed_ms_ago: None,
+            closed_by: None,
         }
     }
 

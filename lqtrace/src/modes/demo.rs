@@ -21,7 +21,10 @@ use anyhow::{Context as _, Result, anyhow};
 use lqtrace_testkit::sockets::{self, ListenOpts, Socket, burst_connects, close_rst};
 use serde_json::json;
 
-use super::stop::{Stop, Why};
+use super::{
+    live::print_events,
+    stop::{Stop, Why},
+};
 use crate::{
     advice::{self, Cause, Facts},
     cli::{Cli, DemoArgs, Filter},
@@ -88,33 +91,12 @@ below as it happens (this namespace only), then the reconciliation with the name
     });
 
     stop.stop_after(args.length);
-    let mut interrupted = false;
-    let mut output_closed = false;
-    loop {
-        tokio::select! {
-            events = session.next_events() => {
-                for e in events? {
-                    if e.netns() == Some(ns.inum()) && printer.event(&e).is_err() {
-                        output_closed = true;
-                    }
-                }
-                if output_closed || printer.flush().is_err() {
-                    output_closed = true;
-                    break;
-                }
-            }
-            _ = printer.idle() => {
-                if printer.flush().is_err() {
-                    output_closed = true;
-                    break;
-                }
-            }
-            why = stop.wait() => {
-                interrupted = why == Why::Signal;
-                break;
-            }
-        }
-    }
+    let stopped = print_events(&mut session, &mut printer, &mut stop, |e| {
+        e.netns() == Some(ns.inum())
+    })
+    .await?;
+    let output_closed = stopped.is_none();
+    let interrupted = stopped == Some(Why::Signal);
 
     // The burst is over in milliseconds; joining it first also orders an early Ctrl-C after it.
     let clients = burst

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod listeners;
+mod live;
 pub mod run;
 mod stop;
 pub mod top;

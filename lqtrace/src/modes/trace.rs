@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 
-use super::stop::Stop;
+use super::{live::print_events, stop::Stop};
 use crate::{
     cli::Cli,
     session::{Session, SessionOptions},
@@ -17,31 +17,10 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     let mut stop = Stop::new(cli.duration)?;
 
-    let mut output_closed = false;
-    loop {
-        tokio::select! {
-            events = session.next_events() => {
-                for e in events? {
-                    if printer.event(&e).is_err() {
-                        output_closed = true;
-                        break;
-                    }
-                }
-                // stdout closed (e.g. `| head`): stop, finish quietly.
-                if output_closed || printer.flush().is_err() {
-                    output_closed = true;
-                    break;
-                }
-            }
-            _ = printer.idle() => {
-                if printer.flush().is_err() {
-                    output_closed = true;
-                    break;
-                }
-            }
-            _ = stop.wait() => break,
-        }
-    }
+    // stdout closed (e.g. `| head`): stop, finish quietly.
+    let output_closed = print_events(&mut session, &mut printer, &mut stop, |_| true)
+        .await?
+        .is_none();
 
     let crate::session::Finished { last, summary, .. } = session.finish().await;
     if !output_closed {

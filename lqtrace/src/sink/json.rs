@@ -166,35 +166,17 @@ mod tests {
             comm: "srv".into(),
         };
         let outcome = OutcomeEvent {
-            kind: (),
-            ts: e.ts,
             ts_ns: 2,
-            outcome: Outcome::Connected,
-            netns: e.netns,
-            laddr: e.laddr,
-            lport: e.lport,
-            raddr: e.raddr,
-            rport: e.rport,
-            sock_ino: e.sock_ino,
-            owners: std::sync::Arc::clone(&e.owners),
-            drops: 1,
-            first_drop_ts: e.ts,
-            delay_ms: 1000.0,
             first_drop_ns: 1,
+            ..crate::event::tests::outcome_of(&e, Outcome::Connected)
         };
         let v = serde_json::to_value(&outcome).unwrap();
         assert_eq!(object_keys(&v), readme_keys("Records of kind `outcome`"));
         let refused = RefusedEvent {
-            kind: (),
-            ts: e.ts,
             ts_ns: 5,
-            netns: e.netns,
-            laddr: e.laddr,
-            lport: e.lport,
-            raddr: e.raddr,
-            rport: e.rport,
             listener_closed_ms_ago: Some(3.0),
             closed_by: Some(by.clone()),
+            ..crate::event::tests::refused_at(&e)
         };
         let v = serde_json::to_value(&refused).unwrap();
         assert_eq!(object_keys(&v), readme_keys("Records of kind `refused`"));

@@ -388,21 +388,9 @@ mod tests {
         }
         let outcome = |outcome, delay_ms: f64| {
             Event::Outcome(OutcomeEvent {
-                kind: (),
-                ts: d.ts,
                 ts_ns: d.ts_ns + (delay_ms as u64) * ms,
-                outcome,
-                netns: d.netns,
-                laddr: d.laddr,
-                lport: d.lport,
-                raddr: d.raddr,
-                rport: d.rport,
-                sock_ino: d.sock_ino,
-                owners: std::sync::Arc::clone(&d.owners),
-                drops: 1,
-                first_drop_ts: d.ts,
                 delay_ms,
-                first_drop_ns: d.ts_ns,
+                ..crate::event::tests::outcome_of(&d, outcome)
             })
         };
         for (o, ms) in [
@@ -430,16 +418,13 @@ mod tests {
         );
         agg.add(
             &Event::Refused(RefusedEvent {
-                kind: (),
-                ts: d.ts,
                 ts_ns: 2_100 * ms,
                 netns: 7,
-                laddr: d.laddr,
                 lport: 9090,
-                raddr: d.raddr,
                 rport: 40000,
                 listener_closed_ms_ago: Some(100.0),
                 closed_by: Some(by(100, "nginx")),
+                ..crate::event::tests::refused_at(&d)
             }),
             true,
         );

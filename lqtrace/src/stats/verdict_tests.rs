@@ -33,21 +33,10 @@ fn drop_at(agg: &mut Aggregate, at_ms: u64, gap_ms: Option<u64>) {
 fn attempt(tl: &mut Timeline, at_ms: u64, in_ms: u64) {
     let e = crate::event::tests::sample();
     tl.add_outcome(&OutcomeEvent {
-        kind: (),
-        ts: e.ts,
         ts_ns: T0 + in_ms * MS,
-        outcome: Outcome::Connected,
-        netns: e.netns,
-        laddr: e.laddr,
-        lport: e.lport,
-        raddr: e.raddr,
-        rport: e.rport,
-        sock_ino: e.sock_ino,
-        owners: e.owners,
-        drops: 1,
-        first_drop_ts: e.ts,
         delay_ms: (in_ms - at_ms) as f64,
         first_drop_ns: T0 + at_ms * MS,
+        ..crate::event::tests::outcome_of(&e, Outcome::Connected)
     });
 }
 

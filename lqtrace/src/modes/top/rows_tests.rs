@@ -156,46 +156,20 @@ fn rows_read_impact_refusals_and_accepts_from_the_aggregate() {
     use crate::event::{
         Event,
         accepts::{AcceptSample, AcceptSnapshot},
-        clients::{OutcomeEvent, RefusedEvent},
+        clients::RefusedEvent,
+        tests::{outcome_of, refused_at},
     };
     let now = monotonic_ns();
     let mut agg = Aggregate::new(now);
     let e = crate::event::tests::sample();
     agg.add_drop(&e, true);
     for outcome in [Outcome::Connected, Outcome::Connected, Outcome::Reset] {
-        agg.add(
-            &Event::Outcome(OutcomeEvent {
-                kind: (),
-                ts: e.ts,
-                ts_ns: e.ts_ns,
-                outcome,
-                netns: e.netns,
-                laddr: e.laddr,
-                lport: e.lport,
-                raddr: e.raddr,
-                rport: e.rport,
-                sock_ino: e.sock_ino,
-                owners: Arc::clone(&e.owners),
-                drops: 1,
-                first_drop_ts: e.ts,
-                delay_ms: 1000.0,
-                first_drop_ns: e.ts_ns,
-            }),
-            true,
-        );
+        agg.add(&Event::Outcome(outcome_of(&e, outcome)), true);
     }
     agg.add(
         &Event::Refused(RefusedEvent {
-            kind: (),
-            ts: e.ts,
-            ts_ns: e.ts_ns,
-            netns: e.netns,
-            laddr: e.laddr,
-            lport: e.lport,
-            raddr: e.raddr,
             rport: 1,
-            listener_closed_ms_ago: None,
-            closed_by: None,
+            ..refused_at(&e)
         }),
         true,
     );

@@ -393,21 +393,8 @@ fn info_and_hooks() {
 
 fn outcome(e: &DropEvent, outcome: Outcome, delay_ms: f64) -> Event {
     Event::Outcome(OutcomeEvent {
-        kind: (),
-        ts: e.ts,
-        ts_ns: e.ts_ns,
-        outcome,
-        netns: e.netns,
-        laddr: e.laddr,
-        lport: e.lport,
-        raddr: e.raddr,
-        rport: e.rport,
-        sock_ino: e.sock_ino,
-        owners: std::sync::Arc::clone(&e.owners),
-        drops: 1,
-        first_drop_ts: e.ts,
         delay_ms,
-        first_drop_ns: e.ts_ns,
+        ..crate::event::tests::outcome_of(e, outcome)
     })
 }
 
@@ -538,16 +525,11 @@ fn refused_ports_are_capped_like_listeners() {
         let e = crate::event::tests::sample();
         agg.add(
             &Event::Refused(RefusedEvent {
-                kind: (),
-                ts: e.ts,
                 ts_ns: 1,
                 netns,
-                laddr: e.laddr,
                 lport: port,
-                raddr: e.raddr,
                 rport: 1,
-                listener_closed_ms_ago: None,
-                closed_by: None,
+                ..crate::event::tests::refused_at(&e)
             }),
             true,
         );

@@ -1,9 +1,10 @@
 //! Tests of the report page: escaping, the plots and tables, the hooks for scripts.
 
-use super::{super::plots::Figure, *};
-use crate::stats::{
-    aggregate::Aggregate, impact::Delays, summary::Reconciliation, timeline::Timeline,
+use super::{
+    super::{plots::Figure, tests::input},
+    *,
 };
+use crate::stats::{aggregate::Aggregate, summary::Reconciliation, timeline::Timeline};
 
 #[test]
 fn escaping_and_quoting() {
@@ -57,15 +58,8 @@ fn page_has_plots_tables_and_hooks() {
     let (s, tl) = sample_input_parts();
     let argv = vec!["wrk".to_string(), "-c".into(), "10".into()];
     let input = ReportInput {
-        command: &argv,
         started: crate::event::WallTime(1_795_914_123_456_789_000),
-        duration_s: 2.0,
-        exit: "exit status 0".into(),
-        filters: String::new(),
-        summary: &s,
-        timeline: &tl,
-        delays: &Delays::default(),
-        gaps: &[],
+        ..input(&argv, &s, &tl)
     };
     let data = input.plot_data(&[]);
     let drops = Figure::Drops.svg(&data).unwrap();
@@ -129,17 +123,7 @@ fn impact_verdict_advice_and_refused_ports() {
         }],
     });
     let argv = vec!["true".to_string()];
-    let input = ReportInput {
-        command: &argv,
-        started: crate::event::WallTime(0),
-        duration_s: 2.0,
-        exit: "exit status 0".into(),
-        filters: String::new(),
-        summary: &s,
-        timeline: &tl,
-        delays: &Delays::default(),
-        gaps: &[],
-    };
+    let input = input(&argv, &s, &tl);
     let page = render(&input, "<svg/>", "<svg/>", &[]);
     assert!(
         page.contains("<td class=\"impact\">2 connection attempts delayed, p50 +1.1 s, max +3.0 s; 1 gave up</td>"),

@@ -147,6 +147,27 @@ pub fn write(path: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
 mod tests {
     use super::*;
 
+    /// The report of `command` over `summary` and `timeline`, as the tests read it: started at
+    /// the epoch, as long as the summary says, exit status 0, no filters, delays or gaps.
+    pub(super) fn input<'a>(
+        command: &'a [String],
+        summary: &'a Summary,
+        timeline: &'a Timeline,
+    ) -> ReportInput<'a> {
+        static NO_DELAYS: std::sync::LazyLock<Delays> = std::sync::LazyLock::new(Delays::default);
+        ReportInput {
+            command,
+            started: crate::event::WallTime(0),
+            duration_s: summary.duration_s,
+            exit: "exit status 0".into(),
+            filters: String::new(),
+            summary,
+            timeline,
+            delays: &NO_DELAYS,
+            gaps: &[],
+        }
+    }
+
     #[test]
     fn image_paths_beside_the_report() {
         assert_eq!(
@@ -178,15 +199,9 @@ mod tests {
         };
         let argv = vec!["true".to_string()];
         let input = ReportInput {
-            command: &argv,
-            started: crate::event::WallTime(0),
-            duration_s: 12.0,
-            exit: "exit status 0".into(),
-            filters: String::new(),
-            summary: &summary,
-            timeline: &tl,
             delays: &delays,
             gaps: &gaps,
+            ..input(&argv, &summary, &tl)
         };
         let files = write(&dir.join("r.html"), &input).unwrap();
         assert!(files.note.is_none(), "{:?}", files.note);
@@ -213,15 +228,9 @@ mod tests {
         let argv = vec!["true".to_string()];
         let kept = |summary: &Summary| {
             ReportInput {
-                command: &argv,
-                started: crate::event::WallTime(0),
-                duration_s: 1.0,
-                exit: String::new(),
-                filters: String::new(),
-                summary,
-                timeline: &tl,
                 delays: &delays,
                 gaps: &gaps,
+                ..input(&argv, summary, &tl)
             }
             .relevant_gaps()
         };

@@ -38,11 +38,11 @@ type TimeChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Ranged
 /// How a series of the clients panel reads a bucket.
 type ClientSeries = (&'static str, RGBColor, fn(&ClientBucket) -> u64);
 
-/// A chart over the run's time axis: the same margins and label areas in every time panel.
-fn time_chart<'a, DB: DrawingBackend>(
+/// A chart from 0 to `x_hi` and 0 to `y_max`: the same margins and label areas in every panel.
+fn chart<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     caption: String,
-    tl: &Timeline,
+    x_hi: f64,
     y_max: f64,
 ) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     ChartBuilder::on(area)
@@ -50,7 +50,60 @@ fn time_chart<'a, DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max(tl), 0.0..y_max)
+        .build_cartesian_2d(0.0..x_hi, 0.0..y_max)
+}
+
+/// The mesh of every panel: the axis titles, tick labels as short as the range allows, the same
+/// fonts and light grid. `whole`: the y axis counts whole connections, so a short one gets
+/// integer ticks.
+fn mesh<DB: DrawingBackend>(
+    chart: &mut TimeChart<'_, DB>,
+    (x_desc, y_desc): (&str, &str),
+    (x_hi, y_max): (f64, f64),
+    whole: bool,
+) -> DrawResult<DB> {
+    let x_label = |v: &f64| axis_label(*v, x_hi);
+    let y_label = |v: &f64| axis_label(*v, y_max);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(RGBColor(235, 235, 235));
+    if whole {
+        mesh.y_labels(if y_max <= 10.0 {
+            y_max as usize + 1
+        } else {
+            10
+        });
+    }
+    mesh.draw()
+}
+
+/// A chart over the run's time axis with its mesh drawn, the same in every time panel: seconds
+/// since the start on x, `y_desc` on y (`whole`: as in [`mesh`]).
+fn time_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    tl: &Timeline,
+    (y_desc, y_max): (&str, f64),
+    whole: bool,
+) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = chart(area, caption, x_max(tl), y_max)?;
+    mesh(
+        &mut chart,
+        ("seconds since start", y_desc),
+        (x_max(tl), y_max),
+        whole,
+    )?;
+    Ok(chart)
+}
+
+/// The legend's mark of a line series: a short thick stroke of its color.
+fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
 }
 
 /// Drops per second over time, one line per reason seen.
@@ -76,17 +129,7 @@ pub fn drops<DB: DrawingBackend>(
     } else {
         format!("Listen drops per second by reason ({})", step_label(tl))
     };
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("drops / s")
-        .x_label_formatter(&|v| axis_label(*v, x_max(tl)))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = time_chart(area, caption, tl, ("drops / s", y_max), false)?;
     for r in &reasons {
         let color = reason_color(*r);
         let pts = steps(
@@ -99,9 +142,7 @@ pub fn drops<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(r.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
     }
     if !reasons.is_empty() {
         legend(&mut chart)?;
@@ -154,17 +195,7 @@ pub fn clients<DB: DrawingBackend>(
             step_label(tl)
         )
     };
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections / s")
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = time_chart(area, caption, tl, ("connections / s", y_max), false)?;
     for (n, (a, b, port)) in bands.iter().enumerate() {
         // At least a pixel or two wide: a 5 ms gap must still show.
         let b = b.max(a + xm / 400.0);
@@ -196,9 +227,7 @@ pub fn clients<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(*label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
     }
     if !shown.is_empty() || !bands.is_empty() {
         legend(&mut chart)?;
@@ -249,31 +278,13 @@ pub fn delays<DB: DrawingBackend>(
         (None, _) => "Client connect delay after a drop (no delayed connection)".to_string(),
     };
     let x_hi = top_ms / 1e3;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_hi, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc(if fine {
-            "delay, seconds (100 ms bins)"
-        } else {
-            "delay, seconds (1 s bins)"
-        })
-        .y_desc("connections")
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&|v| axis_label(*v, x_hi))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = chart(area, caption, x_hi, y_max)?;
+    let x_desc = if fine {
+        "delay, seconds (100 ms bins)"
+    } else {
+        "delay, seconds (1 s bins)"
+    };
+    mesh(&mut chart, (x_desc, "connections"), (x_hi, y_max), true)?;
     let color = RGBColor(0, 114, 178);
     chart.draw_series(
         bins.iter()
@@ -396,23 +407,13 @@ pub fn queue<DB: DrawingBackend>(
         ),
     };
     let xm = x_max(tl);
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections in accept queue")
-        // Whole connections: integer ticks on a short axis.
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = time_chart(
+        area,
+        caption,
+        tl,
+        ("connections in accept queue", y_max),
+        true,
+    )?;
     for l in &listeners {
         let color = colors[&l.key];
         let label = listener_label(l);
@@ -420,9 +421,7 @@ pub fn queue<DB: DrawingBackend>(
         for run in held_runs(tl, l) {
             let series = chart.draw_series(LineSeries::new(run, color.stroke_width(2)))?;
             if first {
-                series.label(label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
+                series.label(label.clone()).legend(legend_mark(color));
                 first = false;
             }
         }
@@ -478,18 +477,7 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
             step_label(tl)
         )
     };
-    let xm = x_max(tl);
-    let mut chart = time_chart(area, caption, tl, y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("connections / s")
-        .x_label_formatter(&|v| axis_label(*v, xm))
-        .y_label_formatter(&|v| axis_label(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    let mut chart = time_chart(area, caption, tl, ("connections / s", y_max), false)?;
     for l in &listeners {
         let color = colors[&l.key];
         chart
@@ -498,9 +486,7 @@ pub fn flow<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>)
                 color.stroke_width(2),
             ))?
             .label(listener_label(l))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
+            .legend(legend_mark(color));
         chart.draw_series(DashedLineSeries::new(
             steps(tl, rate(l, |b| b.accepts).into_iter()),
             6,

@@ -279,21 +279,12 @@ pub(crate) mod tests {
             (7000.0, Outcome::GaveUp),
         ] {
             tl.add_outcome(&OutcomeEvent {
-                kind: (),
-                ts: e.ts,
                 ts_ns: 15 * S + ms as u64 * 1_000_000,
-                outcome,
-                netns: e.netns,
-                laddr: e.laddr,
                 lport: 8080,
-                raddr: e.raddr,
-                rport: e.rport,
                 sock_ino: 8080,
-                owners: std::sync::Arc::clone(&e.owners),
-                drops: 1,
-                first_drop_ts: e.ts,
                 delay_ms: ms,
                 first_drop_ns: 15 * S,
+                ..crate::event::tests::outcome_of(&e, outcome)
             });
         }
         tl.extend_to(22 * S);

@@ -123,17 +123,7 @@ impl Apt {
     fn output(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = self.cmd("apt-cache");
         cmd.args(args);
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", render(&cmd)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                render(&cmd),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(&mut cmd)
     }
 
     /// Versions of `pkg` in `suite` (from `apt-cache madison`).
@@ -175,17 +165,7 @@ impl Apt {
             cmd
         };
         let mut sim = install(&["-s"]);
-        let out = sim
-            .output()
-            .with_context(|| format!("running {}", render(&sim)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                render(&sim),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let files = parse_simulated(&String::from_utf8_lossy(&out.stdout));
+        let files = parse_simulated(&stdout_of(&mut sim)?);
         if files.is_empty() {
             bail!("`{}` listed no package", render(&sim));
         }
@@ -201,6 +181,21 @@ impl Apt {
         }
         Ok(paths)
     }
+}
+
+/// What `cmd` printed on stdout; an error naming the command and its stderr if it failed.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", render(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            render(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The `.deb` file names of the packages a simulated `apt-get -s install` would unpack
@@ -229,22 +224,27 @@ pub fn parse_madison(out: &str, suite: &str) -> Vec<String> {
         .collect()
 }
 
-/// The `linux-image-*` package in a `Depends:` value ("linux-base-cloud-amd64 (= 7.2.13-1),
-/// linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)").
-pub fn image_dependency(depends: &str) -> Option<(String, Option<String>)> {
-    depends.split(',').map(str::trim).find_map(|d| {
+/// Each dependency in a `Depends:` value: the name of its first alternative, and the version it
+/// pins with `(= version)`, if any.
+fn dependencies(depends: &str) -> impl Iterator<Item = (&str, Option<String>)> {
+    depends.split(',').filter_map(|d| {
         let d = d.split('|').next()?.trim();
         let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
-        if !name.starts_with("linux-image-") {
-            return None;
-        }
         let version = rest
             .trim()
             .strip_prefix("(=")
             .and_then(|v| v.strip_suffix(')'))
             .map(|v| v.trim().to_string());
-        Some((name.to_string(), version))
+        Some((name, version))
     })
+}
+
+/// The `linux-image-*` package in a `Depends:` value ("linux-base-cloud-amd64 (= 7.2.13-1),
+/// linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)").
+pub fn image_dependency(depends: &str) -> Option<(String, Option<String>)> {
+    dependencies(depends)
+        .find(|(name, _)| name.starts_with("linux-image-"))
+        .map(|(name, version)| (name.to_string(), version))
 }
 
 /// `version` as it appears in a .deb file name (the epoch's `:` becomes `%3a`).
@@ -274,28 +274,17 @@ pub fn version_gt(a: &str, b: &str) -> bool {
 /// The `linux-binary-<abi>`/`linux-base-<abi>`/`linux-modules-<abi>` packages in an image
 /// package's `Depends:`.
 pub fn split_image_parts(depends: &str) -> Vec<(String, Option<String>)> {
-    depends
-        .split(',')
-        .filter_map(|d| {
-            let d = d.split('|').next()?.trim();
-            let (name, rest) = d.split_once(' ').unwrap_or((d, ""));
+    dependencies(depends)
+        .filter(|(name, _)| {
             let versioned = |p: &str| {
                 name.strip_prefix(p)
                     .is_some_and(|abi| abi.starts_with(|c: char| c.is_ascii_digit()))
             };
-            if !["linux-binary-", "linux-base-", "linux-modules-"]
+            ["linux-binary-", "linux-base-", "linux-modules-"]
                 .iter()
                 .any(|p| versioned(p))
-            {
-                return None;
-            }
-            let version = rest
-                .trim()
-                .strip_prefix("(=")
-                .and_then(|v| v.strip_suffix(')'))
-                .map(|v| v.trim().to_string());
-            Some((name.to_string(), version))
         })
+        .map(|(name, version)| (name.to_string(), version))
         .collect()
 }
 
