@@ -159,14 +159,21 @@ impl Proc {
         if opts.group {
             cmd.process_group(0);
         }
-        if opts.die_with_parent {
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
+        let die_with_parent = opts.die_with_parent;
+        // SIGINT and SIGQUIT back to their defaults: a test run started in the background by a
+        // non-interactive shell (`cmd &`, nohup, some CI runners) inherits them ignored, and a
+        // shell child then cannot even trap them (POSIX), so "Ctrl-C" would never arrive.
+        // SAFETY: prctl and signal are async-signal-safe; nothing else runs between fork and
+        // exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                if die_with_parent {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let mut child = cmd
             .spawn()

@@ -152,9 +152,8 @@ mod tests {
 
     #[test]
     fn banner_on_stderr_then_sigint() {
-        // `sleep & wait`, not a foreground `sleep`: POSIX has `wait` return at once for a
-        // trapped signal and the trap run then; a foreground child makes the trap's timing the
-        // shell's own business (dash lost it once in 31 parallel tests under load: 30 s, killed).
+        // `sleep & wait`: POSIX has `wait` return at once for a trapped signal. The trap works
+        // only because the spawn resets SIGINT to its default (see `Proc::spawn`).
         let script = format!(
             "trap 'echo bye; exit 0' INT; echo '{BANNER}' >&2; while :; do sleep 0.05 & wait $!; done"
         );
