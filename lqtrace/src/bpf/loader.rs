@@ -106,7 +106,12 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
     } else {
         VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
     };
+    // No kernel BTF for aya: it is only used for CO-RE relocations, which Rust eBPF objects do
+    // not have (the layout comes from `Config`), and keeping aya's parsed copy of vmlinux BTF
+    // (several MiB of heap) through the load would only raise lqtrace's peak memory. aya still
+    // parses it in `EbpfLoader::new()`; this drops it before the object is loaded.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global("CONFIG", config, true)
         .verifier_log_level(level)
         .load(OBJECT)
@@ -280,6 +285,11 @@ impl AttachCtx<'_> {
         let explain = |e: ProgramError, step: &str| {
             anyhow!("{}: {step} failed: {}", ctx(), program_error(&e, verbose))
         };
+        if skipped_by_env(hook.program) {
+            log::warn!("{}: not attached ({SKIP_ENV})", ctx());
+            self.attached.insert(hook.program);
+            return Ok(());
+        }
         if matches!(hook.attach, Attach::Fentry(_) | Attach::Fexit(_)) && self.aya_btf.is_none() {
             let btf = Btf::parse_file(&self.opts.btf_path, aya::Endianness::default())
                 .map_err(|e| anyhow!("{}: reading BTF for fentry: {e}", ctx()))?;
@@ -337,6 +347,14 @@ impl AttachCtx<'_> {
         log::info!("attached {:<18} {where_}", hook.program);
         Ok(())
     }
+}
+
+/// `LQTRACE_SKIP_PROGRAMS=a,b`: programs left unattached (a measuring aid for the bench's
+/// overhead A/B runs: what one program costs the traced workload; drops can be missed).
+const SKIP_ENV: &str = "LQTRACE_SKIP_PROGRAMS";
+
+fn skipped_by_env(program: &str) -> bool {
+    std::env::var(SKIP_ENV).is_ok_and(|v| v.split(',').any(|p| p.trim() == program))
 }
 
 /// Detach and unload one program of a variant that failed part-way.
@@ -401,9 +419,21 @@ fn first_line(s: &str, verbose: bool) -> String {
 }
 
 /// Text function symbols of /proc/kallsyms (module suffixes stripped).
+/// The functions of the hook table (`hooks::VARIANTS`) that /proc/kallsyms lists: only those,
+/// not the whole symbol table (a distro kernel has ~150k text symbols, megabytes of heap).
 pub fn read_kallsyms() -> HashSet<String> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    parse_kallsyms(&text)
+    let wanted: HashSet<&str> = crate::bpf::hooks::VARIANTS
+        .iter()
+        .flat_map(|v| v.functions.iter().copied())
+        .collect();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_addr, kind, name) = (it.next()?, it.next()?, it.next()?);
+            (matches!(kind, "t" | "T") && wanted.contains(name)).then(|| name.to_string())
+        })
+        .collect()
 }
 
 pub fn parse_kallsyms(text: &str) -> HashSet<String> {

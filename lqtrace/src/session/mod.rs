@@ -95,6 +95,19 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
     loader::load(&config, &load_opts, require_all)
 }
 
+/// Start-up parses the kernel's BTF twice (lqtrace's own reader, and aya's in
+/// `EbpfLoader::new()`), reads /proc/kallsyms and relocates the eBPF object: ~20 MiB of heap,
+/// all freed by the time tracing starts, that glibc's malloc keeps mapped (freed chunks below
+/// its mmap threshold stay in the arenas). Hand it back to the kernel once, so the resident size
+/// while tracing is what tracing needs. (musl's allocator returns freed memory by itself.)
+fn release_startup_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How often the programs' own counters are read into the aggregate.
 const STATS_EVERY: Duration = Duration::from_millis(500);
 
@@ -180,6 +193,7 @@ impl Session {
         };
         session.read_stats();
         session.count_existing_listeners();
+        release_startup_heap();
         Ok(session)
     }
 
