@@ -118,9 +118,16 @@ pub static ATTEMPTS_LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
 pub static ACCEPT_STATS: HashMap<u64, AcceptStats> = HashMap::with_max_entries(ACCEPT_STATS_MAX, 0);
 
 /// Children in an accept queue, by socket address. LRU: children closed before accept() are
-/// never seen leaving.
+/// never seen leaving. `BPF_F_NO_COMMON_LRU`: an insert (one per connection, in softirq) takes
+/// this CPU's LRU list instead of the map-wide one and its lock (kernel/bpf/bpf_lru_list.c);
+/// a child accepted on another CPU is found and freed there all the same (the hash table is
+/// shared, a freed node goes back to the list of the CPU that took it). Each CPU's list holds
+/// CHILDREN_MAX / CPUs entries.
 #[map]
-pub static CHILDREN: LruHashMap<u64, ChildEntry> = LruHashMap::with_max_entries(CHILDREN_MAX, 0);
+pub static CHILDREN: LruHashMap<u64, ChildEntry> =
+    LruHashMap::with_max_entries(CHILDREN_MAX, BPF_F_NO_COMMON_LRU);
+
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1; // include/uapi/linux/bpf.h, stable
 
 /// Ports whose refused SYNs are recorded (`lqtrace_common::clients::PortKey`).
 #[map]

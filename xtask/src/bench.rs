@@ -273,6 +273,55 @@ impl AbRuns {
     }
 }
 
+/// The syscall tax: ns per syscall of a `dd bs=1` loop without lqtrace, with it, and with it
+/// but its syscall tracepoint programs left unattached (`LQTRACE_SKIP_PROGRAMS`).
+#[derive(Default)]
+pub struct SyscallTax {
+    pub without: Vec<f64>,
+    pub with: Vec<f64>,
+    pub without_syscall_hooks: Vec<f64>,
+}
+
+/// The programs attached to syscall tracepoints (listen() bookkeeping, the accept variant
+/// "syscalls").
+const SYSCALL_PROGRAMS: &str =
+    "listen_enter,listen_exit,accept_enter,accept4_enter,accept_exit,accept4_exit";
+const SYSCALLS_PER_RUN: u64 = 1_000_000;
+
+fn syscall_tax(cx: &Context) -> Result<SyscallTax> {
+    eprintln!("bench: [1/4] syscall tax (dd bs=1: 2M syscalls), 3 rounds");
+    let mut tax = SyscallTax::default();
+    let traced = |skip: Option<&str>| -> Result<f64> {
+        let mut cmd = std::process::Command::new(&cx.bin);
+        cmd.args(["-j", "-d", "600s"]);
+        if let Some(s) = skip {
+            cmd.env("LQTRACE_SKIP_PROGRAMS", s);
+        }
+        let t = Tracer::start_cmd(cmd, vec![])?;
+        let r = load::syscall_loop(SYSCALLS_PER_RUN)?;
+        t.stop()?;
+        Ok(r)
+    };
+    for round in 0..3 {
+        for step in 0..3 {
+            match (step + round) % 3 {
+                0 => tax.without.push(load::syscall_loop(SYSCALLS_PER_RUN)?),
+                1 => tax.with.push(traced(None)?),
+                _ => tax
+                    .without_syscall_hooks
+                    .push(traced(Some(SYSCALL_PROGRAMS))?),
+            }
+        }
+    }
+    eprintln!(
+        "  ns/syscall: without {:.0}, with lqtrace {:.0}, with lqtrace minus its syscall tracepoints {:.0} (medians)",
+        Spread::of(&tax.without).median,
+        Spread::of(&tax.with).median,
+        Spread::of(&tax.without_syscall_hooks).median
+    );
+    Ok(tax)
+}
+
 pub struct ConnRate {
     /// The bench's connect loop, connections/s.
     pub looped: AbRuns,
@@ -283,6 +332,7 @@ pub struct ConnRate {
     pub listen_drops: u64,
     /// The hooks of the traced runs (summary `hooks`: every stage, features included).
     pub hooks: String,
+    pub syscalls: SyscallTax,
 }
 
 /// One traced run of `load`: a fresh `lqtrace -j` (every feature on, as by default), attached
@@ -344,6 +394,7 @@ fn conn_rate(cx: &Context) -> Result<ConnRate> {
         clients,
         listen_drops: 0,
         hooks: String::new(),
+        syscalls: syscall_tax(cx)?,
     };
     let mut hooks = String::new();
     for pair in 0..cx.pairs {

@@ -235,6 +235,18 @@ pub fn markdown(r: &Results) -> String {
         "conn/s",
         &r.conn.looped,
     );
+    let tax = &r.conn.syscalls;
+    let (t0, t1, t2) = (
+        Spread::of(&tax.without).median,
+        Spread::of(&tax.with).median,
+        Spread::of(&tax.without_syscall_hooks).median,
+    );
+    let _ = writeln!(
+        s,
+        "| Syscall tax: ns per syscall of `dd bs=1` (2M read/write syscalls, 3 rounds), without → with lqtrace → with lqtrace but no syscall tracepoint program | {t0:.0} → {t1:.0} (+{:.0}) → {t2:.0} (+{:.0}) ns/syscall | | |",
+        t1 - t0,
+        t2 - t0
+    );
     if r.conn.listen_drops > 0 {
         let _ = writeln!(
             s,
