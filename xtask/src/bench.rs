@@ -287,9 +287,10 @@ pub struct SyscallTax {
 const SYSCALL_PROGRAMS: &str =
     "listen_enter,listen_exit,accept_enter,accept4_enter,accept_exit,accept4_exit";
 const SYSCALLS_PER_RUN: u64 = 1_000_000;
+const TAX_ROUNDS: usize = 5;
 
 fn syscall_tax(cx: &Context) -> Result<SyscallTax> {
-    eprintln!("bench: [1/4] syscall tax (dd bs=1: 2M syscalls), 3 rounds");
+    eprintln!("bench: [1/4] syscall tax (dd bs=1: 2M syscalls), {TAX_ROUNDS} rounds");
     let mut tax = SyscallTax::default();
     let traced = |skip: Option<&str>| -> Result<f64> {
         let mut cmd = std::process::Command::new(&cx.bin);
@@ -302,7 +303,7 @@ fn syscall_tax(cx: &Context) -> Result<SyscallTax> {
         t.stop()?;
         Ok(r)
     };
-    for round in 0..3 {
+    for round in 0..TAX_ROUNDS {
         for step in 0..3 {
             match (step + round) % 3 {
                 0 => tax.without.push(load::syscall_loop(SYSCALLS_PER_RUN)?),

@@ -88,7 +88,7 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
         btf_path: opts.btf.clone(),
         verbose: opts.verbose,
         forced: opts.forced.clone(),
-        kallsyms: loader::read_kallsyms(),
+        kallsyms: None,
         probe_funcs: layout::probe_functions(&btf),
     };
     drop(btf);
@@ -96,7 +96,7 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
 }
 
 /// Start-up parses the kernel's BTF twice (lqtrace's own reader, and aya's in
-/// `EbpfLoader::new()`), reads /proc/kallsyms and relocates the eBPF object: ~20 MiB of heap,
+/// `EbpfLoader::new()`), maybe reads /proc/kallsyms and relocates the eBPF object: ~20 MiB of heap,
 /// all freed by the time tracing starts, that glibc's malloc keeps mapped (freed chunks below
 /// its mmap threshold stay in the arenas). Hand it back to the kernel once, so the resident size
 /// while tracing is what tracing needs. (musl's allocator returns freed memory by itself.)

@@ -243,7 +243,8 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| Syscall tax: ns per syscall of `dd bs=1` (2M read/write syscalls, 3 rounds), without → with lqtrace → with lqtrace but no syscall tracepoint program | {t0:.0} → {t1:.0} (+{:.0}) → {t2:.0} (+{:.0}) ns/syscall | | |",
+        "| Syscall tax: ns per syscall of `dd bs=1` (2M read/write syscalls, {} rounds), without → with lqtrace → with lqtrace but no syscall tracepoint program | {t0:.0} → {t1:.0} ({:+.0}) → {t2:.0} ({:+.0}) ns/syscall (medians) | | |",
+        tax.without.len(),
         t1 - t0,
         t2 - t0
     );
