@@ -89,6 +89,9 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
         verbose: opts.verbose,
         forced: opts.forced.clone(),
         kallsyms: None,
+        fentry_probe_func: btf
+            .func_id("tcp_conn_request")
+            .map(|id| ("tcp_conn_request".to_string(), id)),
         probe_funcs: layout::probe_functions(&btf),
     };
     drop(btf);
