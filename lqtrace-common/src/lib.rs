@@ -214,6 +214,13 @@ pub struct Config {
     pub bpf_array_pptrs: u32,
     /// `LINUX_MIB_*` indexes in `struct linux_mib`, in `MIB_*` order.
     pub mib: [u32; MIB_COUNT],
+    /// The counters are read in runs of [`MIB_RUN_LEN`] consecutive `unsigned long`s (one
+    /// `bpf_probe_read_kernel` each) instead of one read per counter: `mib_runs` runs starting
+    /// at these indexes, and each counter's position in the runs' buffer (`run * MIB_RUN_LEN +
+    /// index - start`). See `mib_runs()`.
+    pub mib_runs: u32,
+    pub mib_run_start: [u32; MIB_COUNT],
+    pub mib_pos: [u32; MIB_COUNT],
     // From the current task to the socket behind a file descriptor (accept syscall variant):
     // task_struct.files -> files_struct.fdt -> fdtable.{max_fds, fd[]} -> file.private_data.
     pub task_files: u32,
@@ -227,15 +234,14 @@ pub struct Config {
     pub tp_sys_arg0: u32,
     pub tp_sys_arg1: u32,
     pub tp_sys_ret: u32,
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub tp_state_sport: u32,
-    pub tp_state_family: u32,
-    pub tp_state_protocol: u32,
-    /// `saddr[4]` and `saddr_v6[16]` of inet_sock_set_state: the socket's local address.
-    pub tp_state_saddr: u32,
-    pub tp_state_saddr_v6: u32,
+    /// `__sk_common.skc_family` (u16), `skc_rcv_saddr` (4 bytes) and `skc_v6_rcv_saddr` (16
+    /// bytes; 0 when the kernel has no IPv6): a listener's family and local address, read by the
+    /// `inet_sock_set_state` raw tracepoint program.
+    pub sk_family: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// `inet_sock.inet_sport` (u16, network order), from the sock pointer.
+    pub sk_inet_sport: u32,
     /// 1 when `tcp:tcp_send_reset` has its own record with a `reason` (Linux 6.10, "tcp: fully
     /// support trace_tcp_send_reset"): from then on it fires for a NULL socket too. The four
     /// offsets below are valid only then.
@@ -261,6 +267,38 @@ pub struct Config {
     /// Set by userspace (not from the kernel): record refused SYNs at every port, not only at
     /// the ports in `REFUSED_PORTS`.
     pub refused_all: u32,
+}
+
+/// Counters read per `bpf_probe_read_kernel` of a MIB run (see `Config::mib_runs`).
+pub const MIB_RUN_LEN: usize = 8;
+/// Size of the programs' run buffer, in counters: a power of two above `MIB_COUNT * MIB_RUN_LEN`
+/// so that a position masked with `MIB_BUF - 1` is in bounds for the verifier.
+pub const MIB_BUF: usize = 64;
+
+/// Group the counter indexes `idx` (of a `struct linux_mib` with `max` entries) into runs of
+/// [`MIB_RUN_LEN`]: returns (runs, start of each run, each counter's position in the buffer).
+/// A run never reads past `max` (it starts lower instead), so every read stays inside the struct.
+pub fn mib_runs(idx: &[u32; MIB_COUNT], max: u32) -> (u32, [u32; MIB_COUNT], [u32; MIB_COUNT]) {
+    let len = MIB_RUN_LEN as u32;
+    let mut order: [usize; MIB_COUNT] = core::array::from_fn(|i| i);
+    order.sort_unstable_by_key(|&i| idx[i]);
+    let (mut runs, mut start, mut pos) = (0u32, [0u32; MIB_COUNT], [0u32; MIB_COUNT]);
+    for &i in &order {
+        let v = idx[i];
+        let fits = runs > 0 && v >= start[runs as usize - 1] && v < start[runs as usize - 1] + len;
+        if !fits {
+            let s = if max >= len && v + len > max {
+                max - len
+            } else {
+                v
+            };
+            start[runs as usize] = s;
+            runs += 1;
+        }
+        let r = runs as usize - 1;
+        pos[i] = r as u32 * len + (v - start[r]);
+    }
+    (runs, start, pos)
 }
 
 /// Positions of the `struct sock *` (the listener, or for the send_reset functions the socket
@@ -316,5 +354,30 @@ mod tests {
             4 + 4 * 3 + 8 * 2 + 4 * 2 + 2 + 6 + 16 + 16
         );
         assert_eq!(size_of::<Config>() % 4, 0);
+    }
+
+    /// Every counter's position reads back its own index, runs stay inside the struct.
+    fn check_runs(idx: [u32; MIB_COUNT], max: u32) -> u32 {
+        let (runs, start, pos) = mib_runs(&idx, max);
+        for i in 0..MIB_COUNT {
+            let (r, off) = (pos[i] as usize / MIB_RUN_LEN, pos[i] as usize % MIB_RUN_LEN);
+            assert!(r < runs as usize && (pos[i] as usize) < MIB_BUF);
+            assert_eq!(start[r] + off as u32, idx[i], "{idx:?}");
+        }
+        for s in &start[..runs as usize] {
+            assert!(s + MIB_RUN_LEN as u32 <= max.max(MIB_RUN_LEN as u32));
+        }
+        runs
+    }
+
+    #[test]
+    fn mib_runs_cover_every_counter() {
+        // 6.18: LISTENDROPS 24, LISTENOVERFLOWS 23, REQQFULLDROP 79, REQQFULLDOCOOKIES 78,
+        // SYNCOOKIESRECV 2, EMBRYONICRSTS 4, SYNCOOKIESSENT 1; __LINUX_MIB_MAX 136.
+        assert_eq!(check_runs([24, 23, 79, 78, 2, 4, 1], 136), 3);
+        // A counter at the very end: the run starts lower.
+        assert_eq!(check_runs([24, 23, 79, 135, 2, 4, 1], 136), 4);
+        // Spread out: one run each.
+        assert_eq!(check_runs([0, 10, 20, 30, 40, 50, 60], 136), 7);
     }
 }

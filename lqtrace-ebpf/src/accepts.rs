@@ -3,7 +3,8 @@
 //! accepts (`accepted`), plus the accept-queue wait of each child (`CHILDREN`: when it was
 //! queued). Accepts are seen by one of three variants (the loader picks one, `bpf/hooks.rs`):
 //! - "fentry": fexit `inet_csk_accept()` — every TCP accept, whatever called it;
-//! - "kprobe": kprobe/kretprobe `inet_csk_accept()`, paired by pid_tgid — the same paths;
+//! - "kprobe": kprobe/kretprobe `inet_csk_accept()`, paired through a per-CPU slot
+//!   (`maps::AcceptSlot`) — the same paths;
 //! - "syscalls": `syscalls:sys_{enter,exit}_accept{,4}` — only accept(2)/accept4(2) (not
 //!   io_uring's IORING_OP_ACCEPT, not in-kernel `kernel_accept()` users, not 32-bit compat
 //!   syscalls, which do not fire these tracepoints). The sockets are found from the file
@@ -25,7 +26,7 @@ use crate::{
         atomic_add32, atomic_add64, read_u16, read_u32, read_u64, sock_ino, sock_netns, sock_state,
     },
     maps::{
-        ACCEPT_CALLS, ACCEPT_STATS, AcceptCall, CHILDREN, REFUSED_PORTS, SCRATCH, config, stat_add,
+        ACCEPT_SLOT, ACCEPT_STATS, AcceptCall, CHILDREN, REFUSED_PORTS, SCRATCH, config, stat_add,
     },
 };
 
@@ -193,19 +194,41 @@ pub fn accept_kprobe(ctx: ProbeContext) -> u32 {
         fd: -1,
         sk: ctx.arg::<u64>(0).unwrap_or(0),
     };
-    let _ = ACCEPT_CALLS.insert(&bpf_get_current_pid_tgid(), &call, BPF_ANY);
+    call_entered(call);
     0
 }
 
 #[kretprobe(function = "inet_csk_accept")]
 pub fn accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { ACCEPT_CALLS.get(&key) }).copied() else {
-        return 0;
-    };
-    let _ = ACCEPT_CALLS.remove(&key);
-    accepted(call.sk, ctx.ret::<u64>());
+    // Not found (the thread slept and migrated): the child's arrival names the listener.
+    let sk = call_returned().map_or(0, |c| c.sk);
+    accepted(sk, ctx.ret::<u64>());
     0
+}
+
+/// Note the accept() call this thread enters (see `maps::AcceptSlot`).
+#[inline(always)]
+fn call_entered(call: AcceptCall) {
+    if let Some(slot) = ACCEPT_SLOT.get_ptr_mut(0) {
+        unsafe {
+            (*slot).pid_tgid = bpf_get_current_pid_tgid();
+            (*slot).call = call;
+        }
+    }
+}
+
+/// The call this thread entered on this CPU, if the slot still holds it.
+#[inline(always)]
+fn call_returned() -> Option<AcceptCall> {
+    let slot = ACCEPT_SLOT.get_ptr_mut(0)?;
+    let me = bpf_get_current_pid_tgid();
+    unsafe {
+        if (*slot).pid_tgid != me {
+            return None;
+        }
+        (*slot).pid_tgid = 0;
+        Some((*slot).call)
+    }
 }
 
 // ---- variant "syscalls" --------------------------------------------------------------------
@@ -242,20 +265,18 @@ fn syscall_enter(ctx: &TracePointContext) {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(config!(tp_sys_arg0) as usize) }) else {
         return;
     };
-    let call = AcceptCall {
+    call_entered(AcceptCall {
         fd: fd as i32 as i64,
         sk: 0,
-    };
-    let _ = ACCEPT_CALLS.insert(&bpf_get_current_pid_tgid(), &call, BPF_ANY);
+    });
 }
 
 #[inline(always)]
 fn syscall_exit(ctx: &TracePointContext) {
-    let key = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { ACCEPT_CALLS.get(&key) }).copied() else {
-        return;
-    };
-    let _ = ACCEPT_CALLS.remove(&key);
+    // The listener's fd (-1: the call was not found). A plain integer: an Option of the call
+    // kept across the helper calls below compiles to a read of an uninitialized register, which
+    // the verifier rejects.
+    let fd = call_returned().map_or(-1, |c| c.fd);
     let ret = unsafe { ctx.read_at::<i64>(config!(tp_sys_ret) as usize) }.unwrap_or(-1);
     if ret < 0 {
         return;
@@ -269,7 +290,7 @@ fn syscall_exit(ctx: &TracePointContext) {
     let listener = if unsafe { CHILDREN.get(&child) }.is_some() {
         0
     } else {
-        sock_of_fd(call.fd)
+        sock_of_fd(fd)
             .filter(|&sk| is_tcp_listener(sk))
             .unwrap_or(0)
     };

@@ -88,7 +88,7 @@ pub fn open(slot: *mut Bracket, sk: u64, skb: u64, variant: u64, cookie: u64) ->
     let net = read_u64(sk + config!(sk_net) as u64)?;
     let mib_percpu = read_u64(net + config!(net_mib_stats) as u64)?;
     let mib = mib_percpu.wrapping_add(cpu_offset);
-    read_mib(mib, &mut b.before)?;
+    read_mib(mib, &mut b.mib_buf, &mut b.before)?;
     b.record.cookie = cookie;
     b.sk = sk;
     b.net = net;
@@ -184,7 +184,7 @@ pub fn close(slot: *mut Bracket, flags: u8) {
         stat_add(STAT_LATE, 1);
     }
     let mut after = [0u64; MIB_COUNT];
-    if read_mib(b.mib, &mut after).is_none() {
+    if read_mib(b.mib, &mut b.mib_buf, &mut after).is_none() {
         stat_add(STAT_BAD_CLOSE, 1);
         return;
     }

@@ -55,22 +55,24 @@ pub fn skb_dropped(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The listening TCP socket the packet is delivered to, if any. This is the hot path for every
-/// ingress packet of every socket: keep it to two field reads.
+/// ingress packet of every socket: a packet for any other socket returns after one field read
+/// of the socket. `state` is in `struct sock_common`, which the verifier lets a program read
+/// from `skb->sk` directly (`bpf_sock_common_is_valid_access()`, net/core/filter.c); only a
+/// listener needs `bpf_sk_fullsock()` (a helper call) for `protocol`.
 #[inline(always)]
 fn listener_of(skb: *mut __sk_buff) -> Option<*mut bpf_sock> {
-    if config!(ready) == 0 {
-        return None;
-    }
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     if sk.is_null() {
+        return None;
+    }
+    if unsafe { (*sk).state } != BPF_TCP_LISTEN || config!(ready) == 0 {
         return None;
     }
     let sk = unsafe { bpf_sk_fullsock(sk) };
     if sk.is_null() {
         return None;
     }
-    let (state, protocol) = unsafe { ((*sk).state, (*sk).protocol) };
-    (state == BPF_TCP_LISTEN && protocol == IPPROTO_TCP as u32).then_some(sk)
+    (unsafe { (*sk).protocol } == IPPROTO_TCP as u32).then_some(sk)
 }
 
 fn rx(ctx: &SkBuffContext, skb: *mut __sk_buff, sk: *mut bpf_sock) -> Option<()> {

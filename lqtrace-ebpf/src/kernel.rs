@@ -3,7 +3,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use lqtrace_common::MIB_COUNT;
+use lqtrace_common::{MIB_BUF, MIB_COUNT, MIB_RUN_LEN};
 
 use crate::maps::{CPU_BASE, config};
 
@@ -59,11 +59,32 @@ pub fn this_cpu_offset() -> Option<u64> {
 }
 
 /// Read the listen counters of one CPU's `struct linux_mib` (`mibs[]` of unsigned long).
+///
+/// The seven counters lie in a few clusters of that array (on 6.18: indexes 1-4, 23-24 and
+/// 78-79), so they are read as `Config::mib_runs` runs of `MIB_RUN_LEN` (3 helper calls
+/// there) into `buf`, not with one `bpf_probe_read_kernel` each: a call costs more than
+/// copying 64 bytes, and this runs twice per listener packet.
 #[inline(always)]
-pub fn read_mib(mib: u64, out: &mut [u64; MIB_COUNT]) -> Option<()> {
-    let idx: [u32; MIB_COUNT] = config!(mib);
+pub fn read_mib(mib: u64, buf: &mut [u64; MIB_BUF], out: &mut [u64; MIB_COUNT]) -> Option<()> {
+    let runs = config!(mib_runs) as usize;
+    let start: [u32; MIB_COUNT] = config!(mib_run_start);
+    let pos: [u32; MIB_COUNT] = config!(mib_pos);
+    for r in 0..MIB_COUNT {
+        if r >= runs {
+            break;
+        }
+        let base = r * MIB_RUN_LEN;
+        let dst: &mut [u64; MIB_RUN_LEN] = unsafe { &mut *buf.as_mut_ptr().add(base).cast() };
+        unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+                (mib + start[r] as u64 * 8) as *const u8,
+                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), MIB_RUN_LEN * 8),
+            )
+        }
+        .ok()?;
+    }
     for i in 0..MIB_COUNT {
-        out[i] = read_u64(mib + idx[i] as u64 * 8)?;
+        out[i] = buf[pos[i] as usize & (MIB_BUF - 1)];
     }
     Some(())
 }

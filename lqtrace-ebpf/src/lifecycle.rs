@@ -13,15 +13,23 @@
 //! (tcp_check_req / cookie_v4_check / cookie_v6_check, or tcp_conn_request for Fast Open), so
 //! the bracket names the listener (an arrival, `accepts.rs`) and the client (the attempt
 //! connected, `clients.rs`). This program runs for every TCP state change of the host: anything
-//! but a listener change or a child creation returns after three field reads.
+//! but a listener change or a child creation returns after one kernel read and two compares.
+//!
+//! It is a raw tracepoint (`trace_inet_sock_set_state(sk, oldstate, newstate)`, called from
+//! `inet_sk_set_state()`/`inet_sk_state_store()`), not the classic one: the classic tracepoint
+//! fills its whole trace record (addresses of both ends, ports, family, protocol) in
+//! `perf_trace_inet_sock_set_state()` before any program runs, for every state change of every
+//! socket, and that work is not in the program's own run time. The raw tracepoint hands over the
+//! three arguments, and the few socket fields a listener change needs are read from `struct
+//! sock` at offsets from BTF (`Config::sk_*`) only when the change is one we keep.
 //!
 //! Ports that get or lose a listener are added to `REFUSED_PORTS`, so that refusals there are
 //! recorded for the rest of the run.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use lqtrace_common::{
     KIND_LISTEN, KIND_LISTEN_CLOSE, KIND_RELISTEN, ListenRecord, STAT_CHILD_UNBRACKETED,
@@ -30,7 +38,7 @@ use lqtrace_common::{
 
 use crate::{
     accepts, clients,
-    kernel::{read_u32, read_u64},
+    kernel::{read_bytes, read_u16, read_u32, read_u64},
     maps::{
         ACCEPT_STATS, BRACKETS, EVENTS, LISTEN_CALLS, ListenCall, REFUSED_PORTS, config, stat_add,
     },
@@ -76,8 +84,8 @@ pub fn listen_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn sock_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_state(ctx: RawTracePointContext) -> i32 {
     if config!(ready) == 0 {
         return 0;
     }
@@ -85,17 +93,20 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
-    let protocol = unsafe { ctx.read_at::<u16>(config!(tp_state_protocol) as usize) }.ok()?;
-    if protocol != IPPROTO_TCP {
+fn try_sock_state(ctx: &RawTracePointContext) -> Option<()> {
+    let listen = config!(tcp_listen) as i32;
+    let oldstate = ctx.arg::<u64>(1) as i32;
+    let newstate = ctx.arg::<u64>(2) as i32;
+    // Cheapest test first: most state changes involve no listener at all.
+    if oldstate != listen && newstate != listen {
         return None;
     }
-    let listen = config!(tcp_listen) as i32;
-    let newstate = unsafe { ctx.read_at::<i32>(config!(tp_state_newstate) as usize) }.ok()?;
-    let oldstate = unsafe { ctx.read_at::<i32>(config!(tp_state_oldstate) as usize) }.ok()?;
+    let sk = ctx.arg::<u64>(0);
+    if read_u16(sk + config!(sk_protocol) as u64)? != IPPROTO_TCP {
+        return None;
+    }
     if oldstate == listen && newstate == config!(tcp_syn_recv) as i32 {
-        let child = unsafe { ctx.read_at::<u64>(config!(tp_state_skaddr) as usize) }.ok()?;
-        child_created(child);
+        child_created(sk);
         return Some(());
     }
     let kind = if newstate == listen {
@@ -109,13 +120,15 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     };
     let key = bpf_get_current_pid_tgid();
     let mut r = new_record(kind, key);
-    let sk = unsafe { ctx.read_at::<u64>(config!(tp_state_skaddr) as usize) }.ok()?;
-    r.family = unsafe { ctx.read_at::<u16>(config!(tp_state_family) as usize) }.unwrap_or(0) as u8;
-    r.sport = unsafe { ctx.read_at::<u16>(config!(tp_state_sport) as usize) }.unwrap_or(0);
+    r.family = read_u16(sk + config!(sk_family) as u64).unwrap_or(0) as u8;
+    // inet_sport, as the classic tracepoint's `sport` (ntohs(inet->inet_sport)), not skc_num:
+    // on LISTEN -> CLOSE, tcp_set_state() has already run inet_put_port(), which zeroes
+    // inet_num of an autobound socket, before inet_sk_state_store() fires the tracepoint.
+    r.sport = u16::from_be(read_u16(sk + config!(sk_inet_sport) as u64).unwrap_or(0));
     if let Some(net) = read_u64(sk + config!(sk_net) as u64) {
         r.netns = read_u32(net + config!(net_inum) as u64).unwrap_or(0);
     }
-    local_address(ctx, &mut r);
+    local_address(sk, &mut r);
     // The socket still has its file here: __tcp_close() changes the state before sock_orphan().
     let socket = read_u64(sk + config!(sk_socket) as u64).unwrap_or(0);
     if socket != 0 {
@@ -145,22 +158,24 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// The socket's local address from the tracepoint record (IPv4 and v4-mapped IPv6 stored as
-/// IPv4 in the first 4 bytes).
+/// The socket's local address (`skc_rcv_saddr`, or `skc_v6_rcv_saddr` for AF_INET6; IPv4 and
+/// v4-mapped IPv6 stored as IPv4 in the first 4 bytes).
 #[inline(always)]
-fn local_address(ctx: &TracePointContext, r: &mut ListenRecord) {
+fn local_address(sk: u64, r: &mut ListenRecord) {
     if r.family as u16 == AF_INET {
-        if let Ok(a) = unsafe { ctx.read_at::<[u8; 4]>(config!(tp_state_saddr) as usize) } {
+        if let Some(a) = read_bytes::<4>(sk + config!(sk_rcv_saddr) as u64) {
             r.laddr[..4].copy_from_slice(&a);
             r.ip_version = 4;
         }
-    } else if let Ok(a) = unsafe { ctx.read_at::<[u8; 16]>(config!(tp_state_saddr_v6) as usize) } {
-        if clients::is_v4_mapped(&a) {
-            r.laddr[..4].copy_from_slice(&a[12..16]);
-            r.ip_version = 4;
-        } else {
-            r.laddr = a;
-            r.ip_version = 6;
+    } else if config!(sk_v6_rcv_saddr) != 0 {
+        if let Some(a) = read_bytes::<16>(sk + config!(sk_v6_rcv_saddr) as u64) {
+            if clients::is_v4_mapped(&a) {
+                r.laddr[..4].copy_from_slice(&a[12..16]);
+                r.ip_version = 4;
+            } else {
+                r.laddr = a;
+                r.ip_version = 6;
+            }
         }
     }
 }

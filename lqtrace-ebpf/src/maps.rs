@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lqtrace_common::{
-    BracketRecord, Config, MIB_COUNT, STAT_COUNT,
+    BracketRecord, Config, MIB_BUF, MIB_COUNT, STAT_COUNT,
     accepts::{ACCEPT_STATS_MAX, AcceptStats, CHILDREN_MAX, ChildEntry},
     clients::{
         ATTEMPTS_MAX, AttemptKey, AttemptValue, LIVE_SLOTS, OutcomeRecord, PortKey,
@@ -71,6 +71,8 @@ pub struct Bracket {
     pub rst_pending: u64,
     /// The record to send if a counter moves, filled before processing.
     pub record: BracketRecord,
+    /// Room for the counter runs `kernel::read_mib` reads.
+    pub mib_buf: [u64; MIB_BUF],
 }
 
 #[map]
@@ -116,16 +118,23 @@ pub static ATTEMPTS_LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
 pub static ACCEPT_STATS: HashMap<u64, AcceptStats> = HashMap::with_max_entries(ACCEPT_STATS_MAX, 0);
 
 /// Children in an accept queue, by socket address. LRU: children closed before accept() are
-/// never seen leaving.
+/// never seen leaving. `BPF_F_NO_COMMON_LRU`: an insert (one per connection, in softirq) takes
+/// this CPU's LRU list instead of the map-wide one and its lock (kernel/bpf/bpf_lru_list.c);
+/// a child accepted on another CPU is found and freed there all the same (the hash table is
+/// shared, a freed node goes back to the list of the CPU that took it). Each CPU's list holds
+/// CHILDREN_MAX / CPUs entries.
 #[map]
-pub static CHILDREN: LruHashMap<u64, ChildEntry> = LruHashMap::with_max_entries(CHILDREN_MAX, 0);
+pub static CHILDREN: LruHashMap<u64, ChildEntry> =
+    LruHashMap::with_max_entries(CHILDREN_MAX, BPF_F_NO_COMMON_LRU);
+
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1; // include/uapi/linux/bpf.h, stable
 
 /// Ports whose refused SYNs are recorded (`lqtrace_common::clients::PortKey`).
 #[map]
 pub static REFUSED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(REFUSED_PORTS_MAX, 0);
 
-/// An accept() in progress, by pid_tgid: the listener's fd (syscall variant) or socket (kprobe
-/// variant), between entry and return.
+/// An accept() in progress: the listener's fd (syscall variant) or socket (kprobe variant),
+/// between entry and return.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AcceptCall {
@@ -133,9 +142,21 @@ pub struct AcceptCall {
     pub sk: u64,
 }
 
-/// LRU for the same reason as `LISTEN_CALLS`.
+/// The accept() call last entered on this CPU, with the thread that made it (`pid_tgid`; 0:
+/// none). A per-CPU slot, not a hash by thread: an entry and a lookup cost a few loads instead
+/// of two LRU hash updates per accepted connection. The return finds its call when the thread
+/// did not sleep and migrate in between, or let another accept() run on the CPU meanwhile (a
+/// non-blocking accept, as event-loop servers make, always does); otherwise the call's listener
+/// is taken from the child's arrival (`CHILDREN`), which every connection that completed while
+/// lqtrace ran has, and only a connection queued before lqtrace started goes uncounted.
+#[repr(C)]
+pub struct AcceptSlot {
+    pub pid_tgid: u64,
+    pub call: AcceptCall,
+}
+
 #[map]
-pub static ACCEPT_CALLS: LruHashMap<u64, AcceptCall> = LruHashMap::with_max_entries(4096, 0);
+pub static ACCEPT_SLOT: PerCpuArray<AcceptSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU room for records and values too large for the 512-byte BPF stack next to the rest.
 #[repr(C)]

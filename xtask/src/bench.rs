@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: what lqtrace costs on this machine, measured side by side in one run.
 //!
-//! 1. Connection rate on loopback with and without lqtrace attached (alternating A/B runs).
+//! 1. Connection rate on loopback with and without lqtrace attached (alternating A/B runs):
+//!    the bench's own connect loop, and nginx serving `Connection: close` requests to wrk.
 //! 2. Per-program run time from `kernel.bpf_stats_enabled=1`, on the no-drop hot path and on the
 //!    drop path.
 //! 3. Drop throughput: a SYN flood into a saturated listener at increasing rates, up to the
@@ -15,6 +16,7 @@
 mod drops;
 mod hooks;
 mod load;
+mod nginx;
 mod report;
 mod sys;
 mod tracer;
@@ -28,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 pub use drops::DropLadder;
 pub use hooks::{HookCost, ProgCost};
-use load::{LoopRun, connect_loop};
+use load::connect_loop;
 use serde_json::Value;
 use sys::Netns;
 use tracer::Tracer;
@@ -53,11 +55,18 @@ pub struct BenchArgs {
 
 /// Targets stated in the table.
 const TARGET_RATIO: f64 = 0.99;
-const TARGET_HOT_NS: f64 = 150.0;
 const TARGET_DROPS_PER_S: f64 = 500_000.0;
+
+/// Per packet that reaches no listener, all programs together (`bpf_stats`).
+const TARGET_PACKET_NS: f64 = 30.0;
+/// Per connection, all programs together (`bpf_stats`).
+const TARGET_CONN_NS: f64 = 500.0;
+const TARGET_IDLE_RSS_MIB: f64 = 25.0;
+const TARGET_FLOOD_RSS_MIB: f64 = 64.0;
 
 const LOOP_PORT: u16 = 7001;
 const FLOOD_PORT: u16 = 7002;
+const NGINX_PORT: u16 = 7010;
 
 pub struct Context {
     bin: PathBuf,
@@ -65,6 +74,7 @@ pub struct Context {
     run: Duration,
     pairs: usize,
     cpus: usize,
+    nginx: nginx::Nginx,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -81,15 +91,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     sys::catch_interrupts();
+    let ns = Netns::create()?;
+    let nginx = nginx::Nginx::start(&ns, NGINX_PORT)?;
     let cx = Context {
         bin,
-        ns: Netns::create()?,
+        ns,
         run: Duration::from_secs_f64(args.seconds.max(0.5)),
         pairs: args.pairs.max(1),
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        nginx,
     };
     let measured = Instant::now();
     let load_before = sys::loadavg();
+    let others = other_tracers();
     eprintln!(
         "bench: netns {} (inum {}), {} CPUs, {:?} per run",
         cx.ns.name(),
@@ -108,7 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         hooks,
         drops,
         startup,
-        machine: report::Machine::probe(cx.cpus, load_before),
+        machine: report::Machine::probe(cx.cpus, load_before, others),
         command: command_line(args),
         measured_in: measured.elapsed(),
     };
@@ -173,7 +187,24 @@ fn prerequisites() -> Result<()> {
     if !Path::new("/proc/thread-self").exists() {
         bail!("/proc is not mounted (or too old: no /proc/thread-self)");
     }
-    Ok(())
+    nginx::ensure_installed()
+}
+
+/// Other lqtrace processes on the machine (a test run, another session): their programs run
+/// on the same packets and skew every figure, so the report names them.
+pub fn other_tracers() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "lqtrace")
+        })
+        .collect()
 }
 
 /// The order of the two sides of A/B run `i`: `first` goes first in even runs, second in odd
@@ -220,58 +251,177 @@ impl Spread {
 // ---------------------------------------------------------------------------------------------
 // 1. Connection rate
 
-pub struct ConnRate {
+/// Alternating A/B pairs of one load generator.
+#[derive(Default)]
+pub struct AbRuns {
     pub without: Vec<f64>,
     pub with: Vec<f64>,
     /// with[i] / without[i] per pair.
     pub ratios: Vec<f64>,
+}
+
+impl AbRuns {
+    fn push(&mut self, label: &str, pair: usize, a: f64, b: f64) {
+        eprintln!(
+            "  pair {} {label}: without {a:.0}/s, with {b:.0}/s, ratio {:.3}",
+            pair + 1,
+            b / a
+        );
+        self.without.push(a);
+        self.with.push(b);
+        self.ratios.push(b / a);
+    }
+}
+
+/// The syscall tax: ns per syscall of a `dd bs=1` loop without lqtrace, with it, and with it
+/// but its syscall tracepoint programs left unattached (`LQTRACE_SKIP_PROGRAMS`).
+#[derive(Default)]
+pub struct SyscallTax {
+    pub without: Vec<f64>,
+    pub with: Vec<f64>,
+    pub without_syscall_hooks: Vec<f64>,
+}
+
+/// The programs attached to syscall tracepoints (listen() bookkeeping, the accept variant
+/// "syscalls").
+const SYSCALL_PROGRAMS: &str =
+    "listen_enter,listen_exit,accept_enter,accept4_enter,accept_exit,accept4_exit";
+const SYSCALLS_PER_RUN: u64 = 1_000_000;
+const TAX_ROUNDS: usize = 5;
+
+fn syscall_tax(cx: &Context) -> Result<SyscallTax> {
+    eprintln!("bench: [1/4] syscall tax (dd bs=1: 2M syscalls), {TAX_ROUNDS} rounds");
+    let mut tax = SyscallTax::default();
+    let traced = |skip: Option<&str>| -> Result<f64> {
+        let mut cmd = std::process::Command::new(&cx.bin);
+        cmd.args(["-j", "-d", "600s"]);
+        if let Some(s) = skip {
+            cmd.env("LQTRACE_SKIP_PROGRAMS", s);
+        }
+        let t = Tracer::start_cmd(cmd, vec![])?;
+        let r = load::syscall_loop(SYSCALLS_PER_RUN)?;
+        t.stop()?;
+        Ok(r)
+    };
+    for round in 0..TAX_ROUNDS {
+        for step in 0..3 {
+            match (step + round) % 3 {
+                0 => tax.without.push(load::syscall_loop(SYSCALLS_PER_RUN)?),
+                1 => tax.with.push(traced(None)?),
+                _ => tax
+                    .without_syscall_hooks
+                    .push(traced(Some(SYSCALL_PROGRAMS))?),
+            }
+        }
+    }
+    eprintln!(
+        "  ns/syscall: without {:.0}, with lqtrace {:.0}, with lqtrace minus its syscall tracepoints {:.0} (medians)",
+        Spread::of(&tax.without).median,
+        Spread::of(&tax.with).median,
+        Spread::of(&tax.without_syscall_hooks).median
+    );
+    Ok(tax)
+}
+
+pub struct ConnRate {
+    /// The bench's connect loop, connections/s.
+    pub looped: AbRuns,
+    /// nginx + wrk, requests (= connections)/s.
+    pub nginx: AbRuns,
     pub clients: usize,
     /// ListenDrops in the namespace over all runs (must be 0: this is the no-drop path).
     pub listen_drops: u64,
+    /// The hooks of the traced runs (summary `hooks`: every stage, features included).
+    pub hooks: String,
+    pub syscalls: SyscallTax,
 }
 
-/// Alternating A/B pairs (A first in even pairs, B first in odd ones) of the connect loop,
-/// without lqtrace and with `lqtrace -j -d 600s` attached (stopped after each run).
+/// One traced run of `load`: a fresh `lqtrace -j` (every feature on, as by default), attached
+/// before the load starts and stopped after it.
+fn traced<T>(cx: &Context, hooks: &mut String, load: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
+    let r = load()?;
+    let f = t.stop()?;
+    check_no_loss(&f.summary)?;
+    check_every_stage(&f.summary)?;
+    *hooks = hooks_of(&f.summary);
+    Ok(r)
+}
+
+/// The traced runs must have every stage covered, features included (accept activity,
+/// listener RSTs and refused SYNs): lqtrace only warns when a feature stage has no hook.
+fn check_every_stage(summary: &Value) -> Result<()> {
+    let missing: Vec<&str> = ["syn", "ack", "accept", "reset"]
+        .into_iter()
+        .filter(|st| summary["hooks"][*st].as_str().is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "lqtrace ran without the {} stage(s) (summary hooks: {}): run `lqtrace -v` to see why",
+            missing.join(", "),
+            summary["hooks"]
+        );
+    }
+    Ok(())
+}
+
+/// "accept=syscalls ack=cgroup ..." from a summary's `hooks`.
+pub fn hooks_of(summary: &Value) -> String {
+    match summary["hooks"].as_object() {
+        Some(fields) => fields
+            .iter()
+            .map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => "?".into(),
+    }
+}
+
+/// Alternating A/B pairs (without first in even pairs, with first in odd ones) of the connect
+/// loop and of nginx + wrk, without lqtrace and with `lqtrace -j -d 600s` attached.
 fn conn_rate(cx: &Context) -> Result<ConnRate> {
-    eprintln!("bench: [1/4] connection rate, {} A/B pairs", cx.pairs);
+    eprintln!(
+        "bench: [1/4] connection rate, {} A/B pairs (connect loop, nginx + wrk)",
+        cx.pairs
+    );
     let clients = cx.cpus;
     connect_loop(&cx.ns, LOOP_PORT, clients, Duration::from_millis(500))?; // warm-up
+    cx.nginx
+        .wrk(Duration::from_secs(1), nginx::WRK_CONNECTIONS)?;
     let before = cx.ns.counters()?;
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut r = ConnRate {
+        looped: AbRuns::default(),
+        nginx: AbRuns::default(),
+        clients,
+        listen_drops: 0,
+        hooks: String::new(),
+        syscalls: syscall_tax(cx)?,
+    };
+    let mut hooks = String::new();
     for pair in 0..cx.pairs {
-        let mut a = None;
-        let mut b = None;
-        for traced in alternating(pair, false) {
-            if traced {
-                let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
-                let r = connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?;
-                let f = t.stop()?;
-                check_no_loss(&f.summary)?;
-                b = Some(r);
+        let (mut a, mut b) = (0.0, 0.0);
+        for with in alternating(pair, false) {
+            let run = || Ok(connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?.rate());
+            if with {
+                b = traced(cx, &mut hooks, run)?;
             } else {
-                a = Some(connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?);
+                a = run()?;
             }
         }
-        let (a, b): (LoopRun, LoopRun) = (a.unwrap(), b.unwrap());
-        eprintln!(
-            "  pair {}: without {:.0}/s, with {:.0}/s, ratio {:.3}",
-            pair + 1,
-            a.rate(),
-            b.rate(),
-            b.rate() / a.rate()
-        );
-        without.push(a.rate());
-        with.push(b.rate());
-        ratios.push(b.rate() / a.rate());
+        r.looped.push("connect loop", pair, a, b);
+        for with in alternating(pair, true) {
+            let run = || cx.nginx.wrk(cx.run, nginx::WRK_CONNECTIONS);
+            if with {
+                b = traced(cx, &mut hooks, run)?;
+            } else {
+                a = run()?;
+            }
+        }
+        r.nginx.push("nginx + wrk", pair, a, b);
     }
-    let listen_drops = cx.ns.counters()?.delta(&before).get("TcpExt.ListenDrops");
-    Ok(ConnRate {
-        without,
-        with,
-        ratios,
-        clients,
-        listen_drops,
-    })
+    r.listen_drops = cx.ns.counters()?.delta(&before).get("TcpExt.ListenDrops");
+    r.hooks = hooks;
+    Ok(r)
 }
 
 fn check_no_loss(summary: &Value) -> Result<()> {
@@ -288,8 +438,10 @@ fn check_no_loss(summary: &Value) -> Result<()> {
 pub struct Startup {
     pub lq_ready: Vec<f64>,
     pub lq_hwm: Vec<f64>,
+    pub lq_rss: Vec<f64>,
     pub bt_ready: Vec<f64>,
     pub bt_hwm: Vec<f64>,
+    pub bt_rss: Vec<f64>,
 }
 
 /// Alternately: lqtrace (exec to banner; VmHWM after 1 s idle) and bpftrace on
@@ -303,8 +455,10 @@ fn startup(cx: &Context) -> Result<Startup> {
     let mut s = Startup {
         lq_ready: vec![],
         lq_hwm: vec![],
+        lq_rss: vec![],
         bt_ready: vec![],
         bt_hwm: vec![],
+        bt_rss: vec![],
     };
     for i in 0..cx.pairs {
         for lq in alternating(i, true) {
@@ -312,17 +466,21 @@ fn startup(cx: &Context) -> Result<Startup> {
                 let t = Tracer::start(&cx.bin, &["-d", "600s"], vec![])?;
                 s.lq_ready.push(t.ready().as_secs_f64() * 1000.0);
                 sys::sleep(hold)?;
-                s.lq_hwm.push(t.stop()?.vm_hwm_kib as f64 / 1024.0);
+                let f = t.stop()?;
+                s.lq_hwm.push(f.vm_hwm_kib as f64 / 1024.0);
+                s.lq_rss.push(f.vm_rss_kib as f64 / 1024.0);
             } else {
-                let (ready, hwm) = tracer::bpftrace_start(hold).context("bpftrace")?;
+                let (ready, hwm, rss) = tracer::bpftrace_start(hold).context("bpftrace")?;
                 s.bt_ready.push(ready.as_secs_f64() * 1000.0);
                 s.bt_hwm.push(hwm as f64 / 1024.0);
+                s.bt_rss.push(rss as f64 / 1024.0);
             }
         }
     }
     eprintln!(
-        "  lqtrace ready {:.0} ms, {:.1} MiB; bpftrace ready {:.0} ms, {:.1} MiB (medians)",
+        "  lqtrace ready {:.0} ms, RSS {:.1} MiB (peak {:.1}); bpftrace ready {:.0} ms, peak {:.1} MiB (medians)",
         Spread::of(&s.lq_ready).median,
+        Spread::of(&s.lq_rss).median,
         Spread::of(&s.lq_hwm).median,
         Spread::of(&s.bt_ready).median,
         Spread::of(&s.bt_hwm).median

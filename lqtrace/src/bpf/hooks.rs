@@ -24,8 +24,8 @@
 //!   tracepoint = `tcp:tcp_send_reset` (Linux >= 6.10, where it fires for a NULL socket and
 //!   has the reason), fentry and kprobe = `tcp_v4_send_reset()`/`tcp_v6_send_reset()`.
 //!
-//! Arrivals and `connected` outcomes come from `sock:inet_sock_set_state` (a child socket is
-//! created), attached with the listener bookkeeping; `reset` outcomes of
+//! Arrivals and `connected` outcomes come from the `inet_sock_set_state` raw tracepoint (a
+//! child socket is created), attached with the listener bookkeeping; `reset` outcomes of
 //! `tcp_abort_on_overflow=1` drops from the bracket itself (EmbryonicRsts moved).
 
 use std::{collections::BTreeMap, fmt};
@@ -362,10 +362,9 @@ pub const LISTENER_HOOKS: &[Hook] = &[
         "listen_exit",
         Attach::Tracepoint("syscalls", "sys_exit_listen"),
     ),
-    h(
-        "sock_state",
-        Attach::Tracepoint("sock", "inet_sock_set_state"),
-    ),
+    // A raw tracepoint: the classic one builds its trace record for every state change of
+    // every socket before the program runs (lqtrace-ebpf/src/lifecycle.rs).
+    h("sock_state", Attach::RawTracepoint("inet_sock_set_state")),
 ];
 
 /// Every hook lqtrace may attach (listener bookkeeping and all variants), each once.

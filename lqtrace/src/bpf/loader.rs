@@ -42,8 +42,14 @@ pub struct LoadOptions {
     pub btf_path: PathBuf,
     pub verbose: bool,
     pub forced: Forced,
-    /// Functions present in /proc/kallsyms (for the kprobe pre-check).
-    pub kallsyms: HashSet<String>,
+    /// Functions present in /proc/kallsyms (for the kprobe pre-check); None: read
+    /// /proc/kallsyms when a kprobe variant is first checked. Reading it takes the kernel ~65 ms
+    /// on the 6.18 development host (120k symbols formatted), which has no kprobes at all, so
+    /// most start-ups never need it.
+    pub kallsyms: Option<HashSet<String>>,
+    /// BTF id of a hooked function (`tcp_conn_request`), for the one-off fentry probe
+    /// (`fentry_probe`); None: no probe, the fentry variants are tried as they are.
+    pub fentry_probe_func: Option<(String, u32)>,
     /// For each hooked function: None if its BTF prototype matches the programs, else why not
     /// (fentry and kprobe pre-check).
     pub probe_funcs: HashMap<String, Option<String>>,
@@ -106,7 +112,12 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
     } else {
         VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
     };
+    // No kernel BTF for aya: it is only used for CO-RE relocations, which Rust eBPF objects do
+    // not have (the layout comes from `Config`), and keeping aya's parsed copy of vmlinux BTF
+    // (several MiB of heap) through the load would only raise lqtrace's peak memory. aya still
+    // parses it in `EbpfLoader::new()`; this drops it before the object is loaded.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global("CONFIG", config, true)
         .verifier_log_level(level)
         .load(OBJECT)
@@ -118,6 +129,8 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
         })?;
     let mut ctx = AttachCtx {
         opts,
+        kallsyms: std::cell::OnceCell::new(),
+        fentry_refused: None,
         config,
         aya_btf: None,
         attached: HashSet::new(),
@@ -211,6 +224,10 @@ pub fn load(config: &Config, opts: &LoadOptions, require_all: bool) -> Result<Tr
 
 struct AttachCtx<'a> {
     opts: &'a LoadOptions,
+    /// The fentry probe's verdict, once made: Some(why) when the kernel refuses fentry programs.
+    fentry_refused: Option<Option<String>>,
+    /// /proc/kallsyms, read on first use (see `LoadOptions::kallsyms`).
+    kallsyms: std::cell::OnceCell<HashSet<String>>,
     config: &'a Config,
     aya_btf: Option<Btf>,
     /// Programs already attached (the cgroup variant serves both stages).
@@ -261,7 +278,11 @@ impl AttachCtx<'_> {
                     return Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)".into());
                 }
                 for f in v.functions {
-                    if !self.opts.kallsyms.contains(*f) {
+                    let kallsyms = match &self.opts.kallsyms {
+                        Some(k) => k,
+                        None => self.kallsyms.get_or_init(read_kallsyms),
+                    };
+                    if !kallsyms.contains(*f) {
                         return Err(format!(
                             "{f}() is not in /proc/kallsyms (inlined or absent)"
                         ));
@@ -280,7 +301,29 @@ impl AttachCtx<'_> {
         let explain = |e: ProgramError, step: &str| {
             anyhow!("{}: {step} failed: {}", ctx(), program_error(&e, verbose))
         };
+        if skipped_by_env(hook.program) {
+            log::warn!("{}: not attached ({SKIP_ENV})", ctx());
+            self.attached.insert(hook.program);
+            return Ok(());
+        }
         if matches!(hook.attach, Attach::Fentry(_) | Attach::Fexit(_)) && self.aya_btf.is_none() {
+            // Before parsing the kernel BTF for aya (~50 ms, megabytes of heap): does this kernel
+            // load fentry programs at all?
+            let refused = match &self.fentry_refused {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self
+                        .opts
+                        .fentry_probe_func
+                        .as_ref()
+                        .and_then(|(f, id)| fentry_probe(f, *id).err());
+                    self.fentry_refused = Some(r.clone());
+                    r
+                }
+            };
+            if let Some(why) = refused {
+                bail!("{}: load failed: {why}", ctx());
+            }
             let btf = Btf::parse_file(&self.opts.btf_path, aya::Endianness::default())
                 .map_err(|e| anyhow!("{}: reading BTF for fentry: {e}", ctx()))?;
             self.aya_btf = Some(btf);
@@ -337,6 +380,55 @@ impl AttachCtx<'_> {
         log::info!("attached {:<18} {where_}", hook.program);
         Ok(())
     }
+}
+
+/// `LQTRACE_SKIP_PROGRAMS=a,b`: programs left unattached (a measuring aid for the bench's
+/// overhead A/B runs: what one program costs the traced workload; drops can be missed).
+const SKIP_ENV: &str = "LQTRACE_SKIP_PROGRAMS";
+
+fn skipped_by_env(program: &str) -> bool {
+    std::env::var(SKIP_ENV).is_ok_and(|v| v.split(',').any(|p| p.trim() == program))
+}
+
+/// Load (and close) a minimal fentry program (`r0 = 0; exit`) on `func` (BTF id `btf_id` in
+/// vmlinux) with the raw `bpf(BPF_PROG_LOAD)` call: where the kernel refuses fentry programs
+/// altogether (the development host: EPERM for any of them), every fentry variant is skipped
+/// with this reason without parsing the kernel BTF for aya first.
+fn fentry_probe(func: &str, btf_id: u32) -> Result<(), String> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    // mov64 r0, 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD part (include/uapi/linux/bpf.h): prog_type @0, insn_cnt
+    // @4, insns @8, license @16, expected_attach_type @68, attach_btf_id @108.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACING.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_TRACE_FENTRY.to_ne_bytes());
+    attr[108..112].copy_from_slice(&btf_id.to_ne_bytes());
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed; the pointers in it
+    // outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!(
+            "BPF_PROG_LOAD of a minimal fentry program on {func}(): {e} (fentry programs are refused on this kernel)"
+        ));
+    }
+    // SAFETY: fd was just returned by the kernel and is ours.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
 }
 
 /// Detach and unload one program of a variant that failed part-way.
@@ -400,10 +492,21 @@ fn first_line(s: &str, verbose: bool) -> String {
     }
 }
 
-/// Text function symbols of /proc/kallsyms (module suffixes stripped).
+/// The functions of the hook table (`hooks::VARIANTS`) that /proc/kallsyms lists: only those,
+/// not the whole symbol table (a distro kernel has ~150k text symbols, megabytes of heap).
 pub fn read_kallsyms() -> HashSet<String> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    parse_kallsyms(&text)
+    let wanted: HashSet<&str> = crate::bpf::hooks::VARIANTS
+        .iter()
+        .flat_map(|v| v.functions.iter().copied())
+        .collect();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_addr, kind, name) = (it.next()?, it.next()?, it.next()?);
+            (matches!(kind, "t" | "T") && wanted.contains(name)).then(|| name.to_string())
+        })
+        .collect()
 }
 
 pub fn parse_kallsyms(text: &str) -> HashSet<String> {

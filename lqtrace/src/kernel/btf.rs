@@ -237,6 +237,11 @@ impl Btf {
     }
 
     /// Whether the kernel has a function of this name (a BTF FUNC).
+    /// The BTF type id of function `name` (what a fentry program's `attach_btf_id` names).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.named(&[FUNC], name)
+    }
+
     pub fn has_func(&self, name: &str) -> bool {
         self.named(&[FUNC], name).is_some()
     }

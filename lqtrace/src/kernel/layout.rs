@@ -42,10 +42,6 @@ const SYS_EXIT: Record = Record {
     tracepoint: "syscalls:sys_exit_*",
     structs: &["syscall_trace_exit"],
 };
-const INET_SOCK_SET_STATE: Record = Record {
-    tracepoint: "sock:inet_sock_set_state",
-    structs: &["trace_event_raw_inet_sock_set_state"],
-};
 const TCP_SEND_RESET: Record = Record {
     tracepoint: "tcp:tcp_send_reset",
     structs: &["trace_event_raw_tcp_send_reset"],
@@ -95,6 +91,12 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     c.sk_socket = field(btf, "sock", "sk_socket", 8)?;
     c.sk_num = field(btf, "sock", "__sk_common.skc_num", 2)?;
     c.sk_protocol = field(btf, "sock", "sk_protocol", 2)?;
+    c.sk_family = field(btf, "sock", "__sk_common.skc_family", 2)?;
+    c.sk_rcv_saddr = field(btf, "sock", "__sk_common.skc_rcv_saddr", 4)?;
+    // Absent without CONFIG_IPV6: the programs then read no IPv6 address (none can exist).
+    c.sk_v6_rcv_saddr = field(btf, "sock", "__sk_common.skc_v6_rcv_saddr", 16).unwrap_or(0);
+    // struct sock is the first member of inet_sock: an offset from the sock pointer.
+    c.sk_inet_sport = field(btf, "inet_sock", "inet_sport", 2)?;
     // struct sock is the first member of inet_connection_sock (via inet_sock), so offsets from
     // the inet_connection_sock start are offsets from the sock pointer.
     c.icsk_qlen = field(btf, "inet_connection_sock", "icsk_accept_queue.qlen", 4)?;
@@ -113,6 +115,16 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         *slot = enum_u32(btf, name)?;
     }
     debug_assert_eq!(c.mib.len(), MIB_COUNT);
+    // `struct linux_mib { unsigned long mibs[LINUX_MIB_MAX]; }`: the runs stay inside it.
+    let mib_max = enum_u32(btf, "__LINUX_MIB_MAX")?;
+    if let Some(i) = c.mib.iter().position(|&v| v >= mib_max) {
+        bail!(
+            "kernel BTF: {} = {} is not below __LINUX_MIB_MAX = {mib_max}",
+            MIB_ENUM_NAMES[i],
+            c.mib[i]
+        );
+    }
+    (c.mib_runs, c.mib_run_start, c.mib_pos) = lqtrace_common::mib_runs(&c.mib, mib_max);
     // The accept syscall variant: from the current task to the socket behind an fd.
     c.task_files = field(btf, "task_struct", "files", 8)?;
     c.files_fdt = field(btf, "files_struct", "fdt", 8)?;
@@ -128,19 +140,11 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     c.dev_nd_net = field(btf, "net_device", "nd_net.net", 8)?;
     check_raw_tracepoint(btf, "consume_skb")?;
     check_raw_tracepoint(btf, "kfree_skb")?;
+    check_state_tracepoint(btf)?;
 
     c.tp_sys_arg0 = tp_field(btf, &SYS_ENTER, "args[0]", 8)?;
     c.tp_sys_arg1 = tp_field(btf, &SYS_ENTER, "args[1]", 8)?;
     c.tp_sys_ret = tp_field(btf, &SYS_EXIT, "ret", 8)?;
-    let state = &INET_SOCK_SET_STATE;
-    c.tp_state_skaddr = tp_field(btf, state, "skaddr", 8)?;
-    c.tp_state_oldstate = tp_field(btf, state, "oldstate", 4)?;
-    c.tp_state_newstate = tp_field(btf, state, "newstate", 4)?;
-    c.tp_state_sport = tp_field(btf, state, "sport", 2)?;
-    c.tp_state_family = tp_field(btf, state, "family", 2)?;
-    c.tp_state_protocol = tp_field(btf, state, "protocol", 2)?;
-    c.tp_state_saddr = tp_field(btf, state, "saddr", 4)?;
-    c.tp_state_saddr_v6 = tp_field(btf, state, "saddr_v6", 16)?;
     if let Ok([skb, sk, st, reason]) = reset_tracepoint(btf) {
         c.tp_reset_full = 1;
         (c.tp_reset_skbaddr, c.tp_reset_skaddr) = (skb, sk);
@@ -191,6 +195,26 @@ fn check_raw_tracepoint(btf: &Btf, name: &str) -> Result<()> {
         other => {
             bail!("raw tracepoint {name}: first argument is {other:?}, expected struct sk_buff *")
         }
+    }
+}
+
+/// The `sock_state` raw tracepoint program reads (sk, oldstate, newstate) from its arguments
+/// (`btf_trace_inet_sock_set_state` is `void (*)(void *, const struct sock *, int, int)`).
+fn check_state_tracepoint(btf: &Btf) -> Result<()> {
+    let typedef = "btf_trace_inet_sock_set_state";
+    let params = btf
+        .func_params(typedef)
+        .with_context(|| format!("kernel BTF has no {typedef}"))?;
+    let p: Vec<&str> = params.iter().map(String::as_str).collect();
+    match p.as_slice() {
+        [_, sk, old, new]
+            if sk.ends_with("struct sock *") && old.ends_with("int") && new.ends_with("int") =>
+        {
+            Ok(())
+        }
+        _ => bail!(
+            "raw tracepoint inet_sock_set_state: arguments {p:?}, expected (struct sock *, int, int)"
+        ),
     }
 }
 
@@ -290,34 +314,6 @@ mod tests {
             ("syscalls/sys_exit_listen", "ret", c.tp_sys_ret, 8),
             ("syscalls/sys_enter_accept4", "fd", c.tp_sys_arg0, 8),
             ("syscalls/sys_exit_accept4", "ret", c.tp_sys_ret, 8),
-            ("sock/inet_sock_set_state", "saddr", c.tp_state_saddr, 4),
-            (
-                "sock/inet_sock_set_state",
-                "saddr_v6",
-                c.tp_state_saddr_v6,
-                16,
-            ),
-            ("sock/inet_sock_set_state", "skaddr", c.tp_state_skaddr, 8),
-            (
-                "sock/inet_sock_set_state",
-                "oldstate",
-                c.tp_state_oldstate,
-                4,
-            ),
-            (
-                "sock/inet_sock_set_state",
-                "newstate",
-                c.tp_state_newstate,
-                4,
-            ),
-            ("sock/inet_sock_set_state", "sport", c.tp_state_sport, 2),
-            ("sock/inet_sock_set_state", "family", c.tp_state_family, 2),
-            (
-                "sock/inet_sock_set_state",
-                "protocol",
-                c.tp_state_protocol,
-                2,
-            ),
         ];
         if c.tp_reset_full == 1 {
             cases.extend([

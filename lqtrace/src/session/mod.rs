@@ -88,11 +88,27 @@ pub fn load_tracer(opts: &SessionOptions, require_all: bool) -> Result<Tracer> {
         btf_path: opts.btf.clone(),
         verbose: opts.verbose,
         forced: opts.forced.clone(),
-        kallsyms: loader::read_kallsyms(),
+        kallsyms: None,
+        fentry_probe_func: btf
+            .func_id("tcp_conn_request")
+            .map(|id| ("tcp_conn_request".to_string(), id)),
         probe_funcs: layout::probe_functions(&btf),
     };
     drop(btf);
     loader::load(&config, &load_opts, require_all)
+}
+
+/// Start-up parses the kernel's BTF twice (lqtrace's own reader, and aya's in
+/// `EbpfLoader::new()`), maybe reads /proc/kallsyms and relocates the eBPF object: ~20 MiB of heap,
+/// all freed by the time tracing starts, that glibc's malloc keeps mapped (freed chunks below
+/// its mmap threshold stay in the arenas). Hand it back to the kernel once, so the resident size
+/// while tracing is what tracing needs. (musl's allocator returns freed memory by itself.)
+fn release_startup_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How often the programs' own counters are read into the aggregate.
@@ -180,6 +196,7 @@ impl Session {
         };
         session.read_stats();
         session.count_existing_listeners();
+        release_startup_heap();
         Ok(session)
     }
 

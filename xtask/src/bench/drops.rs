@@ -25,8 +25,13 @@ pub struct DropStep {
     /// The tracer's reconciliation entry for the namespace.
     pub recorded: u64,
     pub tracer_kernel: u64,
-    /// Drop lines printed for the namespace.
+    /// Drops the printed lines for the namespace stand for (sum of `count`).
     pub printed: u64,
+    /// Drop lines printed for the namespace.
+    pub printed_lines: u64,
+    /// The summary's `coalesced_records` / `coalesced_lines` (all record kinds).
+    pub coalesced_records: u64,
+    pub coalesced_lines: u64,
     pub lost_records: u64,
     pub lost_drops: u64,
     pub vm_hwm_kib: u64,
@@ -97,19 +102,24 @@ fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -
         kernel,
         recorded: rec["recorded"].as_u64().unwrap_or(0),
         tracer_kernel: rec["kernel_listen_drops"].as_u64().unwrap_or(0),
-        printed: f.stdout.matching,
+        printed: f.counted,
+        printed_lines: f.stdout.matching,
+        coalesced_records: f.summary["coalesced_records"].as_u64().unwrap_or(0),
+        coalesced_lines: f.summary["coalesced_lines"].as_u64().unwrap_or(0),
         lost_records: f.summary["lost_records"].as_u64().unwrap_or(0),
         lost_drops: f.summary["lost_drops"].as_u64().unwrap_or(0),
         vm_hwm_kib: f.vm_hwm_kib,
         cpu_secs: f.cpu_secs,
     };
     eprintln!(
-        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
+        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} in {} lines (coalesced records {}) lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
         target.map_or("max".to_string(), |r| format!("{}k/s", r / 1000)),
         step.rate(),
         step.kernel,
         step.recorded,
         step.printed,
+        step.printed_lines,
+        step.coalesced_records,
         step.lost_records,
         step.lost_drops,
         step.tracer_kernel,

@@ -1,6 +1,8 @@
 //! Step 2 of the bench: the run time of each program of one lqtrace process, from
-//! `kernel.bpf_stats_enabled=1`, over traffic that reaches no listener, the no-drop connect loop
-//! and a SYN flood (the drop path).
+//! `kernel.bpf_stats_enabled=1`, over traffic that reaches no listener, the no-drop connect loop,
+//! nginx + wrk, and a SYN flood (the drop path). Packets and connections are the namespace's own
+//! counts (`Tcp.InSegs`, `Tcp.PassiveOpens`), not the programs' run counts, so that a variant
+//! with no per-packet program is measured the same way.
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +23,7 @@ pub struct ProgCost {
     pub kind: String,
     pub stream: tracer::ProgStat,
     pub hot: tracer::ProgStat,
+    pub nginx: tracer::ProgStat,
     pub drop: tracer::ProgStat,
 }
 
@@ -28,12 +31,15 @@ pub struct HookCost {
     pub progs: Vec<ProgCost>,
     pub round_trips: u64,
     pub stream_secs: f64,
-    pub connections: u64,
+    /// Segments received in the namespace during the ping-pong.
+    pub stream_packets: u64,
+    /// Connections accepted (PassiveOpens) in the connect loop and during nginx + wrk.
+    pub loop_conns: u64,
+    pub nginx_conns: u64,
+    pub nginx_rate: f64,
     pub conn_rate: f64,
     pub drops: u64,
     pub drop_rate: f64,
-    /// Hook variant per group of drop kinds, from the summary ("syn=cgroup ack=cgroup").
-    pub variant: String,
 }
 
 fn stat_delta(
@@ -64,11 +70,22 @@ pub fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
         bail!("found no BPF program fds in /proc/{}/fdinfo", t.pid());
     }
     let began = Instant::now();
-    let round_trips = load::ping_pong(&cx.ns, LOOP_PORT + 10, cx.run)?;
+    let c0 = cx.ns.counters()?;
+    let round_trips = load::ping_pong(&cx.ns, LOOP_PORT + 20, cx.run)?;
     let stream_secs = began.elapsed().as_secs_f64();
     let sm = prog_stats(t.pid())?;
+    let c1 = cx.ns.counters()?;
     let hot = connect_loop(&cx.ns, LOOP_PORT, cx.cpus, cx.run)?;
     let s1 = prog_stats(t.pid())?;
+    let c2 = cx.ns.counters()?;
+    let nginx_rate = cx.nginx.wrk(cx.run, super::nginx::WRK_CONNECTIONS)?;
+    let sn = prog_stats(t.pid())?;
+    let c3 = cx.ns.counters()?;
+    // The ping-pong's connection itself: one handshake's packets, a few out of tens of
+    // thousands.
+    let stream_packets = c1.delta(&c0).get("Tcp.InSegs");
+    let loop_conns = c2.delta(&c1).get("Tcp.PassiveOpens");
+    let nginx_conns = c3.delta(&c2).get("Tcp.PassiveOpens");
     let _sat = saturated_listener(&cx.ns, FLOOD_PORT + 1)?;
     let c0 = cx.ns.counters()?;
     let flood = syn_flood(&cx.ns, FLOOD_PORT + 1, Some(drop_rate), 1, cx.run)?;
@@ -79,15 +96,7 @@ pub fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
     sys::sleep(Duration::from_millis(200))?;
     let drops = cx.ns.counters()?.delta(&c0).get("TcpExt.ListenDrops");
     let s2 = prog_stats(t.pid())?;
-    let f = t.stop()?;
-    let variant = match f.summary["hooks"].as_object() {
-        Some(fields) => fields
-            .iter()
-            .map(|(g, m)| format!("{g}={}", m.as_str().unwrap_or("?")))
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => "?".into(),
-    };
+    t.stop()?;
     let progs = s0
         .keys()
         .map(|&id| {
@@ -100,7 +109,8 @@ pub fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
                 kind,
                 stream: stat_delta(&s0, &sm, id),
                 hot: stat_delta(&sm, &s1, id),
-                drop: stat_delta(&s1, &s2, id),
+                nginx: stat_delta(&s1, &sn, id),
+                drop: stat_delta(&sn, &s2, id),
             }
         })
         .collect();
@@ -108,10 +118,12 @@ pub fn hook_cost(cx: &Context, drop_rate: u64) -> Result<HookCost> {
         progs,
         round_trips,
         stream_secs,
-        connections: hot.connections,
+        stream_packets,
+        loop_conns,
+        nginx_conns,
+        nginx_rate,
         conn_rate: hot.rate(),
         drops,
         drop_rate: drops as f64 / flood.secs,
-        variant,
     })
 }

@@ -171,3 +171,22 @@ pub fn syn_flood(
         Ok(run)
     })
 }
+
+/// `dd if=/dev/zero of=/dev/null bs=1 count=N`: 2N tiny syscalls (read + write of one byte),
+/// timed; returns ns per syscall. What a hook on the syscall path costs every process of the
+/// host (a syscall tracepoint puts every task on the traced syscall path), which no program's
+/// run time shows.
+pub fn syscall_loop(n: u64) -> Result<f64> {
+    let t = Instant::now();
+    let st = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
+        .arg(format!("count={n}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running dd")?;
+    if !st.success() {
+        anyhow::bail!("dd failed: {st}");
+    }
+    sys::check_interrupted()?;
+    Ok(t.elapsed().as_nanos() as f64 / (2 * n) as f64)
+}

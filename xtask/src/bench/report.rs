@@ -5,8 +5,8 @@ use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result};
 
 use super::{
-    ConnRate, DropLadder, HookCost, Spread, Startup, TARGET_DROPS_PER_S, TARGET_HOT_NS,
-    TARGET_RATIO,
+    AbRuns, ConnRate, DropLadder, HookCost, Spread, Startup, TARGET_CONN_NS, TARGET_DROPS_PER_S,
+    TARGET_FLOOD_RSS_MIB, TARGET_IDLE_RSS_MIB, TARGET_PACKET_NS, TARGET_RATIO,
 };
 
 pub const BEGIN: &str =
@@ -21,10 +21,12 @@ pub struct Machine {
     pub date: String,
     /// 1-minute load average before and after the measurements.
     pub load: String,
+    /// Other lqtrace processes running meanwhile (their programs see the same packets).
+    pub others: Vec<i32>,
 }
 
 impl Machine {
-    pub fn probe(cpus: usize, load_before: String) -> Machine {
+    pub fn probe(cpus: usize, load_before: String, others: Vec<i32>) -> Machine {
         let sh = |prog: &str, args: &[&str]| {
             Command::new(prog)
                 .args(args)
@@ -55,6 +57,7 @@ impl Machine {
             revision,
             date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             load: format!("{load_before} → {}", super::sys::loadavg()),
+            others,
         }
     }
 }
@@ -113,33 +116,64 @@ fn kilo(x: f64) -> String {
     }
 }
 
+/// Rows "without", "with", "ratio" of one A/B load.
+fn ab_rows(s: &mut String, what: &str, unit: &str, ab: &AbRuns) {
+    let ratio = Spread::of(&ab.ratios);
+    let _ = writeln!(
+        s,
+        "| {what}: without lqtrace | {} {unit} | | |",
+        spread(Spread::of(&ab.without), 0, "")
+    );
+    let _ = writeln!(
+        s,
+        "| … with `lqtrace -j` attached | {} {unit} | | |",
+        spread(Spread::of(&ab.with), 0, "")
+    );
+    let _ = writeln!(
+        s,
+        "| … ratio with/without (per A/B pair) | {} | ≥ {TARGET_RATIO} | {} |",
+        spread(ratio, 3, ""),
+        verdict(ratio.median >= TARGET_RATIO)
+    );
+}
+
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "Measured {} on Linux {} ({} × {}), lqtrace {} (release build; hooks {}). Reproduce: `{}` (as root; {} of measurements; 1-min load average {} — other work on the machine skews every figure).\n",
+        "Measured {} on Linux {} ({} × {}), lqtrace {} (release build; hooks {}). Reproduce: `{}` (as root; {} of measurements; 1-min load average {} — other work on the machine skews every figure{}).\n",
         m.date,
         m.kernel,
         m.cpus,
         m.cpu,
         m.revision,
-        r.hooks.variant,
+        r.conn.hooks,
         r.command,
         crate::util::secs(r.measured_in),
-        m.load
+        m.load,
+        if m.others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} other lqtrace process(es) were running at the start, pid {:?}: their programs ran on every packet too",
+                m.others.len(),
+                m.others
+            )
+        }
     );
 
-    // Headline table.
-    let ratio = Spread::of(&r.conn.ratios);
     let lossless = r.drops.best_lossless();
     let first_loss = r.drops.first_loss();
     let top = r.drops.steps.iter().map(|s| s.rate()).fold(0.0, f64::max);
     let all_accounted = r.drops.steps.iter().all(|s| s.accounted());
+    let all_printed = r.drops.steps.iter().all(|s| s.printed == s.recorded);
     let lq_ready = Spread::of(&r.startup.lq_ready);
     let bt_ready = Spread::of(&r.startup.bt_ready);
     let lq_hwm = Spread::of(&r.startup.lq_hwm);
+    let lq_rss = Spread::of(&r.startup.lq_rss);
     let bt_hwm = Spread::of(&r.startup.bt_hwm);
+    let bt_rss = Spread::of(&r.startup.bt_rss);
     let flood_hwm = r
         .drops
         .steps
@@ -149,24 +183,23 @@ pub fn markdown(r: &Results) -> String {
         .unwrap_or(0) as f64
         / 1024.0;
 
-    let progs_line = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| {
+    let progs_line = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat, per: u64| {
         // Programs that ran fewer than 100 times (listen(), a stray state change) are in the
-        // per-program table only: one cold run says nothing about the path.
+        // per-program table only.
         r.hooks
             .progs
             .iter()
             .filter(|p| sel(p).run_cnt >= 100)
-            .map(|p| format!("{} {}", p.name, ns_per_run(sel(p))))
+            .map(|p| {
+                format!(
+                    "{} {:.1}×{}",
+                    p.name,
+                    sel(p).run_cnt as f64 / per.max(1) as f64,
+                    ns_per_run(sel(p))
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
-    };
-    let worst = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| {
-        r.hooks
-            .progs
-            .iter()
-            .filter(|p| sel(p).run_cnt >= 100)
-            .map(|p| sel(p).run_time_ns as f64 / sel(p).run_cnt as f64)
-            .fold(0.0, f64::max)
     };
     let sum = |sel: fn(&super::ProgCost) -> super::tracer::ProgStat| {
         r.hooks
@@ -182,58 +215,82 @@ pub fn markdown(r: &Results) -> String {
         "| Measurement | Result (median, range, runs) | Target | |"
     );
     let _ = writeln!(s, "|---|---|---|---|");
-    let _ = writeln!(
-        s,
-        "| Connection rate, loopback connect/accept/RST-close loop, {} client threads: without lqtrace | {} conn/s | | |",
-        r.conn.clients,
-        spread(Spread::of(&r.conn.without), 0, "")
+    ab_rows(
+        &mut s,
+        &format!(
+            "nginx ({} workers, backlog 4096) + `wrk -t{} -c{}`, `Connection: close` (a connection per request)",
+            super::nginx::NGINX_WORKERS,
+            super::nginx::WRK_THREADS,
+            super::nginx::WRK_CONNECTIONS
+        ),
+        "requests/s",
+        &r.conn.nginx,
+    );
+    ab_rows(
+        &mut s,
+        &format!(
+            "Loopback connect/accept/RST-close loop (Rust), {} client threads",
+            r.conn.clients
+        ),
+        "conn/s",
+        &r.conn.looped,
+    );
+    let tax = &r.conn.syscalls;
+    let (t0, t1, t2) = (
+        Spread::of(&tax.without).median,
+        Spread::of(&tax.with).median,
+        Spread::of(&tax.without_syscall_hooks).median,
     );
     let _ = writeln!(
         s,
-        "| … with `lqtrace -j` attached | {} conn/s | | |",
-        spread(Spread::of(&r.conn.with), 0, "")
-    );
-    let _ = writeln!(
-        s,
-        "| … ratio with/without (per A/B pair) | {} | ≥ {TARGET_RATIO} | {} |",
-        spread(ratio, 3, ""),
-        verdict(ratio.median >= TARGET_RATIO)
+        "| Syscall tax: ns per syscall of `dd bs=1` (2M read/write syscalls, {} rounds), without → with lqtrace → with lqtrace but no syscall tracepoint program | {t0:.0} → {t1:.0} ({:+.0}) → {t2:.0} ({:+.0}) ns/syscall (medians) | | |",
+        tax.without.len(),
+        t1 - t0,
+        t2 - t0
     );
     if r.conn.listen_drops > 0 {
         let _ = writeln!(
             s,
-            "| (the connect loop itself caused {} listen drops in the bench namespace) | | | |",
+            "| (the loads themselves caused {} listen drops in the bench namespace) | | | |",
             r.conn.listen_drops
         );
     }
-    let hot_worst = worst(|p| p.hot);
+    let per_packet = sum(|p| p.stream) / h.stream_packets.max(1) as f64;
     let _ = writeln!(
         s,
-        "| Hot path (connect loop, no drops), ns per program run | {} | ≤ {TARGET_HOT_NS:.0} ns each | {} |",
-        progs_line(|p| p.hot),
-        verdict(hot_worst <= TARGET_HOT_NS)
-    );
-    let hot = (sum(|p| p.hot), h.connections, h.conn_rate);
-    all_programs_per(&mut s, "connection", "ns/conn", "conns", hot);
-    let _ = writeln!(
-        s,
-        "| Packets that reach no listener (64-byte ping-pong on one connection), ns per program run | {} | ≤ {TARGET_HOT_NS:.0} ns each | {} |",
-        progs_line(|p| p.stream),
-        verdict(worst(|p| p.stream) <= TARGET_HOT_NS)
-    );
-    let stream = (
-        sum(|p| p.stream),
+        "| BPF time per packet that reaches no listener (64-byte ping-pong on one connection, {} round trips: {} segments received at {:.0}/s), all programs | {per_packet:.0} ns/packet ({}: runs per packet × ns/run) | ≤ {TARGET_PACKET_NS:.0} ns | {} |",
         h.round_trips,
-        h.round_trips as f64 / h.stream_secs,
+        h.stream_packets,
+        h.stream_packets as f64 / h.stream_secs,
+        progs_line(|p| p.stream, h.stream_packets),
+        verdict(per_packet <= TARGET_PACKET_NS)
     );
-    all_programs_per(&mut s, "round trip", "ns", "round trips", stream);
+    let per_conn = sum(|p| p.hot) / h.loop_conns.max(1) as f64;
     let _ = writeln!(
         s,
-        "| Drop path (SYN flood, saturated listener), ns per program run | {} | | |",
-        progs_line(|p| p.drop)
+        "| BPF time per connection, connect loop ({} connections at {:.0}/s, no drops), all programs | {per_conn:.0} ns/conn ({}) | ≤ {TARGET_CONN_NS:.0} ns | {} |",
+        h.loop_conns,
+        h.conn_rate,
+        progs_line(|p| p.hot, h.loop_conns),
+        verdict(per_conn <= TARGET_CONN_NS)
+    );
+    let per_req = sum(|p| p.nginx) / h.nginx_conns.max(1) as f64;
+    let _ = writeln!(
+        s,
+        "| BPF time per connection, nginx + wrk ({} requests at {:.0}/s), all programs | {per_req:.0} ns/request ({}) | ≤ {TARGET_CONN_NS:.0} ns | {} |",
+        h.nginx_conns,
+        h.nginx_rate,
+        progs_line(|p| p.nginx, h.nginx_conns),
+        verdict(per_req <= TARGET_CONN_NS)
     );
     let drop = (sum(|p| p.drop), h.drops, h.drop_rate);
-    all_programs_per(&mut s, "drop", "ns/drop", "drops", drop);
+    all_programs_per(
+        &mut s,
+        "drop (SYN flood, saturated listener)",
+        "ns/drop",
+        "drops",
+        drop,
+    );
     let _ = writeln!(
         s,
         "| SYN flood top rate on this machine (raw socket, {} threads), without lqtrace | {} drops/s | | |",
@@ -252,7 +309,7 @@ pub fn markdown(r: &Results) -> String {
     };
     let _ = writeln!(
         s,
-        "| Highest drop rate with 0 lost records (traced) | {} drops/s | ≥ {} drops/s, no loss | {target_line} |",
+        "| Highest drop rate with 0 lost records and every drop printed (traced) | {} drops/s | ≥ {} drops/s, no loss | {target_line} |",
         lossless.map_or("none".into(), |l| kilo(l.rate())),
         kilo(TARGET_DROPS_PER_S)
     );
@@ -269,6 +326,16 @@ pub fn markdown(r: &Results) -> String {
             )
         )
     );
+    let _ = writeln!(
+        s,
+        "| Printed drops (sum of `count` over the drop lines on stdout) = drops recorded (= kernel ListenDrops where no record was lost in the kernel ring), at every flood rate | {} | equal | {} |",
+        if all_printed {
+            "equal at every step"
+        } else {
+            "**differ** (see ladder)"
+        },
+        verdict(all_printed)
+    );
     if let Some(busy) = r
         .drops
         .steps
@@ -279,7 +346,7 @@ pub fn markdown(r: &Results) -> String {
         let us = busy.cpu_secs * 1e6 / busy.recorded as f64;
         let _ = writeln!(
             s,
-            "| lqtrace user-space CPU per record (decode, attribute, JSON, write) | {us:.1} µs/record (≈ {} records/s per CPU) | | |",
+            "| lqtrace user-space CPU per recorded drop (decode, attribute, coalesce, JSON, write) | {us:.1} µs/drop (≈ {} drops/s per CPU) | | |",
             kilo(1e6 / us)
         );
     }
@@ -295,8 +362,9 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| Start-to-ready: lqtrace (exec → banner) | {} | | |",
-        spread(lq_ready, 0, " ms")
+        "| Start-to-ready: lqtrace (exec → banner) | {} | ≤ bpftrace's | {} |",
+        spread(lq_ready, 0, " ms"),
+        verdict(lq_ready.median <= bt_ready.median)
     );
     let _ = writeln!(
         s,
@@ -305,16 +373,24 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| Peak RSS (VmHWM): lqtrace, idle 1 s | {} | | |",
+        "| Idle RSS (VmRSS after 1 s): lqtrace | {} | ≤ {TARGET_IDLE_RSS_MIB:.0} MiB | {} |",
+        spread(lq_rss, 1, " MiB"),
+        verdict(lq_rss.median <= TARGET_IDLE_RSS_MIB)
+    );
+    let _ = writeln!(
+        s,
+        "| … its peak so far (VmHWM: start-up included) | {} | | |",
         spread(lq_hwm, 1, " MiB")
     );
     let _ = writeln!(
         s,
-        "| … lqtrace, highest during the flood ladder | {flood_hwm:.1} MiB | | |"
+        "| Peak RSS (VmHWM), lqtrace, highest over the flood ladder | {flood_hwm:.1} MiB | ≤ {TARGET_FLOOD_RSS_MIB:.0} MiB | {} |",
+        verdict(flood_hwm <= TARGET_FLOOD_RSS_MIB)
     );
     let _ = writeln!(
         s,
-        "| … bpftrace one-liner, idle 1 s | {} | | |",
+        "| bpftrace one-liner, idle 1 s: VmRSS / VmHWM | {} / {} | | |",
+        spread(bt_rss, 1, " MiB"),
         spread(bt_hwm, 1, " MiB")
     );
 
@@ -332,6 +408,8 @@ pub fn markdown(r: &Results) -> String {
             "ns/run",
             "Connect loop runs",
             "ns/run",
+            "nginx + wrk runs",
+            "ns/run",
             "SYN flood runs",
             "ns/run",
         ],
@@ -339,13 +417,15 @@ pub fn markdown(r: &Results) -> String {
     for p in &r.hooks.progs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.name,
             p.kind,
             p.stream.run_cnt,
             ns_per_run(p.stream),
             p.hot.run_cnt,
             ns_per_run(p.hot),
+            p.nginx.run_cnt,
+            ns_per_run(p.nginx),
             p.drop.run_cnt,
             ns_per_run(p.drop)
         );
@@ -354,7 +434,7 @@ pub fn markdown(r: &Results) -> String {
     // Flood ladder.
     let _ = writeln!(
         s,
-        "\nDrop-throughput ladder (a fresh `lqtrace -j` per step, its stdout read by the bench; {} sender threads; \"printed\": drop lines for the bench's namespace):\n",
+        "\nDrop-throughput ladder (a fresh `lqtrace -j` per step, its stdout read by the bench; {} sender threads; \"printed\": the sum of `count` over the drop lines for the bench's namespace, and how many lines that took; `coalesced_records`/`coalesced_lines` from the summary):\n",
         r.drops.threads
     );
     table_header(
@@ -364,7 +444,9 @@ pub fn markdown(r: &Results) -> String {
             "Achieved drops/s",
             "Kernel ListenDrops",
             "Recorded",
-            "Printed",
+            "Printed (Σ count)",
+            "Drop lines",
+            "coalesced_records / lines",
             "lost_records",
             "lost_drops",
             "Reconciled",
@@ -375,13 +457,16 @@ pub fn markdown(r: &Results) -> String {
     for st in &r.drops.steps {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {:.1} MiB |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.2} s | {:.1} MiB |",
             st.target
                 .map_or("unpaced".into(), |t| format!("{}/s", kilo(t as f64))),
             kilo(st.rate()),
             st.kernel,
             st.recorded,
             st.printed,
+            st.printed_lines,
+            st.coalesced_records,
+            st.coalesced_lines,
             st.lost_records,
             st.lost_drops,
             if st.lossless() {

@@ -26,6 +26,7 @@ use super::sys;
 pub struct Tracer {
     inner: tracer::Tracer,
     tally: Arc<Mutex<Tally>>,
+    counted: Arc<Mutex<u64>>,
 }
 
 /// A tracer that ended after SIGINT.
@@ -33,6 +34,11 @@ pub struct Finished {
     pub summary: Value,
     /// stdout counted; `matching`: lines containing every needle.
     pub stdout: Tally,
+    /// Sum of `count` over the lines containing every needle (a line the output coalesced
+    /// stands for several drops).
+    pub counted: u64,
+    /// VmRSS just before SIGINT, KiB.
+    pub vm_rss_kib: u64,
     /// VmHWM just before SIGINT, KiB.
     pub vm_hwm_kib: u64,
     /// User + system CPU time of the tracer up to SIGINT.
@@ -55,12 +61,27 @@ impl Tracer {
     pub fn start(bin: &Path, args: &[&str], needles: Vec<String>) -> Result<Tracer> {
         let mut cmd = Command::new(bin);
         cmd.arg("-j").args(args);
-        let tally = Arc::new(Mutex::new(Tally::matching(needles)));
-        let t = Arc::clone(&tally);
-        let sink = Stdout::Sink(Box::new(move |l| t.lock().unwrap().line(l)));
+        Self::start_cmd(cmd, needles)
+    }
+
+    /// Spawn `cmd` (an lqtrace command line with `-j`) as [`Tracer::start`] does.
+    pub fn start_cmd(cmd: Command, needles: Vec<String>) -> Result<Tracer> {
+        let tally = Arc::new(Mutex::new(Tally::matching(needles.clone())));
+        let counted = Arc::new(Mutex::new(0u64));
+        let (t, c) = (Arc::clone(&tally), Arc::clone(&counted));
+        let sink = Stdout::Sink(Box::new(move |l| {
+            if !needles.is_empty() && needles.iter().all(|n| l.contains(n.as_str())) {
+                *c.lock().unwrap() += count_of(l);
+            }
+            t.lock().unwrap().line(l)
+        }));
         let inner = tracer::Tracer::start(cmd, spawn_opts(sink), START_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        Ok(Tracer { inner, tally })
+        Ok(Tracer {
+            inner,
+            tally,
+            counted,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -75,21 +96,39 @@ impl Tracer {
     /// SIGINT, wait for exit 0, parse the summary (the last stdout line).
     pub fn stop(mut self) -> Result<Finished> {
         let vm_hwm_kib = procfs::status_kib(self.pid(), "VmHWM:").unwrap_or(0);
+        let vm_rss_kib = procfs::status_kib(self.pid(), "VmRSS:").unwrap_or(0);
         let cpu_secs = procfs::cpu_secs(self.pid()).unwrap_or(0.0);
         self.inner
             .stop_ok(STOP_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let stdout = std::mem::take(&mut *self.tally.lock().unwrap());
+        let counted = *self.counted.lock().unwrap();
         let summary = stdout
             .summary()
             .map_err(|e| anyhow::anyhow!("lqtrace: {e}"))?;
         Ok(Finished {
             summary,
             stdout,
+            counted,
+            vm_rss_kib,
             vm_hwm_kib,
             cpu_secs,
         })
     }
+}
+
+/// The top-level `"count":N` of a drop line (1 when absent), found without parsing the line:
+/// the reader must not compete with the tracer for CPU. The first `"count":` of a drop record
+/// is its own (`coalesced` has `records`, and `owners` no `count`).
+pub fn count_of(line: &str) -> u64 {
+    line.split_once("\"count\":")
+        .and_then(|(_, rest)| {
+            let digits: &str = &rest[..rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len())];
+            digits.parse().ok()
+        })
+        .unwrap_or(1)
 }
 
 /// Run-time counters of one BPF program (`kernel.bpf_stats_enabled=1`).
@@ -145,9 +184,9 @@ pub fn prog_names() -> Result<BTreeMap<u32, (String, String)>> {
         .collect())
 }
 
-/// bpftrace on `tracepoint:skb:kfree_skb`: time to its "Attaching N probe(s)..." line and its
-/// peak RSS after `hold`.
-pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64)> {
+/// bpftrace on `tracepoint:skb:kfree_skb`: time to its "Attaching N probe(s)..." line, its
+/// peak RSS and its RSS after `hold` (KiB).
+pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64, u64)> {
     let mut cmd = Command::new("bpftrace");
     cmd.args([
         "-e",
@@ -162,13 +201,24 @@ pub fn bpftrace_start(hold: Duration) -> Result<(Duration, u64)> {
     let ready = p.started.elapsed();
     sys::sleep(hold)?;
     let hwm = procfs::status_kib(p.pid(), "VmHWM:").unwrap_or(0);
+    let rss = procfs::status_kib(p.pid(), "VmRSS:").unwrap_or(0);
     p.signal(libc::SIGINT);
     p.wait(Instant::now() + STOP_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("bpftrace after SIGINT: {e}"))?;
-    Ok((ready, hwm))
+    Ok((ready, hwm, rss))
 }
 
 /// `target/release/lqtrace`.
 pub fn release_binary() -> PathBuf {
     crate::util::target_dir().join("release").join("lqtrace")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn count_of_a_line() {
+        let l = r#"{"accept_queue":3,"count":17,"cpu":1,"kind":"drop","coalesced":{"records":17}}"#;
+        assert_eq!(super::count_of(l), 17);
+        assert_eq!(super::count_of(r#"{"kind":"drop"}"#), 1);
+    }
 }
