@@ -1,12 +1,16 @@
 //! `cargo xtask bench`: what lqtrace costs on this machine, measured side by side in one run.
 //!
 //! 1. Connection rate on loopback with and without lqtrace attached (alternating A/B runs):
-//!    the bench's own connect loop, and nginx serving `Connection: close` requests to wrk.
-//! 2. Per-program run time from `kernel.bpf_stats_enabled=1`, on the no-drop hot path and on the
-//!    drop path.
-//! 3. Drop throughput: a SYN flood into a saturated listener at increasing rates, up to the
-//!    fastest this machine produces; where records start being lost; reconciliation.
-//! 4. Start-to-ready time and peak RSS, lqtrace vs a bpftrace one-liner.
+//!    the bench's own connect loop, and nginx serving `Connection: close` requests to wrk; and
+//!    the syscall tax (a `dd bs=1` loop without lqtrace, with it, with it minus its syscall
+//!    tracepoint programs). Every traced run must have every stage (features included).
+//! 2. Drop throughput: a SYN flood into a saturated listener at increasing rates, up to the
+//!    fastest this machine produces; where records start being lost; the drops the printed
+//!    lines stand for (sum of `count`) and the coalesced records; reconciliation.
+//! 3. Per-program run time from `kernel.bpf_stats_enabled=1` over packets that reach no
+//!    listener, the connect loop, nginx + wrk and the drop path; per packet and per connection
+//!    from the namespace's own counters.
+//! 4. Start-to-ready time, idle and peak RSS, lqtrace vs a bpftrace one-liner.
 //!
 //! Everything runs on the loopback device of a private network namespace (`lqbench-PID-N`,
 //! deleted at the end). `kernel.bpf_stats_enabled` is restored, and every child is killed, also

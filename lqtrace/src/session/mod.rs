@@ -154,6 +154,14 @@ impl Session {
         let enricher = enricher::start(Clock::now(), Arc::clone(&namespaces), kernel)?;
         let reader = Reader::start(ring, enricher.input.clone(), Arc::clone(&enricher.queued))?;
 
+        // The listeners that exist already, taken alongside the start readings and handed to the
+        // enricher before start() returns (see `count_existing_listeners`).
+        let existing = tokio::task::spawn_blocking(|| {
+            sockdiag::snapshot_all()
+                .into_iter()
+                .map(|l| (l.netns, l.lport))
+                .collect::<Vec<_>>()
+        });
         // setns into every namespace: off the runtime's thread.
         let ns = Arc::clone(&namespaces);
         let start = tokio::task::spawn_blocking(move || {
@@ -195,7 +203,7 @@ impl Session {
             traced_from: Instant::now(),
         };
         session.read_stats();
-        session.count_existing_listeners();
+        session.count_existing_listeners(existing.await.unwrap_or_default());
         release_startup_heap();
         Ok(session)
     }
@@ -284,19 +292,14 @@ impl Session {
 
     /// The listeners that existed at start, per port (sock_diag in every namespace, on the
     /// blocking pool): so that closing one of several sockets on a port is not taken for the
-    /// port losing its listener.
-    fn count_existing_listeners(&self) {
-        let Some(enricher) = &self.enricher else {
-            return;
-        };
-        let input = enricher.input.clone();
-        tokio::task::spawn_blocking(move || {
-            let ports = sockdiag::snapshot_all()
-                .into_iter()
-                .map(|l| (l.netns, l.lport))
-                .collect();
-            let _ = input.send(Input::Existing(ports));
-        });
+    /// port losing its listener. Sent before `start()` returns, i.e. before the banner: a socket
+    /// that starts listening after the banner must not be counted twice (once here, once from
+    /// its TCP_LISTEN record), or its close never leaves the port without a listener (the
+    /// restart-gap test saw that when the snapshot was taken asynchronously, after the banner).
+    fn count_existing_listeners(&self, ports: Vec<(u32, u16)>) {
+        if let Some(enricher) = &self.enricher {
+            let _ = enricher.input.send(Input::Existing(ports));
+        }
     }
 
     /// Hook variant chosen per stage ("syn" -> "cgroup", ...).
