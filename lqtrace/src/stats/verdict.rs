@@ -7,7 +7,8 @@
 //!   listener whose last accept was long ago is not stalled when a burst arrives: the pause
 //!   counts only while something waits.
 //! - `too_slow`: they kept accepting, but fewer connections per second than arrived, sustained
-//!   over at least [`SUSTAINED_S`] (capacity: more workers, or faster ones).
+//!   over at least [`SUSTAINED_S`] with drops in at least half of its time steps (capacity:
+//!   more workers, or faster ones).
 //! - `burst`: more connections arrived within a short window than the queue holds, while
 //!   accept() kept pace on average (raise the backlog).
 //!
@@ -133,11 +134,22 @@ pub fn judge(
             ),
         ));
     }
-    if span_s >= SUSTAINED_S && out_rate < 0.9 * in_rate {
+    // Overload that lasts drops packets all along; a burst drops in waves (the first SYNs, then
+    // their retransmissions 1 s and 3 s later) with empty steps between, however long the waves
+    // make the span. Clients that give up between waves also leave arrivals above accepts.
+    let span_steps = (last - first + 1) as f64;
+    let dropping = s
+        .rows
+        .iter()
+        .filter(|(i, .., d)| (first..=last).contains(i) && *d > 0)
+        .count() as f64;
+    if span_s >= SUSTAINED_S && out_rate < 0.9 * in_rate && dropping >= 0.5 * span_steps {
         return Some(with(
             Kind::TooSlow,
             format!(
-                "accepted {out_rate:.0}/s while {in_rate:.0}/s arrived, for {span_s:.1} s of drops"
+                "accepted {out_rate:.0}/s while {in_rate:.0}/s arrived, for {span_s:.1} s of drops (in {:.0}% of its {:.0} ms steps)",
+                100.0 * dropping / span_steps,
+                s.secs * 1000.0
             ),
         ));
     }

@@ -123,6 +123,22 @@ fn a_burst_needs_a_bigger_backlog() {
     assert!(v.backlog_basis.unwrap().contains("peaked at 300"));
 }
 
+/// A burst whose clients give up after their retransmissions: drops in three waves over 3 s,
+/// arrivals far above accepts, yet no overload in between: a burst, not too slow.
+#[test]
+fn a_burst_in_retransmission_waves_is_not_too_slow() {
+    let mut agg = Aggregate::new(T0);
+    for wave_ms in [0u64, 1000, 3000] {
+        agg.timeline.add_accepts(T0 + wave_ms * MS, id(), 17, 17);
+        drop_at(&mut agg, wave_ms, Some(10));
+        for _ in 0..100 {
+            attempt(&mut agg.timeline, wave_ms, 20_000);
+        }
+    }
+    let v = verdict(&agg);
+    assert_eq!(v.verdict, Kind::Burst, "{v:?}");
+}
+
 #[test]
 fn beyond_somaxconn_says_both_numbers() {
     let mut agg = Aggregate::new(T0);
