@@ -195,9 +195,11 @@ pub fn ctx_reads(insns: &[u8]) -> Vec<i16> {
     out
 }
 
-/// Every `kprobe/<function>` program of [`lqtrace_common::PROBE_ARGS`] must read exactly its
-/// `sk` and `skb` arguments from `arch`'s `pt_regs`: a BPF object built for another
-/// architecture reads other registers and reports garbage sockets (or none) at run time.
+/// Every `kprobe/<function>` program of [`lqtrace_common::PROBE_ARGS`] must read its `sk` and
+/// `skb` arguments from `arch`'s `pt_regs`, and nothing there but argument registers (the
+/// reset probes also read the `reason` argument where the prototype has it): a BPF object
+/// built for another architecture reads other registers and reports garbage sockets (or none)
+/// at run time.
 pub fn check_bpf_object(obj: &[u8], arch: Arch) -> anyhow::Result<String> {
     if elf::machine(obj)? != elf::EM_BPF {
         bail!("not a BPF object");
@@ -206,14 +208,12 @@ pub fn check_bpf_object(obj: &[u8], arch: Arch) -> anyhow::Result<String> {
     for (func, sk, skb) in lqtrace_common::PROBE_ARGS {
         let want = [regs[sk as usize], regs[skb as usize]];
         let insns = elf::section(obj, &format!("kprobe/{func}"))?;
-        let mut got = ctx_reads(&insns);
-        got.sort_unstable();
-        let mut want_sorted = want;
-        want_sorted.sort_unstable();
-        if got != want_sorted {
+        let got = ctx_reads(&insns);
+        let args_only = got.iter().all(|o| regs.contains(o));
+        if !want.iter().all(|w| got.contains(w)) || !args_only {
             bail!(
                 "kprobe/{func} reads pt_regs at offsets {got:?}, {arch} passes (sk, skb) at \
-                 {want:?}: the BPF object was built for another architecture \
+                 {want:?} and its arguments at {regs:?}: the BPF object was built for another architecture \
                  (bpf_target_arch; see lqtrace/build.rs)"
             );
         }
