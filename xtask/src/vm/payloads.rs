@@ -21,8 +21,8 @@ pub struct Payload {
 }
 
 /// Typical times under TCG (2 VMs at a time): version 0.2 s, smoke 3-5 s, demo 5-7 s, overflow
-/// 8-10 s, check 3-5 s, loopback-tests and tun-tests ~20-60 s each; the timeouts (sum 675 s) stay
-/// under the default per-kernel limit of 720 s so that one hung payload does not hide the
+/// 8-10 s, check 3-5 s, loopback-tests, tun-tests, clients-tests and verdicts-tests ~20-60 s
+/// each; the timeouts (sum 975 s) stay under the default per-kernel limit of 1020 s so that one hung payload does not hide the
 /// others' results.
 pub const PAYLOADS: &[Payload] = &[
     Payload {
@@ -75,6 +75,22 @@ pub const PAYLOADS: &[Payload] = &[
         timeout_s: 150,
         check: "exit0",
         argv: &["tun-tests", "--test-threads=1"],
+    },
+    // What the clients saw (issue 9: outcomes by client port, gave_up, a restart gap refused
+    // and reported, SO_REUSEPORT without refusals) and why the application fell behind
+    // (issue 10: stalled / too_slow / burst, backlog_needed, the accept-wait histogram), with
+    // the accept and reset hooks this kernel gets.
+    Payload {
+        name: "clients-tests",
+        timeout_s: 150,
+        check: "exit0",
+        argv: &["clients-tests", "--test-threads=1"],
+    },
+    Payload {
+        name: "verdicts-tests",
+        timeout_s: 150,
+        check: "exit0",
+        argv: &["verdicts-tests", "--test-threads=1"],
     },
     // Each hook variant forced in turn: the same scenario reconciles exactly with each, and the
     // summary names the forced variant (SKIP where the kernel lacks it).
@@ -228,6 +244,14 @@ mod tests {
             (
                 "tun-tests".to_string(),
                 PathBuf::from("/w/target/musl/deps/tun-abc"),
+            ),
+            (
+                "clients-tests".to_string(),
+                PathBuf::from("/w/target/musl/deps/clients-abc"),
+            ),
+            (
+                "verdicts-tests".to_string(),
+                PathBuf::from("/w/target/musl/deps/verdicts-abc"),
             ),
         ];
         let guest = payload_config(PAYLOADS, &bins, true).unwrap();
