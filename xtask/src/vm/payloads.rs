@@ -21,8 +21,8 @@ pub struct Payload {
 }
 
 /// Typical times under TCG (2 VMs at a time): version 0.2 s, smoke 3-5 s, demo 5-7 s, overflow
-/// 8-10 s, check 3-5 s, loopback-tests, tun-tests, clients-tests and verdicts-tests ~20-60 s
-/// each; the timeouts (sum 975 s) stay under the default per-kernel limit of 1020 s so that one hung payload does not hide the
+/// 8-10 s, check 3-5 s, loopback-tests, tun-tests and clients-tests ~20-60 s each; the
+/// timeouts (sum 825 s) stay under the default per-kernel limit of 870 s so that one hung payload does not hide the
 /// others' results.
 pub const PAYLOADS: &[Payload] = &[
     Payload {
@@ -76,21 +76,16 @@ pub const PAYLOADS: &[Payload] = &[
         check: "exit0",
         argv: &["tun-tests", "--test-threads=1"],
     },
-    // What the clients saw (issue 9: outcomes by client port, gave_up, a restart gap refused
-    // and reported, SO_REUSEPORT without refusals) and why the application fell behind
-    // (issue 10: stalled / too_slow / burst, backlog_needed, the accept-wait histogram), with
-    // the accept and reset hooks this kernel gets.
+    // What the clients saw (outcomes by client port, gave_up, a restart gap refused and
+    // reported, SO_REUSEPORT without refusals), with the accept and reset hooks this kernel
+    // gets. Not verdicts.rs: its steady-but-slow acceptor is a timing scenario, and a TCG guest
+    // on a busy host starves it for seconds (6.12 guest: "no accept() for 5.5 s": stalled, which
+    // is what the guest really did).
     Payload {
         name: "clients-tests",
         timeout_s: 150,
         check: "exit0",
         argv: &["clients-tests", "--test-threads=1"],
-    },
-    Payload {
-        name: "verdicts-tests",
-        timeout_s: 150,
-        check: "exit0",
-        argv: &["verdicts-tests", "--test-threads=1"],
     },
     // Each hook variant forced in turn: the same scenario reconciles exactly with each, and the
     // summary names the forced variant (SKIP where the kernel lacks it).
@@ -135,7 +130,7 @@ pub fn guest_binaries(musl_dir: &Path, tests: &[(String, PathBuf)]) -> Vec<(Stri
 
 /// Integration test files of `lqtrace/tests` run unchanged inside the guests, shipped as
 /// `/bin/<file>-tests`.
-pub const GUEST_TESTS: &[&str] = &["loopback", "tun", "clients", "verdicts"];
+pub const GUEST_TESTS: &[&str] = &["loopback", "tun", "clients"];
 
 /// The files a dynamically linked host program needs for an x86-64 guest, with the shared
 /// libraries `ldd` lists at their host paths: (guest path, host path). See `tools.rs`.
@@ -248,10 +243,6 @@ mod tests {
             (
                 "clients-tests".to_string(),
                 PathBuf::from("/w/target/musl/deps/clients-abc"),
-            ),
-            (
-                "verdicts-tests".to_string(),
-                PathBuf::from("/w/target/musl/deps/verdicts-abc"),
             ),
         ];
         let guest = payload_config(PAYLOADS, &bins, true).unwrap();
