@@ -21,6 +21,7 @@ use std::{
     time::Instant,
 };
 
+use lqtrace::event::monotonic_ns;
 use lqtrace_testkit::flood::{Saturated, saturated_listener};
 use serde_json::Value;
 use support::*;
@@ -48,17 +49,6 @@ fn full() -> bool {
 /// CI length or full length.
 fn pick<T>(ci: T, full_: T) -> T {
     if full() { full_ } else { ci }
-}
-
-/// The clock of bpf_ktime_get_ns, i.e. of the records' `ts_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn rss_kib(pid: i32, key: &str) -> u64 {

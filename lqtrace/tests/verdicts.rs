@@ -20,17 +20,6 @@ use std::{
 use serde_json::Value;
 use support::*;
 
-/// CLOCK_MONOTONIC now, the clock of the records' `ts_ns`.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// What a server does, step by step: accept everything for a while, pause, accept at a rate.
 #[derive(Clone, Copy)]
 enum Plan {
@@ -63,7 +52,9 @@ impl Server {
                     Plan::Pause { before, pause } => {
                         let t = t0.elapsed();
                         if t >= before && t < before + pause {
-                            p.lock().unwrap().get_or_insert_with(mono_ns);
+                            p.lock()
+                                .unwrap()
+                                .get_or_insert_with(lqtrace::event::monotonic_ns);
                             std::thread::sleep(Duration::from_millis(1));
                             continue;
                         }
