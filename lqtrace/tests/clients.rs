@@ -135,14 +135,18 @@ fn delayed_clients_and_their_outcomes_agree() {
 
     let outcomes = outcomes_in(&out.records, ns.inum());
     let per_port = by_port(&outcomes);
-    let dropped: BTreeSet<u16> = records_in(&out.records, ns.inum(), "drop")
+    let drops = records_in(&out.records, ns.inum(), "drop");
+    let dropped: BTreeSet<u16> = drops.iter().map(|r| u(r, "rport") as u16).collect();
+    let seen: Vec<String> = clients
         .iter()
-        .map(|r| u(r, "rport") as u16)
+        .map(|c| format!("{}: {:?} after {:?}", c.port, c.result, c.took))
         .collect();
     eprintln!(
-        "[{label}] {} clients, {accepted} accepted; drops at {} ports; outcomes {}",
+        "[{label}] {} clients, {accepted} accepted; drops at {} ports\nclients:\n    {}\ndrops:\n{}outcomes:\n{}",
         clients.len(),
         dropped.len(),
+        seen.join("\n    "),
+        dump(&drops),
         dump(&outcomes)
     );
     // Exactly one outcome per attempt that had a drop.

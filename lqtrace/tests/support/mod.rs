@@ -263,10 +263,44 @@ pub fn brief(r: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    match r["kind"].as_str() {
+        Some("outcome") => {
+            return format!(
+                "outcome {} drops={} delay_ms={} first_drop_ts={} ts={} netns={} {}:{} <- {}:{} sock_ino={} owners=[{}]",
+                r["outcome"].as_str().unwrap_or("?"),
+                r["drops"],
+                r["delay_ms"],
+                r["first_drop_ts"].as_str().unwrap_or("?"),
+                r["ts"].as_str().unwrap_or("?"),
+                r["netns"],
+                r["laddr"].as_str().unwrap_or("?"),
+                r["lport"],
+                r["raddr"].as_str().unwrap_or("?"),
+                r["rport"],
+                r["sock_ino"],
+                owners.join(" "),
+            );
+        }
+        Some("refused") => {
+            return format!(
+                "refused netns={} {}:{} <- {}:{} ts={} listener_closed_ms_ago={} closed_by={}",
+                r["netns"],
+                r["laddr"].as_str().unwrap_or("?"),
+                r["lport"],
+                r["raddr"].as_str().unwrap_or("?"),
+                r["rport"],
+                r["ts"].as_str().unwrap_or("?"),
+                r["listener_closed_ms_ago"],
+                r["closed_by"],
+            );
+        }
+        _ => {}
+    }
     format!(
-        "{} {} stage={} netns={} {}:{} <- {}:{} sock_ino={} aq={}/{} synq={} req_backlog={} rst_sent={} count={} cpu={} late={} owners=[{}]",
+        "{} {} ts={} stage={} netns={} {}:{} <- {}:{} sock_ino={} aq={}/{} synq={} req_backlog={} rst_sent={} count={} cpu={} late={} owners=[{}]",
         r["kind"].as_str().unwrap_or("?"),
         r["reason"].as_str().unwrap_or("-"),
+        r["ts"].as_str().unwrap_or("?"),
         r["stage"].as_str().unwrap_or("-"),
         r["netns"],
         r["laddr"].as_str().unwrap_or("?"),
@@ -288,11 +322,11 @@ pub fn brief(r: &Value) -> String {
 
 pub fn dump(records: &[&Value]) -> String {
     let mut s = String::new();
-    for r in records.iter().take(40) {
+    for r in records.iter().take(100) {
         s.push_str(&format!("    {}\n", brief(r)));
     }
-    if records.len() > 40 {
-        s.push_str(&format!("    ... {} more\n", records.len() - 40));
+    if records.len() > 100 {
+        s.push_str(&format!("    ... {} more\n", records.len() - 100));
     }
     s
 }
