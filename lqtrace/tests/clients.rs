@@ -9,7 +9,7 @@ use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener},
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -19,9 +19,29 @@ use std::{
 use serde_json::Value;
 use support::*;
 
+/// The tests of this file run one at a time, each with its own tracer. While another BPF user
+/// attached or detached programs on the same tracepoints (a tracer of a parallel test starting or
+/// stopping), lqtrace's raw tracepoint programs were seen here not to run for one connection:
+/// neither the `consume_skb` of its SYN nor the `inet_sock_set_state` of its child socket reached
+/// them, with no recursion miss counted on either program (`bpftool prog show`), while its
+/// cgroup_skb program saw the same packets. The connection's outcome was then reported as gave
+/// up. With another tracer started and stopped in a loop that happened in 1 run in 13 to 1 in
+/// 60, and in two CI runs of this file with its tests in parallel; never in 78 runs of a test
+/// alone (30 of them with a CPU hog and a disk writer running). What is measured here is what
+/// the clients saw, so the scenario runs without another tracer coming or going.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How one client's connect() ended.
 #[derive(Debug, Clone)]
 struct Client {
+    /// The client's address and port, as lqtrace's records name them (`raddr`, `rport`).
+    addr: String,
     port: u16,
     took: Duration,
     result: Result<(), ErrorKind>,
@@ -30,8 +50,13 @@ struct Client {
 /// Connect from a fresh socket; `patience`: give up (close) after this long, as an impatient
 /// client would. Returns the local port, the time taken and the result.
 fn connect_once(to: SocketAddr, patience: Duration) -> Client {
+    connect_from("127.0.0.1", to, patience)
+}
+
+/// [`connect_once`] from the local address `from` (any port).
+fn connect_from(from: &str, to: SocketAddr, patience: Duration) -> Client {
     let sock = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+    sock.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())
         .unwrap();
     let port = sock.local_addr().unwrap().as_socket().unwrap().port();
     let t0 = Instant::now();
@@ -41,7 +66,12 @@ fn connect_once(to: SocketAddr, patience: Duration) -> Client {
     let took = t0.elapsed();
     // Keep the connection until the test ends? Not needed: the handshake is what is measured.
     drop(sock);
-    Client { port, took, result }
+    Client {
+        addr: from.to_string(),
+        port,
+        took,
+        result,
+    }
 }
 
 /// A server on `l` that accepts nothing until `start_after`, then accepts and closes everything
@@ -83,12 +113,20 @@ fn outcomes_in(records: &[Value], netns: u32) -> Vec<&Value> {
     records_in(records, netns, "outcome")
 }
 
-fn by_port(records: &[&Value]) -> BTreeMap<u16, Vec<Value>> {
-    let mut m: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+/// A client as the records name it: (`raddr`, `rport`).
+type ClientKey = (String, u16);
+
+fn client_of(r: &Value) -> ClientKey {
+    (
+        r["raddr"].as_str().unwrap_or("?").to_string(),
+        u(r, "rport") as u16,
+    )
+}
+
+fn by_client(records: &[&Value]) -> BTreeMap<ClientKey, Vec<Value>> {
+    let mut m: BTreeMap<ClientKey, Vec<Value>> = BTreeMap::new();
     for r in records {
-        m.entry(u(r, "rport") as u16)
-            .or_default()
-            .push((*r).clone());
+        m.entry(client_of(r)).or_default().push((*r).clone());
     }
     m
 }
@@ -97,10 +135,13 @@ fn by_port(records: &[&Value]) -> BTreeMap<u16, Vec<Value>> {
 /// the first second find the accept queue full and their SYN dropped; their retransmission one
 /// second later (or three, for those whose first retransmission came before 1.5 s) gets in, and
 /// connect() returns that much later. Three impatient clients close after 400 ms, before their
-/// SYN is retransmitted: they gave up.
+/// SYN is retransmitted: they gave up. They connect from 127.0.0.2: a port one of them freed by
+/// giving up can be bound again by a later client, which would then be the same client to
+/// lqtrace (same 4-tuple, another attempt).
 #[test]
 fn delayed_clients_and_their_outcomes_agree() {
     require_root!();
+    let _serial = one_at_a_time();
     let label = "client_delays";
     let ns = new_ns("lqt-cdel");
     let tracer = Tracer::start(&[]);
@@ -108,6 +149,7 @@ fn delayed_clients_and_their_outcomes_agree() {
     let l = ns
         .run(move || listen_tcp(a, 1, ListenOpts::default()))
         .unwrap();
+    let before = Counters::read(&ns);
     let server = Server::start(l, Duration::from_millis(1500));
     let clients: Vec<Client> = ns
         .run(move || {
@@ -121,7 +163,7 @@ fn delayed_clients_and_their_outcomes_agree() {
             for i in 0..3u64 {
                 threads.push(std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(120 + 10 * i));
-                    connect_once(a, Duration::from_millis(400))
+                    connect_from("127.0.0.2", a, Duration::from_millis(400))
                 }));
             }
             threads.into_iter().map(|t| t.join().unwrap()).collect()
@@ -131,18 +173,28 @@ fn delayed_clients_and_their_outcomes_agree() {
     // came): wait for that before stopping.
     std::thread::sleep(Duration::from_millis(2500));
     let accepted = server.stop();
+    let counters = Counters::read(&ns).since(&before);
     let out = tracer.stop();
 
     let outcomes = outcomes_in(&out.records, ns.inum());
-    let per_port = by_port(&outcomes);
+    let per_client = by_client(&outcomes);
     let drops = records_in(&out.records, ns.inum(), "drop");
-    let dropped: BTreeSet<u16> = drops.iter().map(|r| u(r, "rport") as u16).collect();
+    let dropped: BTreeSet<ClientKey> = drops.iter().map(|r| client_of(r)).collect();
     let seen: Vec<String> = clients
         .iter()
-        .map(|c| format!("{}: {:?} after {:?}", c.port, c.result, c.took))
+        .map(|c| format!("{}:{}: {:?} after {:?}", c.addr, c.port, c.result, c.took))
         .collect();
+    let sum = summary(&out.records);
+    let kernel = format!(
+        "{}; tracer: unbracketed={} late_brackets={} lost_records={} lost_other={}",
+        show_delta(&counters),
+        sum["unbracketed"],
+        sum["late_brackets"],
+        sum["lost_records"],
+        sum["lost_other"],
+    );
     eprintln!(
-        "[{label}] {} clients, {accepted} accepted; drops at {} ports\nclients:\n    {}\ndrops:\n{}outcomes:\n{}",
+        "[{label}] {} clients, {accepted} accepted; drops from {} clients; counters {kernel}\nclients:\n    {}\ndrops:\n{}outcomes:\n{}",
         clients.len(),
         dropped.len(),
         seen.join("\n    "),
@@ -151,24 +203,24 @@ fn delayed_clients_and_their_outcomes_agree() {
     );
     // Exactly one outcome per attempt that had a drop.
     assert_eq!(
-        per_port.keys().copied().collect::<BTreeSet<_>>(),
+        per_client.keys().cloned().collect::<BTreeSet<_>>(),
         dropped,
-        "[{label}] ports with an outcome vs ports with a drop"
+        "[{label}] clients with an outcome vs clients with a drop"
     );
-    for (port, os) in &per_port {
-        assert_eq!(os.len(), 1, "[{label}] port {port}: {os:?}");
+    for (client, os) in &per_client {
+        assert_eq!(os.len(), 1, "[{label}] client {client:?}: {os:?}");
     }
     // Connected and delayed by ≥ 0.9 s: exactly the clients whose connect() took that long,
     // with the same delay within 10%.
-    let slow: BTreeMap<u16, Duration> = clients
+    let slow: BTreeMap<ClientKey, Duration> = clients
         .iter()
         .filter(|c| c.result.is_ok() && c.took >= Duration::from_millis(900))
-        .map(|c| (c.port, c.took))
+        .map(|c| ((c.addr.clone(), c.port), c.took))
         .collect();
-    let delayed: BTreeMap<u16, f64> = per_port
+    let delayed: BTreeMap<ClientKey, f64> = per_client
         .iter()
         .filter(|(_, os)| os[0]["outcome"] == "connected")
-        .map(|(p, os)| (*p, os[0]["delay_ms"].as_f64().unwrap()))
+        .map(|(c, os)| (c.clone(), os[0]["delay_ms"].as_f64().unwrap()))
         .filter(|(_, ms)| *ms >= 900.0)
         .collect();
     assert_eq!(
@@ -180,30 +232,32 @@ fn delayed_clients_and_their_outcomes_agree() {
         slow.len() >= 10,
         "[{label}] too few delayed clients: {slow:?}"
     );
-    for (port, took) in &slow {
-        let ms = delayed[port];
+    // The client's clock also counts the time its thread took to be scheduled after the
+    // handshake completed (a loaded machine: 137 ms seen here), the kernel's does not: the
+    // delay may fall short of what the client measured by that much more.
+    for (client, took) in &slow {
+        let ms = delayed[client];
         let client_ms = took.as_secs_f64() * 1e3;
         assert!(
-            (ms - client_ms).abs() <= 0.1 * client_ms,
-            "[{label}] port {port}: lqtrace says +{ms:.0} ms, the client waited {client_ms:.0} ms"
+            ms <= client_ms * 1.1 && ms >= client_ms * 0.9 - 250.0,
+            "[{label}] client {client:?}: lqtrace says +{ms:.0} ms, the client waited {client_ms:.0} ms"
         );
     }
     // The impatient ones gave up.
-    let impatient: BTreeSet<u16> = clients
+    let impatient: BTreeSet<ClientKey> = clients
         .iter()
         .filter(|c| c.result.is_err())
-        .map(|c| c.port)
+        .map(|c| (c.addr.clone(), c.port))
         .collect();
     assert_eq!(impatient.len(), 3, "[{label}] {clients:?}");
-    for port in &impatient {
+    for client in &impatient {
         assert_eq!(
-            per_port.get(port).map(|o| o[0]["outcome"].clone()),
+            per_client.get(client).map(|o| o[0]["outcome"].clone()),
             Some(Value::from("gave_up")),
-            "[{label}] impatient client at port {port}"
+            "[{label}] impatient client {client:?}"
         );
     }
     // The summary's impact adds the same up.
-    let sum = summary(&out.records);
     let l = summary_listeners(sum, ns.inum());
     let impact = &l[0]["impact"];
     assert_eq!(u(impact, "attempts"), outcomes.len() as u64, "{impact}");
@@ -222,6 +276,7 @@ fn delayed_clients_and_their_outcomes_agree() {
 #[test]
 fn a_restart_gap_is_refused_and_reported() {
     require_root!();
+    let _serial = one_at_a_time();
     let label = "restart_gap";
     let ns = new_ns("lqt-gap");
     let tracer = Tracer::start(&[]);
@@ -348,6 +403,7 @@ fn a_restart_gap_is_refused_and_reported() {
 #[test]
 fn a_reuseport_member_leaving_is_no_gap() {
     require_root!();
+    let _serial = one_at_a_time();
     let label = "reuseport_leave";
     let ns = new_ns("lqt-rpgap");
     let tracer = Tracer::start(&[]);
