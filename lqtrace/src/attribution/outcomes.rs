@@ -87,7 +87,8 @@ pub struct Attempts {
 }
 
 /// How long an attempt the kernel resolved first may wait for its outcome record before it is
-/// taken as lost (counted by the kernel in `STAT_LOST_OUTCOMES`) and reported unresolved.
+/// taken as lost (counted by the kernel in `STAT_LOST_OUTCOMES`, reported in the summary's
+/// `lost_other`) and reported unresolved.
 const RECORD_GRACE_NS: u64 = 5_000_000_000;
 
 fn due_ns(a: &Attempt) -> u64 {

@@ -492,8 +492,7 @@ impl Aggregate {
         hooks: BTreeMap<String, String>,
     ) -> Summary {
         use lqtrace_common::{
-            STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
-            STAT_UNBRACKETED,
+            STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_UNBRACKETED,
         };
         let t = &self.tracer;
         let p = &self.pipeline;
@@ -514,7 +513,7 @@ impl Aggregate {
             refused: self.refused.summary(&self.clock, monotonic_ns()),
             lost_records: t[STAT_LOST_DROP_RECORDS as usize] + p.queue_full_records,
             lost_drops: t[STAT_LOST_DROPS as usize] + p.queue_full_drops,
-            lost_other: t[STAT_LOST_OTHER as usize],
+            lost_other: lost_other_records(t),
             undecodable: p.undecodable,
             unbracketed: t[STAT_UNBRACKETED as usize],
             late: t[STAT_LATE as usize],
@@ -522,6 +521,13 @@ impl Aggregate {
             hooks,
         }
     }
+}
+
+/// Records other than drop records that the programs could not write (ring buffer full):
+/// syncookie and listener records, and outcome records (whose attempts the kernel had already
+/// ended, so userspace reports them unresolved after waiting for the record).
+pub fn lost_other_records(t: &TracerStats) -> u64 {
+    t[lqtrace_common::STAT_LOST_OTHER as usize] + t[lqtrace_common::STAT_LOST_OUTCOMES as usize]
 }
 
 enum Place {

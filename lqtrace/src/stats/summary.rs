@@ -111,7 +111,7 @@ pub struct Summary {
     /// the listen drops they stood for.
     pub lost_records: u64,
     pub lost_drops: u64,
-    /// Other records lost (syncookie, listener bookkeeping).
+    /// Other records lost (syncookie, listener bookkeeping, outcomes).
     pub lost_other: u64,
     /// Records that could not be decoded.
     pub undecodable: u64,

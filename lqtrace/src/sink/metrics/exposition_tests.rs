@@ -352,6 +352,8 @@ fn tracer_stats_become_counters() {
     stats[STAT_UNBRACKETED as usize] = 3;
     stats[STAT_BRACKETS as usize] = 150;
     stats[STAT_LATE as usize] = 1;
+    stats[lqtrace_common::STAT_LOST_OTHER as usize] = 4;
+    stats[lqtrace_common::STAT_LOST_OUTCOMES as usize] = 6;
     agg.tracer = stats;
     agg.pipeline.queue_full_records = 7;
     let text = render(&mut Exporter::new(Limits::default()), &agg);
@@ -360,7 +362,8 @@ fn tracer_stats_become_counters() {
     assert_eq!(sum(&text, "lqtrace_unbracketed_packets_total", &[]), 3.0);
     assert_eq!(sum(&text, "lqtrace_brackets_total", &[]), 150.0);
     assert_eq!(sum(&text, "lqtrace_late_brackets_total", &[]), 1.0);
-    assert_eq!(sum(&text, "lqtrace_lost_other_records_total", &[]), 0.0);
+    // Outcome records the kernel could not write count with the other lost records.
+    assert_eq!(sum(&text, "lqtrace_lost_other_records_total", &[]), 10.0);
 }
 
 #[test]

@@ -7,8 +7,8 @@
 
 use anyhow::Result;
 use lqtrace_common::{
-    STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_LOST_OTHER,
-    STAT_UNBRACKETED, accepts::WAIT_BUCKETS,
+    STAT_BRACKETS, STAT_LATE, STAT_LOST_DROP_RECORDS, STAT_LOST_DROPS, STAT_UNBRACKETED,
+    accepts::WAIT_BUCKETS,
 };
 use prometheus::{
     GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -19,7 +19,10 @@ use super::exposition::{Info, LISTENER_LABELS};
 use crate::{
     bpf::hooks,
     event::{Reason, ReasonCounts, clients::Outcome},
-    stats::{aggregate::Aggregate, impact::Delays},
+    stats::{
+        aggregate::{Aggregate, lost_other_records},
+        impact::Delays,
+    },
 };
 
 /// `le` of `lqtrace_connect_delay_seconds`, in ms: boundaries of the aggregate's delay
@@ -336,8 +339,8 @@ impl Families {
         )?;
         self.counter(
             "lqtrace_lost_other_records_total",
-            "Other records lost (syncookie, listener bookkeeping).",
-            t[STAT_LOST_OTHER as usize],
+            "Other records lost (syncookie, listener bookkeeping, outcomes).",
+            lost_other_records(t),
         )?;
         self.counter(
             "lqtrace_unbracketed_packets_total",

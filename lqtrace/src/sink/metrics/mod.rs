@@ -20,7 +20,7 @@
 //! | `lqtrace_refused_total` | counter | `netns, port` | SYNs answered with a RST because nothing listened on the port (a listener gap) |
 //! | `lqtrace_lost_records_total` | counter | | drop records lost on the way (kernel ring buffer or enricher queue full) |
 //! | `lqtrace_lost_drops_total` | counter | | listen drops those lost records stood for: they are missing from `lqtrace_listen_drops_total` |
-//! | `lqtrace_lost_other_records_total` | counter | | other records lost (syncookie, listener bookkeeping) |
+//! | `lqtrace_lost_other_records_total` | counter | | other records lost (syncookie, listener bookkeeping, outcomes) |
 //! | `lqtrace_unbracketed_packets_total` | counter | | listener packets that could not be observed (a kernel read failed); drops in them are missed |
 //! | `lqtrace_brackets_total` | counter | | listener packets observed (SYNs and final ACKs) |
 //! | `lqtrace_late_brackets_total` | counter | | observations closed late (still counted) |
