@@ -43,6 +43,8 @@ struct Client {
     /// The client's address and port, as lqtrace's records name them (`raddr`, `rport`).
     addr: String,
     port: u16,
+    /// From connect() to the SYN-ACK taken by the client's kernel (a successful connect), or to
+    /// connect() returning (a failed one).
     took: Duration,
     result: Result<(), ErrorKind>,
 }
@@ -63,7 +65,14 @@ fn connect_from(from: &str, to: SocketAddr, patience: Duration) -> Client {
     let result = sock
         .connect_timeout(&to.into(), patience)
         .map_err(|e| e.kind());
-    let took = t0.elapsed();
+    let mut took = t0.elapsed();
+    if result.is_ok() {
+        // The client thread may run well after its kernel finished the handshake (a loaded
+        // machine: 137 ms seen here); lqtrace's delay ends in the kernel. The kernel's own
+        // record of when the SYN-ACK was taken (`tcpi_last_ack_recv`, ms ago) gives the
+        // client's delay without that wake-up.
+        took = took.saturating_sub(Duration::from_millis(u64::from(ms_since_syn_ack(&sock))));
+    }
     // Keep the connection until the test ends? Not needed: the handshake is what is measured.
     drop(sock);
     Client {
@@ -72,6 +81,25 @@ fn connect_from(from: &str, to: SocketAddr, patience: Duration) -> Client {
         took,
         result,
     }
+}
+
+/// Milliseconds since the socket last took an ACK (`TCP_INFO`'s `tcpi_last_ack_recv`: the
+/// SYN-ACK, right after connect()); 0 if it cannot be read.
+fn ms_since_syn_ack(sock: &Socket) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 { info.tcpi_last_ack_recv } else { 0 }
 }
 
 /// A server on `l` that accepts nothing until `start_after`, then accepts and closes everything
@@ -232,14 +260,11 @@ fn delayed_clients_and_their_outcomes_agree() {
         slow.len() >= 10,
         "[{label}] too few delayed clients: {slow:?}"
     );
-    // The client's clock also counts the time its thread took to be scheduled after the
-    // handshake completed (a loaded machine: 137 ms seen here), the kernel's does not: the
-    // delay may fall short of what the client measured by that much more.
     for (client, took) in &slow {
         let ms = delayed[client];
         let client_ms = took.as_secs_f64() * 1e3;
         assert!(
-            ms <= client_ms * 1.1 && ms >= client_ms * 0.9 - 250.0,
+            (ms - client_ms).abs() <= 0.1 * client_ms,
             "[{label}] client {client:?}: lqtrace says +{ms:.0} ms, the client waited {client_ms:.0} ms"
         );
     }
