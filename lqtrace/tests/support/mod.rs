@@ -253,6 +253,18 @@ pub fn owner_pids(r: &Value) -> Vec<i64> {
     ndjson::owner_pids(r).unwrap_or_default()
 }
 
+/// Where a record's packet went: "netns=N laddr:lport <- raddr:rport".
+fn ends(r: &Value) -> String {
+    format!(
+        "netns={} {}:{} <- {}:{}",
+        r["netns"],
+        r["laddr"].as_str().unwrap_or("?"),
+        r["lport"],
+        r["raddr"].as_str().unwrap_or("?"),
+        r["rport"],
+    )
+}
+
 /// One compact line per record (the fields that matter for a diagnosis).
 pub fn brief(r: &Value) -> String {
     let owners: Vec<String> = r["owners"]
@@ -263,61 +275,42 @@ pub fn brief(r: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    let ts = r["ts"].as_str().unwrap_or("?");
     match r["kind"].as_str() {
-        Some("outcome") => {
-            return format!(
-                "outcome {} drops={} delay_ms={} first_drop_ts={} ts={} netns={} {}:{} <- {}:{} sock_ino={} owners=[{}]",
-                r["outcome"].as_str().unwrap_or("?"),
-                r["drops"],
-                r["delay_ms"],
-                r["first_drop_ts"].as_str().unwrap_or("?"),
-                r["ts"].as_str().unwrap_or("?"),
-                r["netns"],
-                r["laddr"].as_str().unwrap_or("?"),
-                r["lport"],
-                r["raddr"].as_str().unwrap_or("?"),
-                r["rport"],
-                r["sock_ino"],
-                owners.join(" "),
-            );
-        }
-        Some("refused") => {
-            return format!(
-                "refused netns={} {}:{} <- {}:{} ts={} listener_closed_ms_ago={} closed_by={}",
-                r["netns"],
-                r["laddr"].as_str().unwrap_or("?"),
-                r["lport"],
-                r["raddr"].as_str().unwrap_or("?"),
-                r["rport"],
-                r["ts"].as_str().unwrap_or("?"),
-                r["listener_closed_ms_ago"],
-                r["closed_by"],
-            );
-        }
-        _ => {}
+        Some("outcome") => format!(
+            "outcome {} drops={} delay_ms={} first_drop_ts={} ts={ts} {} sock_ino={} owners=[{}]",
+            r["outcome"].as_str().unwrap_or("?"),
+            r["drops"],
+            r["delay_ms"],
+            r["first_drop_ts"].as_str().unwrap_or("?"),
+            ends(r),
+            r["sock_ino"],
+            owners.join(" "),
+        ),
+        Some("refused") => format!(
+            "refused {} ts={ts} listener_closed_ms_ago={} closed_by={}",
+            ends(r),
+            r["listener_closed_ms_ago"],
+            r["closed_by"],
+        ),
+        _ => format!(
+            "{} {} ts={ts} stage={} {} sock_ino={} aq={}/{} synq={} req_backlog={} rst_sent={} count={} cpu={} late={} owners=[{}]",
+            r["kind"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("-"),
+            r["stage"].as_str().unwrap_or("-"),
+            ends(r),
+            r["sock_ino"],
+            r["accept_queue"],
+            r["accept_queue_max"],
+            r["syn_queue"],
+            r["requested_backlog"],
+            r["rst_sent"],
+            r["count"],
+            r["cpu"],
+            r["late"],
+            owners.join(" "),
+        ),
     }
-    format!(
-        "{} {} ts={} stage={} netns={} {}:{} <- {}:{} sock_ino={} aq={}/{} synq={} req_backlog={} rst_sent={} count={} cpu={} late={} owners=[{}]",
-        r["kind"].as_str().unwrap_or("?"),
-        r["reason"].as_str().unwrap_or("-"),
-        r["ts"].as_str().unwrap_or("?"),
-        r["stage"].as_str().unwrap_or("-"),
-        r["netns"],
-        r["laddr"].as_str().unwrap_or("?"),
-        r["lport"],
-        r["raddr"].as_str().unwrap_or("?"),
-        r["rport"],
-        r["sock_ino"],
-        r["accept_queue"],
-        r["accept_queue_max"],
-        r["syn_queue"],
-        r["requested_backlog"],
-        r["rst_sent"],
-        r["count"],
-        r["cpu"],
-        r["late"],
-        owners.join(" "),
-    )
 }
 
 pub fn dump(records: &[&Value]) -> String {
