@@ -49,6 +49,13 @@ struct Client {
     result: Result<(), ErrorKind>,
 }
 
+impl Client {
+    /// The client as lqtrace's records name it.
+    fn key(&self) -> ClientKey {
+        (self.addr.clone(), self.port)
+    }
+}
+
 /// Connect from a fresh socket; `patience`: give up (close) after this long, as an impatient
 /// client would. Returns the local port, the time taken and the result.
 fn connect_once(to: SocketAddr, patience: Duration) -> Client {
@@ -243,7 +250,7 @@ fn delayed_clients_and_their_outcomes_agree() {
     let slow: BTreeMap<ClientKey, Duration> = clients
         .iter()
         .filter(|c| c.result.is_ok() && c.took >= Duration::from_millis(900))
-        .map(|c| ((c.addr.clone(), c.port), c.took))
+        .map(|c| (c.key(), c.took))
         .collect();
     let delayed: BTreeMap<ClientKey, f64> = per_client
         .iter()
@@ -272,7 +279,7 @@ fn delayed_clients_and_their_outcomes_agree() {
     let impatient: BTreeSet<ClientKey> = clients
         .iter()
         .filter(|c| c.result.is_err())
-        .map(|c| (c.addr.clone(), c.port))
+        .map(Client::key)
         .collect();
     assert_eq!(impatient.len(), 3, "[{label}] {clients:?}");
     for client in &impatient {
