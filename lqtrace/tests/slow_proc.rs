@@ -33,8 +33,8 @@ const CHILDREN: usize = 5000;
 /// New listeners created during the burst: one fresh scan awaited for each.
 const LISTENERS: usize = 6;
 /// The burst in total, sent as fast as one thread goes: above the ring's capacity, below what
-/// the user-space queues hold (the reader's 65536 records, as many parked in the enricher), so
-/// that a loss can only mean a reader that stopped emptying the ring.
+/// the user-space queues hold (the reader's `MAX_QUEUED`, 65536 records, and as many parked in the
+/// enricher), so that a loss can only mean a reader that stopped emptying the ring.
 const BURST_DROPS: u64 = 48_000;
 const PORT: u16 = 6601;
 
@@ -160,9 +160,10 @@ fn many_processes_do_not_delay_the_ring_reader() {
     drop(children);
 
     let ring = (4 << 20) / (size_of::<BracketRecord>() + 8).next_multiple_of(8);
-    let (lost_records, lost_drops) = (
+    let (lost_records, lost_drops, lost_in_queue) = (
         sum["lost_records"].as_u64().unwrap(),
         sum["lost_drops"].as_u64().unwrap(),
+        sum["lost_records_queue_full"].as_u64().unwrap(),
     );
     let rec = reconciliation_for(&sum, inum);
     let printed = counted.drops_in(inum);
@@ -170,9 +171,16 @@ fn many_processes_do_not_delay_the_ring_reader() {
     eprintln!(
         "[{label}] burst: {LISTENERS} new listeners x {per_listener} SYNs = {sent} in {burst:?}, \
          kernel ListenDrops {kd} ({:.0}/s; the ring holds ~{ring} records); all printed after {printed_after:?}: \
-         printed {printed}, reconciliation {rec}, lost_records {lost_records}, lost_drops {lost_drops}; \
+         printed {printed}, reconciliation {rec}, lost_records {lost_records} ({lost_in_queue} of them in lqtrace's queue), lost_drops {lost_drops}; \
          drops by (sock_ino, owners): {owners:?}",
         kd as f64 / burst.as_secs_f64()
+    );
+    // The burst must fit in the ring plus the reader's queue (the premise above): if either
+    // shrinks, a loss would no longer say anything about the reader.
+    assert!(
+        BURST_DROPS as usize <= ring + lqtrace::session::reader::MAX_QUEUED,
+        "[{label}] a burst of {BURST_DROPS} does not fit in the ring (~{ring}) and the reader's queue ({})",
+        lqtrace::session::reader::MAX_QUEUED
     );
     // A reader that waited for each new listener's scan would have stood still for about
     // LISTENERS scans: the burst must come within that time, and be more than the ring holds.

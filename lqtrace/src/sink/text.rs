@@ -213,9 +213,24 @@ pub fn summary(s: &Summary, output: Output) -> Vec<String> {
         };
         out.push(line);
     }
+    // Where records were lost says what to change: the kernel's ring (the reader fell behind) or
+    // lqtrace's own queue (the enricher or the output fell behind).
+    let lost_where = if s.lost_records > 0 {
+        format!(
+            "; {} in lqtrace's queue, {} in the kernel's ring",
+            s.lost_records_queue_full,
+            s.lost_records - s.lost_records_queue_full
+        )
+    } else {
+        String::new()
+    };
     out.push(format!(
-        "Lost records: {} (standing for {} drops), other lost: {}, undecodable: {}, unbracketed packets: {}",
-        s.lost_records, s.lost_drops, s.lost_other, s.undecodable, s.unbracketed
+        "Lost records: {} (standing for {} drops{lost_where}), other lost: {}, undecodable: {}, unbracketed packets: {}",
+        s.lost_records,
+        s.lost_drops,
+        s.lost_other,
+        s.undecodable,
+        s.unbracketed
     ));
     if output.coalesced_records > 0 {
         out.push(format!(
@@ -533,6 +548,19 @@ mod tests {
         assert_eq!(
             lines[7],
             "Hooks: ack drops via cgroup, syn drops via cgroup"
+        );
+    }
+
+    #[test]
+    fn lost_records_say_where_they_were_lost() {
+        let mut s = rich_summary();
+        (s.lost_records, s.lost_drops, s.lost_records_queue_full) = (5, 7, 2);
+        let lines = summary(&s, Output::default());
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "Lost records: 5 (standing for 7 drops; 2 in lqtrace's queue, 3 in the kernel's ring)"
+            )),
+            "{lines:#?}"
         );
     }
 

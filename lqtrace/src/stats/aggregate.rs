@@ -513,6 +513,7 @@ impl Aggregate {
             refused: self.refused.summary(&self.clock, monotonic_ns()),
             lost_records: t[STAT_LOST_DROP_RECORDS as usize] + p.queue_full_records,
             lost_drops: t[STAT_LOST_DROPS as usize] + p.queue_full_drops,
+            lost_records_queue_full: p.queue_full_records,
             lost_other: lost_other_records(t),
             undecodable: p.undecodable,
             unbracketed: t[STAT_UNBRACKETED as usize],

@@ -111,6 +111,9 @@ pub struct Summary {
     /// the listen drops they stood for.
     pub lost_records: u64,
     pub lost_drops: u64,
+    /// Of `lost_records`, those lost because lqtrace's own queue to the enricher was full (the
+    /// rest: the kernel's ring buffer was full, the reader had not emptied it in time).
+    pub lost_records_queue_full: u64,
     /// Other records lost (syncookie, listener bookkeeping, outcomes).
     pub lost_other: u64,
     /// Records that could not be decoded.
