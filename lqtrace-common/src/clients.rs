@@ -44,8 +44,9 @@ pub const LIVE_KERNEL_ENDED: u32 = 1;
 pub const LIVE_USER_ENDED: u32 = 2;
 pub const LIVE_SLOTS: u32 = 3;
 
-/// Capacity of `ATTEMPTS`; a drop that finds it full is counted in `STAT_ATTEMPTS_FULL` and its
-/// record flagged `FLAG_ATTEMPT_UNTRACKED`.
+/// Capacity of `ATTEMPTS`; a drop that finds it full (or comes within 10 ms after another drop
+/// on the same CPU found it full) is counted in `STAT_ATTEMPTS_FULL` and its record flagged
+/// `FLAG_ATTEMPT_UNTRACKED`.
 pub const ATTEMPTS_MAX: u32 = 16384;
 /// Capacity of `REFUSED_PORTS`.
 pub const REFUSED_PORTS_MAX: u32 = 4096;

@@ -224,7 +224,7 @@ pub fn close(slot: *mut Bracket, flags: u8) {
         0
     };
     let outcome_after = if kind == KIND_DROP {
-        clients::on_drop(&mut b.record, reset_by)
+        clients::on_drop(&mut b.record, reset_by, &mut b.attempts_full_ns)
     } else {
         false
     };

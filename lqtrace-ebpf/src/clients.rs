@@ -29,6 +29,12 @@ use crate::{
 };
 
 const ISN_WINDOW: u32 = 1 << 20;
+/// After an insert found `ATTEMPTS` full, this CPU enters no new attempt for this long. Under a
+/// flood of new clients (spoofed SYNs) the map is full within milliseconds and stays full until
+/// userspace ends its attempts as given up (~2 s later); every drop would otherwise pay for a
+/// failed insert (bucket lock, free-list walk) and two contended counter updates. A drop of an
+/// attempt already in the map still finds it (the lookup comes first).
+const FULL_BACKOFF_NS: u64 = 10_000_000;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
@@ -146,7 +152,7 @@ fn emit(outcome: u8, by: u32, key: &AttemptKey, value: &AttemptValue, now: u64) 
 /// the attempt; with `reset_by` (a RST was sent for this packet) ends it at once. Returns true
 /// when an outcome is staged, to be written after the drop record (`emit_staged`).
 #[inline(always)]
-pub fn on_drop(r: &mut BracketRecord, reset_by: u32) -> bool {
+pub fn on_drop(r: &mut BracketRecord, reset_by: u32, full_ns: &mut u64) -> bool {
     if r.lport == 0 || (r.stage != STAGE_SYN && r.stage != STAGE_ACK) {
         // No ports (IPv6 extension headers) or not a handshake segment: no attempt to follow.
         r.flags |= FLAG_ATTEMPT_UNTRACKED;
@@ -188,6 +194,11 @@ pub fn on_drop(r: &mut BracketRecord, reset_by: u32) -> bool {
         // Its first drop is also its end: nobody else can see it, no entry needed.
         return stage(OUTCOME_RESET, reset_by, &key, &value, now);
     }
+    if *full_ns != 0 && now.wrapping_sub(*full_ns) < FULL_BACKOFF_NS {
+        stat_add(STAT_ATTEMPTS_FULL, 1);
+        r.flags |= FLAG_ATTEMPT_UNTRACKED;
+        return false;
+    }
     // Count first, so that `any_live` never misses an entry that exists.
     live_add(LIVE_ADDED);
     match ATTEMPTS.insert(&key, &value, BPF_NOEXIST) {
@@ -200,6 +211,7 @@ pub fn on_drop(r: &mut BracketRecord, reset_by: u32) -> bool {
                 // Another CPU entered the same attempt meanwhile.
                 unsafe { atomic_add32(&raw mut (*v).drops, drops) };
             } else {
+                *full_ns = now;
                 stat_add(STAT_ATTEMPTS_FULL, 1);
                 r.flags |= FLAG_ATTEMPT_UNTRACKED;
             }

@@ -69,6 +69,8 @@ pub struct Bracket {
     /// Set by the reset programs when the listener sends a RST for this very packet: the close
     /// resolves the packet's attempt (after its drop record, if it was a drop).
     pub rst_pending: u64,
+    /// When an attempt last found `ATTEMPTS` full on this CPU (`clients::on_drop`), 0: never.
+    pub attempts_full_ns: u64,
     /// The record to send if a counter moves, filled before processing.
     pub record: BracketRecord,
     /// Room for the counter runs `kernel::read_mib` reads.

@@ -33,6 +33,8 @@ pub struct DropStep {
     pub coalesced_records: u64,
     pub coalesced_lines: u64,
     pub lost_records: u64,
+    /// Of `lost_records`, those lost in lqtrace's queue (the rest: in the kernel's ring).
+    pub lost_records_queue_full: u64,
     pub lost_drops: u64,
     pub vm_hwm_kib: u64,
     /// The tracer's user + system CPU time over the whole step.
@@ -107,12 +109,13 @@ fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -
         coalesced_records: f.summary["coalesced_records"].as_u64().unwrap_or(0),
         coalesced_lines: f.summary["coalesced_lines"].as_u64().unwrap_or(0),
         lost_records: f.summary["lost_records"].as_u64().unwrap_or(0),
+        lost_records_queue_full: f.summary["lost_records_queue_full"].as_u64().unwrap_or(0),
         lost_drops: f.summary["lost_drops"].as_u64().unwrap_or(0),
         vm_hwm_kib: f.vm_hwm_kib,
         cpu_secs: f.cpu_secs,
     };
     eprintln!(
-        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} in {} lines (coalesced records {}) lost_records {} lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
+        "  {:>9}: {:>8.0} drops/s, kernel {} recorded {} printed {} in {} lines (coalesced records {}) lost_records {} ({} in the queue) lost_drops {} (tracer's kernel figure {}), VmHWM {} KiB, CPU {:.2} s",
         target.map_or("max".to_string(), |r| format!("{}k/s", r / 1000)),
         step.rate(),
         step.kernel,
@@ -121,6 +124,7 @@ fn drop_step(cx: &Context, target: Option<u64>, threads: usize, run: Duration) -
         step.printed_lines,
         step.coalesced_records,
         step.lost_records,
+        step.lost_records_queue_full,
         step.lost_drops,
         step.tracer_kernel,
         step.vm_hwm_kib,

@@ -447,7 +447,7 @@ pub fn markdown(r: &Results) -> String {
             "Printed (Σ count)",
             "Drop lines",
             "coalesced_records / lines",
-            "lost_records",
+            "lost_records (in lqtrace's queue)",
             "lost_drops",
             "Reconciled",
             "lqtrace CPU",
@@ -457,7 +457,7 @@ pub fn markdown(r: &Results) -> String {
     for st in &r.drops.steps {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.2} s | {:.1} MiB |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} ({}) | {} | {} | {:.2} s | {:.1} MiB |",
             st.target
                 .map_or("unpaced".into(), |t| format!("{}/s", kilo(t as f64))),
             kilo(st.rate()),
@@ -468,6 +468,7 @@ pub fn markdown(r: &Results) -> String {
             st.coalesced_records,
             st.coalesced_lines,
             st.lost_records,
+            st.lost_records_queue_full,
             st.lost_drops,
             if st.lossless() {
                 "exact"
