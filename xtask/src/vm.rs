@@ -72,7 +72,7 @@ pub struct VmTestArgs {
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Overall limit per kernel, seconds (boot + every payload)
-    #[arg(long, value_name = "SECONDS", default_value_t = 870)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 1020)]
     pub timeout: u64,
     /// Virtual CPUs per VM
     #[arg(long, value_name = "N", default_value_t = 2)]

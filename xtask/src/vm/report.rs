@@ -295,6 +295,7 @@ const README_COLUMNS: &[(&str, &str)] = &[
     ("loopback tests", "loopback-tests"),
     ("TUN tests", "tun-tests"),
     ("clients tests", "clients-tests"),
+    ("verdicts tests", "verdicts-tests"),
     ("overflow (default)", "overflow"),
     ("`--hooks fentry`", "fentry"),
     ("`--hooks kprobe`", "kprobe"),
@@ -542,7 +543,7 @@ mod tests {
         assert_eq!(
             lines[2],
             "| 6.1.192 | arm64 | linux-image-6.1.0-57-cloud-arm64 (bookworm-security) | kprobe / kprobe \
-             | - | - | 5/5 | - | - | 48 = 48 | skip (unavailable) | - | - |"
+             | - | - | 5/5 | - | - | - | 48 = 48 | skip (unavailable) | - | - |"
         );
     }
 
