@@ -5,6 +5,7 @@
 //! - [`netstat`]: the kernel's per-namespace SNMP/netstat counters (the referee of every count);
 //! - [`sockets`]: listeners with an exact backlog, non-blocking connects, bursts, RST closes;
 //! - [`flood`]: a raw-socket SYN flood into a saturated listener (drops by the hundred thousand);
+//! - [`load`]: a connect / accept / RST-close loop (the connection rate with and without lqtrace);
 //! - [`packet`]: IPv4+TCP packets with valid checksums (the flood's, the tests' TUN peer's);
 //! - [`process`]: child processes whose output is read line by line as it comes, killed on drop;
 //! - [`procfs`]: what /proc says about a process (RSS, CPU time, its BPF objects);
@@ -22,6 +23,7 @@
 pub use socket2;
 
 pub mod flood;
+pub mod load;
 pub mod ndjson;
 pub mod netns;
 pub mod netstat;

@@ -13,7 +13,9 @@
 //! outside the VM). `#` starts a comment line.
 //! Checks: `exit0` (PASS iff the command exits 0 in time), `demo` (`lqtrace demo -j`: exit 0 and
 //! every reconciliation entry of the summary matches; SKIP while demo is not implemented),
-//! `overflow` (the built-in listen-overflow scenario; argv is the lqtrace command to trace with).
+//! `overflow` (the built-in listen-overflow scenario; argv is the lqtrace command to trace with),
+//! `connrate:VARIANT` (the connection rate without and with lqtrace, `connrate.rs`; argv is the
+//! lqtrace command, `--hooks VARIANT` included).
 
 use std::time::Duration;
 
@@ -25,6 +27,9 @@ pub enum Check {
     /// variant and the check asserts the summary says it served both drop groups (SKIP when the
     /// kernel has no such variant: lqtrace says "no usable hook").
     Overflow(Option<&'static str>),
+    /// The connection rate without and with lqtrace, the hook variant forced
+    /// ("connrate:fentry"): A/B pairs, ratios in the details (`connrate.rs`).
+    ConnRate(&'static str),
 }
 
 impl Check {
@@ -36,6 +41,9 @@ impl Check {
             "overflow:fentry" => Some(Check::Overflow(Some("fentry"))),
             "overflow:kprobe" => Some(Check::Overflow(Some("kprobe"))),
             "overflow:cgroup" => Some(Check::Overflow(Some("cgroup"))),
+            "connrate:fentry" => Some(Check::ConnRate("fentry")),
+            "connrate:kprobe" => Some(Check::ConnRate("kprobe")),
+            "connrate:cgroup" => Some(Check::ConnRate("cgroup")),
             _ => None,
         }
     }

@@ -22,6 +22,7 @@
 
 mod arch;
 mod config;
+mod connrate;
 mod out;
 mod overflow;
 mod proc;
@@ -232,6 +233,7 @@ fn run_all(cfg: &Config) -> (usize, usize, usize) {
             Check::Exit0 => run_exit0(p, &env),
             Check::Demo => run_demo(p, &env),
             Check::Overflow(variant) => overflow::run(&p.name, &p.argv, &env, p.timeout, variant),
+            Check::ConnRate(variant) => connrate::run(&p.name, &p.argv, &env, variant, p.timeout),
         };
         match v.status {
             Status::Pass => pass += 1,

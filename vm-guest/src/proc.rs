@@ -14,18 +14,27 @@ pub fn spawn(tag: &str, argv: &[String], env: &[(String, String)]) -> io::Result
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    Proc::spawn(tag, command(program, args, env), echoed(tag))
+}
+
+/// `program args` with `env` added to the environment.
+pub fn command(program: &str, args: &[String], env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Spawn options: a process group of its own, every line echoed to the console under `tag`.
+pub fn echoed(tag: &str) -> Spawn {
     let echo_tag = tag.to_string();
-    let opts = Spawn {
+    Spawn {
         group: true,
         echo: Some(Arc::new(move |stream, line| {
             let mark = if stream == Stream::Out { 'o' } else { 'e' };
             out::line(&format!("{echo_tag}|{mark} {line}"));
         })),
         ..Spawn::default()
-    };
-    Proc::spawn(tag, cmd, opts)
+    }
 }
 
 #[cfg(test)]

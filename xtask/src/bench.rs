@@ -18,6 +18,7 @@
 //! `<!-- bench:begin -->` / `<!-- bench:end -->` markers; the rest of the file is kept).
 
 mod drops;
+mod guest;
 mod hooks;
 mod load;
 mod nginx;
@@ -55,6 +56,11 @@ pub struct BenchArgs {
     /// Where to write the results (the part between the bench markers is replaced)
     #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
     pub output: PathBuf,
+    /// Instead of the host measurements: boot this kernel (repeatable; names as for `cargo xtask
+    /// vm-test --kernel`, e.g. 6.12, arm64-6.1) and measure the connection-rate ratio of each
+    /// hook variant inside it (fentry, kprobe, cgroup)
+    #[arg(long = "kernel", value_name = "KERNEL")]
+    pub kernels: Vec<String>,
 }
 
 /// Targets stated in the table.
@@ -83,6 +89,9 @@ pub struct Context {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let begun = Instant::now();
+    if !args.kernels.is_empty() {
+        return guest::run(&args.kernels, &output_path(args), &command_line(args));
+    }
     prerequisites()?;
     if !args.no_build {
         crate::commands::build(true)?;
@@ -132,11 +141,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let md = report::markdown(&results);
     println!("\n{md}");
-    let path = if args.output.is_absolute() {
-        args.output.clone()
-    } else {
-        util::workspace_root().join(&args.output)
-    };
+    let path = output_path(args);
     report::write_section(&path, &md)?;
     eprintln!(
         "bench: wrote {} (total {}, measurements {})",
@@ -147,6 +152,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn output_path(args: &BenchArgs) -> PathBuf {
+    if args.output.is_absolute() {
+        args.output.clone()
+    } else {
+        util::workspace_root().join(&args.output)
+    }
+}
+
 fn command_line(args: &BenchArgs) -> String {
     let mut s = "cargo xtask bench".to_string();
     if args.pairs != 5 {
@@ -154,6 +167,9 @@ fn command_line(args: &BenchArgs) -> String {
     }
     if args.seconds != 3.0 {
         s.push_str(&format!(" --seconds {}", args.seconds));
+    }
+    for k in &args.kernels {
+        s.push_str(&format!(" --kernel {k}"));
     }
     s
 }

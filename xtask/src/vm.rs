@@ -26,9 +26,9 @@
 mod binaries;
 mod initramfs;
 mod kernels;
-mod payloads;
+pub mod payloads;
 mod qemu;
-mod report;
+pub mod report;
 mod tools;
 
 use std::{
@@ -43,7 +43,7 @@ use std::{
 
 use anyhow::bail;
 use clap::Args;
-use payloads::{GUEST_MODULES, PAYLOADS};
+use payloads::{GUEST_MODULES, PAYLOADS, Payload};
 use report::Outcome;
 
 use crate::{
@@ -197,7 +197,13 @@ struct ArchSetup {
 }
 
 /// Builds the guest binaries for `arch` and writes its initramfs.
-fn prepare_arch(arch: Arch, cache: &Path, work: &Path, with_vm: bool) -> anyhow::Result<ArchSetup> {
+fn prepare_arch(
+    arch: Arch,
+    cache: &Path,
+    work: &Path,
+    with_vm: bool,
+    payloads: &[Payload],
+) -> anyhow::Result<ArchSetup> {
     toolchain::ensure_for(false, Some(arch))?;
     let qemu = if with_vm {
         Some(qemu::ensure_qemu(cache, arch)?)
@@ -216,7 +222,7 @@ fn prepare_arch(arch: Arch, cache: &Path, work: &Path, with_vm: bool) -> anyhow:
             bail!("{} not found after building", p.display());
         }
     }
-    let config = payloads::payload_config(PAYLOADS, &binaries, true)?;
+    let config = payloads::payload_config(payloads, &binaries, true)?;
     let initrd = work.join(format!("initrd-{}.cpio", arch.debian()));
     let extra = if with_vm {
         tools::guest_tool_files(arch, cache)?
@@ -249,6 +255,54 @@ struct Boot {
 
 pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let start = Instant::now();
+    let vm_dir = util::target_dir().join("vm");
+    let work = vm_dir.join("work");
+    let MatrixRun {
+        outcomes,
+        build_took,
+    } = run_matrix(args, PAYLOADS)?;
+    report::print_table(&outcomes);
+    println!("\nREADME rows (\"Supported kernels\"):\n");
+    print!("{}", report::readme_rows(&outcomes));
+    for o in outcomes.iter().filter(|o| !o.passed()) {
+        report::print_failure(o);
+    }
+    if args.keep {
+        println!(
+            "\nkept {} (initrd-<arch>.cpio, initrd-<kernel>.cpio with the modules, vmtest-<arch>.conf)",
+            work.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(&work);
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.label.as_str())
+        .collect();
+    println!(
+        "\nvm-test: {} of {} kernel(s) passed; build {}, total {}; logs in {}",
+        outcomes.len() - failed.len(),
+        outcomes.len(),
+        util::secs(build_took),
+        util::secs(start.elapsed()),
+        vm_dir.display()
+    );
+    if !failed.is_empty() {
+        bail!("vm-test failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// What booting the kernels of `args` with a payload list produced.
+pub struct MatrixRun {
+    pub outcomes: Vec<Outcome>,
+    pub build_took: Duration,
+}
+
+/// Builds the guest binaries, fetches the kernels of `args` and boots each with `payloads`
+/// (`cargo xtask vm-test`: [`PAYLOADS`]; `cargo xtask bench --kernel`: its rate checks).
+pub fn run_matrix(args: &VmTestArgs, payloads: &[Payload]) -> anyhow::Result<MatrixRun> {
     let jobs = parse_targets(&args.kernels, std::env::var(KERNELS_ENV).ok().as_deref())?;
     let vm_dir = util::target_dir().join("vm");
     let cache = vm_dir.join("cache");
@@ -271,7 +325,7 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
         let with_vm = jobs
             .iter()
             .any(|j| j.arch == arch && !matches!(j.target, Target::Host));
-        setups.push(prepare_arch(arch, &cache, &work, with_vm)?);
+        setups.push(prepare_arch(arch, &cache, &work, with_vm, payloads)?);
     }
     let setup_of = |arch: Arch| setups.iter().find(|s| s.arch == arch).expect("prepared");
     let build_took = t.elapsed();
@@ -353,7 +407,7 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
         let host_conf = work.join("host.conf");
         fs::write(
             &host_conf,
-            payloads::payload_config(PAYLOADS, &s.binaries, false)?,
+            payloads::payload_config(payloads, &s.binaries, false)?,
         )?;
         let mut cmd = command(&s.init);
         cmd.arg("run").arg(&host_conf);
@@ -394,37 +448,10 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
         outcomes[i].run = Some(run);
     }
 
-    report::print_table(&outcomes);
-    println!("\nREADME rows (\"Supported kernels\"):\n");
-    print!("{}", report::readme_rows(&outcomes));
-    for o in outcomes.iter().filter(|o| !o.passed()) {
-        report::print_failure(o);
-    }
-    if args.keep {
-        println!(
-            "\nkept {} (initrd-<arch>.cpio, initrd-<kernel>.cpio with the modules, vmtest-<arch>.conf)",
-            work.display()
-        );
-    } else {
-        let _ = fs::remove_dir_all(&work);
-    }
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| !o.passed())
-        .map(|o| o.label.as_str())
-        .collect();
-    println!(
-        "\nvm-test: {} of {} kernel(s) passed; build {}, total {}; logs in {}",
-        outcomes.len() - failed.len(),
-        outcomes.len(),
-        util::secs(build_took),
-        util::secs(start.elapsed()),
-        vm_dir.display()
-    );
-    if !failed.is_empty() {
-        bail!("vm-test failed on: {}", failed.join(", "));
-    }
-    Ok(())
+    Ok(MatrixRun {
+        outcomes,
+        build_took,
+    })
 }
 
 /// Boots one kernel with its modules appended to its architecture's initramfs.

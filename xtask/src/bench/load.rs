@@ -6,19 +6,15 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-pub use lqtrace_testkit::flood::FloodRun;
+pub use lqtrace_testkit::{flood::FloodRun, load::LoopRun};
 use lqtrace_testkit::{
     flood::{self, Saturated},
-    socket2::SockRef,
-    sockets::{self, ListenOpts, close_rst},
+    load,
+    sockets::{self, ListenOpts},
 };
 
 use super::sys::{self, Netns};
@@ -41,75 +37,13 @@ fn connect(port: u16) -> Result<TcpStream> {
     TcpStream::connect(localhost(port)).with_context(|| format!("connect to 127.0.0.1:{port}"))
 }
 
-/// Outcome of [`connect_loop`].
-#[derive(Debug, Clone, Copy)]
-pub struct LoopRun {
-    pub connections: u64,
-    pub secs: f64,
-}
-
-impl LoopRun {
-    pub fn rate(&self) -> f64 {
-        self.connections as f64 / self.secs
-    }
-}
-
-/// `clients` threads doing connect + RST-close (no TIME_WAIT: the loop never runs out of ports)
-/// as fast as they can against one server thread accepting and closing (listen backlog 4096:
-/// no listen drops), for `duration`.
+/// The kit's connect loop (`lqtrace_testkit::load`) in the bench's namespace, stopped by Ctrl-C.
 pub fn connect_loop(ns: &Netns, port: u16, clients: usize, duration: Duration) -> Result<LoopRun> {
     ns.run(move || {
-        let l = listener(port, 4096)?;
-        // accept() gives up every 100 ms so the server notices the end.
-        SockRef::from(&l).set_read_timeout(Some(Duration::from_millis(100)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // The accepted connection is closed right away.
-                    let _ = l.accept();
-                }
-            })
-        };
-        let total = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let deadline = start + duration;
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                let total = Arc::clone(&total);
-                std::thread::spawn(move || -> Result<()> {
-                    let mut n = 0u64;
-                    while Instant::now() < deadline && !sys::interrupted() {
-                        close_rst(connect(port)?);
-                        n += 1;
-                    }
-                    total.fetch_add(n, Ordering::Relaxed);
-                    Ok(())
-                })
-            })
-            .collect();
-        let mut first_err = None;
-        for w in workers {
-            if let Err(e) = w
-                .join()
-                .map_err(|_| anyhow::anyhow!("client thread panicked"))
-                .and_then(|r| r)
-            {
-                first_err.get_or_insert(e);
-            }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let _ = server.join();
+        let run = load::connect_loop(port, clients, duration, sys::interrupt_flag())
+            .context("connect loop")?;
         sys::check_interrupted()?;
-        if let Some(e) = first_err {
-            return Err(e.context("connect loop"));
-        }
-        Ok(LoopRun {
-            connections: total.load(Ordering::Relaxed),
-            secs,
-        })
+        Ok(run)
     })
 }
 

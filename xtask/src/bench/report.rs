@@ -486,11 +486,17 @@ pub fn markdown(r: &Results) -> String {
 
 /// Replace the text between the markers in `path` (append the section if there are none).
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
+    write_marked(path, BEGIN, END, section)
+}
+
+/// Replace the text between the markers `begin` and `end` in `path` (append the section if there
+/// are none).
+pub fn write_marked(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
     let old = fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let block = format!("{begin}\n{section}{end}\n");
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            let rest = old[e + END.len()..].trim_start_matches('\n');
+            let rest = old[e + end.len()..].trim_start_matches('\n');
             let sep = if rest.is_empty() { "" } else { "\n" };
             format!("{}{block}{sep}{rest}", &old[..b])
         }

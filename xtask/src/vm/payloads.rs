@@ -116,6 +116,31 @@ pub const PAYLOADS: &[Payload] = &[
     },
 ];
 
+/// What `cargo xtask bench --kernel K` runs in the guest: the connection rate without and with
+/// lqtrace, each hook variant forced in turn (vm-guest/src/connrate.rs; SKIP where the kernel
+/// lacks the variant). Under TCG a payload takes 60-150 s (5 pairs of 2 x 3 s, and a tracer
+/// started and stopped per pair); the timeouts (900 s) stay under vm-test's per-kernel limit.
+pub const BENCH_PAYLOADS: &[Payload] = &[
+    Payload {
+        name: "connrate-fentry",
+        timeout_s: 300,
+        check: "connrate:fentry",
+        argv: &["lqtrace", "-j", "--hooks", "fentry"],
+    },
+    Payload {
+        name: "connrate-kprobe",
+        timeout_s: 300,
+        check: "connrate:kprobe",
+        argv: &["lqtrace", "-j", "--hooks", "kprobe"],
+    },
+    Payload {
+        name: "connrate-cgroup",
+        timeout_s: 300,
+        check: "connrate:cgroup",
+        argv: &["lqtrace", "-j", "--hooks", "cgroup"],
+    },
+];
+
 /// Environment of every payload.
 /// `LQTRACE_BIN`: the integration tests run the guest's /bin/lqtrace (tests/support/tracer.rs).
 pub const GUEST_ENV: &[(&str, &str)] = &[("RUST_BACKTRACE", "1"), ("LQTRACE_BIN", "/bin/lqtrace")];
