@@ -348,17 +348,7 @@ pub fn run_matrix(args: &VmTestArgs, payloads: &[Payload]) -> anyhow::Result<Mat
     let mut boots: Vec<Boot> = Vec::new();
     for j in &jobs {
         let log = vm_dir.join(format!("{}.log", j.label));
-        let mut o = Outcome {
-            label: j.label.clone(),
-            arch: j.arch,
-            kernel: None,
-            default_hooks: None,
-            package: "-".into(),
-            fetch: None,
-            fetch_error: None,
-            run: None,
-            log,
-        };
+        let mut o = Outcome::new(&j.label, j.arch, log);
         let boot = |vmlinuz: PathBuf, modules: Vec<PathBuf>| Boot {
             outcome: outcomes.len(),
             arch: j.arch,

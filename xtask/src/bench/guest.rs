@@ -129,17 +129,7 @@ mod tests {
 
     #[test]
     fn rows_from_the_guest_console() {
-        let o = Outcome {
-            label: "6.12".into(),
-            arch: Arch::X86_64,
-            kernel: None,
-            default_hooks: None,
-            package: "-".into(),
-            fetch: None,
-            fetch_error: None,
-            run: None,
-            log: "/dev/null".into(),
-        };
+        let o = Outcome::new("6.12", Arch::X86_64, "/dev/null".into());
         let mut g = GuestReport::default();
         for l in [
             "VMTEST-INFO uname=6.12.118+deb12-cloud-amd64 btf=yes",

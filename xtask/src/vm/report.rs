@@ -193,6 +193,21 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A kernel not fetched or booted yet.
+    pub fn new(label: &str, arch: Arch, log: PathBuf) -> Outcome {
+        Outcome {
+            label: label.to_string(),
+            arch,
+            kernel: None,
+            default_hooks: None,
+            package: "-".into(),
+            fetch: None,
+            fetch_error: None,
+            run: None,
+            log,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.fetch_error.is_none()
             && self.hooks_problem().is_none()
