@@ -10,6 +10,8 @@
 //! 3. Per-program run time from `kernel.bpf_stats_enabled=1` over packets that reach no
 //!    listener, the connect loop, nginx + wrk and the drop path; per packet and per connection
 //!    from the namespace's own counters.
+//!    3b. Where the connect loop's lost rate goes: the A/B pairs again, with lqtrace minus some
+//!    of its programs (`attribution.rs`).
 //! 4. Start-to-ready time, idle and peak RSS, lqtrace vs a bpftrace one-liner.
 //!
 //! Everything runs on the loopback device of a private network namespace (`lqbench-PID-N`,
@@ -17,6 +19,7 @@
 //! on error or Ctrl-C. The results go to stdout and to BENCHMARKS.md (between the
 //! `<!-- bench:begin -->` / `<!-- bench:end -->` markers; the rest of the file is kept).
 
+mod attribution;
 mod drops;
 mod guest;
 mod hooks;
@@ -128,6 +131,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let conn = conn_rate(&cx)?;
     let drops = drops::drop_throughput(&cx)?;
     let hooks = hooks::hook_cost(&cx, drops.hook_rate())?;
+    let parts = attribution::attribution(&cx, &hooks)?;
     let startup = startup(&cx)?;
 
     let results = report::Results {
@@ -138,6 +142,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         machine: report::Machine::probe(cx.cpus, load_before, others),
         command: command_line(args),
         measured_in: measured.elapsed(),
+        parts,
     };
     let md = report::markdown(&results);
     println!("\n{md}");

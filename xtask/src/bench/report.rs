@@ -70,6 +70,8 @@ pub struct Results {
     pub machine: Machine,
     pub command: String,
     pub measured_in: Duration,
+    /// Step 3b: the connect-loop ratio with lqtrace minus some of its programs.
+    pub parts: Vec<super::attribution::Part>,
 }
 
 fn spread(s: Spread, digits: usize, unit: &str) -> String {
@@ -393,6 +395,33 @@ pub fn markdown(r: &Results) -> String {
         spread(bt_rss, 1, " MiB"),
         spread(bt_hwm, 1, " MiB")
     );
+
+    // Where the connect loop's lost rate goes.
+    let _ = writeln!(
+        s,
+        "\nWhere the connect loop's lost rate goes (the A/B pairs again, lqtrace attached with some of its programs left unattached through `LQTRACE_SKIP_PROGRAMS`; drops could be missed meanwhile, none happen here):\n"
+    );
+    table_header(
+        &mut s,
+        &[
+            "lqtrace attached with",
+            "Ratio with/without (median, range, pairs)",
+            "Left unattached",
+        ],
+    );
+    for p in &r.parts {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            p.what,
+            spread(Spread::of(&p.ratios), 3, ""),
+            if p.skip.is_empty() {
+                "–".to_string()
+            } else {
+                p.skip.join(", ")
+            }
+        );
+    }
 
     // Per program.
     let _ = writeln!(
