@@ -309,33 +309,44 @@ pub struct SyscallTax {
 
 /// The programs attached to syscall tracepoints (listen() bookkeeping, the accept variant
 /// "syscalls").
-const SYSCALL_PROGRAMS: &str =
-    "listen_enter,listen_exit,accept_enter,accept4_enter,accept_exit,accept4_exit";
+const SYSCALL_PROGRAMS: &[&str] = &[
+    "listen_enter",
+    "listen_exit",
+    "accept_enter",
+    "accept4_enter",
+    "accept_exit",
+    "accept4_exit",
+];
+
+/// One run of `load` with a fresh `lqtrace -j` attached minus the programs in `skip` (left
+/// unattached through `LQTRACE_SKIP_PROGRAMS`, the loader's measuring aid), for the measurements
+/// that take lqtrace apart (the syscall tax, step 3b).
+fn traced_without<T>(cx: &Context, skip: &[&str], load: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut cmd = std::process::Command::new(&cx.bin);
+    cmd.args(["-j", "-d", "600s"]);
+    if !skip.is_empty() {
+        cmd.env("LQTRACE_SKIP_PROGRAMS", skip.join(","));
+    }
+    let t = Tracer::start_cmd(cmd, vec![])?;
+    let r = load()?;
+    t.stop()?;
+    Ok(r)
+}
 const SYSCALLS_PER_RUN: u64 = 1_000_000;
 const TAX_ROUNDS: usize = 5;
 
 fn syscall_tax(cx: &Context) -> Result<SyscallTax> {
     eprintln!("bench: [1/4] syscall tax (dd bs=1: 2M syscalls), {TAX_ROUNDS} rounds");
     let mut tax = SyscallTax::default();
-    let traced = |skip: Option<&str>| -> Result<f64> {
-        let mut cmd = std::process::Command::new(&cx.bin);
-        cmd.args(["-j", "-d", "600s"]);
-        if let Some(s) = skip {
-            cmd.env("LQTRACE_SKIP_PROGRAMS", s);
-        }
-        let t = Tracer::start_cmd(cmd, vec![])?;
-        let r = load::syscall_loop(SYSCALLS_PER_RUN)?;
-        t.stop()?;
-        Ok(r)
-    };
+    let run = || load::syscall_loop(SYSCALLS_PER_RUN);
     for round in 0..TAX_ROUNDS {
         for step in 0..3 {
             match (step + round) % 3 {
-                0 => tax.without.push(load::syscall_loop(SYSCALLS_PER_RUN)?),
-                1 => tax.with.push(traced(None)?),
+                0 => tax.without.push(run()?),
+                1 => tax.with.push(traced_without(cx, &[], run)?),
                 _ => tax
                     .without_syscall_hooks
-                    .push(traced(Some(SYSCALL_PROGRAMS))?),
+                    .push(traced_without(cx, SYSCALL_PROGRAMS, run)?),
             }
         }
     }

@@ -52,6 +52,10 @@ use crate::{
     util::{self, command, render},
 };
 
+/// Default overall limit per kernel, seconds: above the sum of the payloads' timeouts
+/// (`payloads.rs`), so that one hung payload does not hide the others' results.
+pub const TIMEOUT_S: u64 = 1020;
+
 #[derive(Debug, Clone, Args)]
 pub struct VmTestArgs {
     /// Kernel to test (repeatable): 5.10, 6.1, 6.12, sid (alias 7.x), arm64-6.1, arm64-6.12,
@@ -72,7 +76,7 @@ pub struct VmTestArgs {
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Overall limit per kernel, seconds (boot + every payload)
-    #[arg(long, value_name = "SECONDS", default_value_t = 1020)]
+    #[arg(long, value_name = "SECONDS", default_value_t = TIMEOUT_S)]
     pub timeout: u64,
     /// Virtual CPUs per VM
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -211,7 +215,15 @@ fn prepare_arch(
         None
     };
     let dir = binaries::build_guest(arch)?;
-    let tests = binaries::build_guest_tests(arch)?;
+    // The integration test binaries only where a payload runs one (not for the bench's list).
+    let tests = if payloads
+        .iter()
+        .any(|p| p.argv.first().is_some_and(|a| a.ends_with("-tests")))
+    {
+        binaries::build_guest_tests(arch)?
+    } else {
+        Vec::new()
+    };
     let binaries = payloads::guest_binaries(&dir, &tests);
     let init = dir.join("vm-guest");
     for (_, p) in binaries
@@ -255,25 +267,16 @@ struct Boot {
 
 pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let vm_dir = util::target_dir().join("vm");
-    let work = vm_dir.join("work");
     let MatrixRun {
         outcomes,
         build_took,
+        vm_dir,
     } = run_matrix(args, PAYLOADS)?;
     report::print_table(&outcomes);
     println!("\nREADME rows (\"Supported kernels\"):\n");
     print!("{}", report::readme_rows(&outcomes));
     for o in outcomes.iter().filter(|o| !o.passed()) {
         report::print_failure(o);
-    }
-    if args.keep {
-        println!(
-            "\nkept {} (initrd-<arch>.cpio, initrd-<kernel>.cpio with the modules, vmtest-<arch>.conf)",
-            work.display()
-        );
-    } else {
-        let _ = fs::remove_dir_all(&work);
     }
     let failed: Vec<&str> = outcomes
         .iter()
@@ -298,10 +301,13 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
 pub struct MatrixRun {
     pub outcomes: Vec<Outcome>,
     pub build_took: Duration,
+    /// Where the console logs are (`<label>.log`).
+    pub vm_dir: PathBuf,
 }
 
 /// Builds the guest binaries, fetches the kernels of `args` and boots each with `payloads`
-/// (`cargo xtask vm-test`: [`PAYLOADS`]; `cargo xtask bench --kernel`: its rate checks).
+/// (`cargo xtask vm-test`: [`PAYLOADS`]; `cargo xtask bench --kernel`: its rate checks). The
+/// work directory (initramfs images, payload lists) is removed afterwards unless `args.keep`.
 pub fn run_matrix(args: &VmTestArgs, payloads: &[Payload]) -> anyhow::Result<MatrixRun> {
     let jobs = parse_targets(&args.kernels, std::env::var(KERNELS_ENV).ok().as_deref())?;
     let vm_dir = util::target_dir().join("vm");
@@ -437,10 +443,18 @@ pub fn run_matrix(args: &VmTestArgs, payloads: &[Payload]) -> anyhow::Result<Mat
     for (i, run) in results.into_inner().unwrap() {
         outcomes[i].run = Some(run);
     }
-
+    if args.keep {
+        println!(
+            "\nkept {} (initrd-<arch>.cpio, initrd-<kernel>.cpio with the modules, vmtest-<arch>.conf)",
+            work.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(&work);
+    }
     Ok(MatrixRun {
         outcomes,
         build_took,
+        vm_dir,
     })
 }
 

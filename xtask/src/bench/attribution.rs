@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use super::{Context, LOOP_PORT, alternating, connect_loop, hooks::HookCost, tracer::Tracer};
+use super::{Context, LOOP_PORT, alternating, connect_loop, hooks::HookCost, traced_without};
 
 /// A/B pairs per configuration (each half `cx.run` long).
 const PAIRS: usize = 3;
@@ -52,19 +52,16 @@ pub fn attribution(cx: &Context, h: &HookCost) -> Result<Vec<Part>> {
     let clients = cx.cpus;
     let mut out = Vec::new();
     for (what, skip) in parts(h) {
+        let names: Vec<&str> = skip.iter().map(String::as_str).collect();
+        let run = || Ok(connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?.rate());
         let mut ratios = Vec::new();
         for pair in 0..PAIRS {
             let (mut a, mut b) = (0.0, 0.0);
             for with in alternating(pair, false) {
                 if with {
-                    let mut cmd = std::process::Command::new(&cx.bin);
-                    cmd.args(["-j", "-d", "600s"])
-                        .env("LQTRACE_SKIP_PROGRAMS", skip.join(","));
-                    let t = Tracer::start_cmd(cmd, vec![])?;
-                    b = connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?.rate();
-                    t.stop()?;
+                    b = traced_without(cx, &names, run)?;
                 } else {
-                    a = connect_loop(&cx.ns, LOOP_PORT, clients, cx.run)?.rate();
+                    a = run()?;
                 }
             }
             ratios.push(b / a);

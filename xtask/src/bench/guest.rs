@@ -91,7 +91,7 @@ pub fn run(kernels: &[String], output: &Path, command: &str) -> Result<()> {
         keep: false,
         refresh: false,
         jobs: 1,
-        timeout: 1020,
+        timeout: vm::TIMEOUT_S,
         smp: 2,
     };
     let run = vm::run_matrix(&args, BENCH_PAYLOADS)?;
