@@ -195,8 +195,7 @@ pub fn on_drop(r: &mut BracketRecord, reset_by: u32, full_ns: &mut u64) -> bool 
         return stage(OUTCOME_RESET, reset_by, &key, &value, now);
     }
     if *full_ns != 0 && now.wrapping_sub(*full_ns) < FULL_BACKOFF_NS {
-        stat_add(STAT_ATTEMPTS_FULL, 1);
-        r.flags |= FLAG_ATTEMPT_UNTRACKED;
+        untracked_map_full(r);
         return false;
     }
     // Count first, so that `any_live` never misses an entry that exists.
@@ -212,12 +211,19 @@ pub fn on_drop(r: &mut BracketRecord, reset_by: u32, full_ns: &mut u64) -> bool 
                 unsafe { atomic_add32(&raw mut (*v).drops, drops) };
             } else {
                 *full_ns = now;
-                stat_add(STAT_ATTEMPTS_FULL, 1);
-                r.flags |= FLAG_ATTEMPT_UNTRACKED;
+                untracked_map_full(r);
             }
         }
     }
     false
+}
+
+/// `ATTEMPTS` had no room for the attempt of `r`: counted, and the record says so (userspace
+/// then follows the attempt alone).
+#[inline(always)]
+fn untracked_map_full(r: &mut BracketRecord) {
+    stat_add(STAT_ATTEMPTS_FULL, 1);
+    r.flags |= FLAG_ATTEMPT_UNTRACKED;
 }
 
 /// This host sent a RST for the segment `r` from a listener (no drop in the same packet, or seen

@@ -27,11 +27,14 @@ use support::*;
 /// client rates and the accept interval scale with it; the pause, the durations and the burst
 /// do not (a stall, "sustained" and "a short window" are absolute in the verdicts).
 fn slowdown() -> u32 {
-    std::env::var("LQTRACE_TEST_SLOWDOWN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&k| k >= 1)
-        .unwrap_or(1)
+    let Ok(v) = std::env::var("LQTRACE_TEST_SLOWDOWN") else {
+        return 1;
+    };
+    // At most 25: the stalled server's clients (50/s) must stay at 2/s or more.
+    match v.parse() {
+        Ok(k @ 1..=25) => k,
+        _ => panic!("LQTRACE_TEST_SLOWDOWN={v:?}: want a whole number from 1 to 25"),
+    }
 }
 
 /// What a server does, step by step: accept everything for a while, pause, accept at a rate.
