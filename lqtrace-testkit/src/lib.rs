@@ -7,6 +7,7 @@
 //! - [`flood`]: a raw-socket SYN flood into a saturated listener (drops by the hundred thousand);
 //! - [`load`]: a connect / accept / RST-close loop (the connection rate with and without lqtrace);
 //! - [`packet`]: IPv4+TCP packets with valid checksums (the flood's, the tests' TUN peer's);
+//! - [`holder`]: listeners held by processes forked from the test (pre-fork, SO_REUSEPORT);
 //! - [`process`]: child processes whose output is read line by line as it comes, killed on drop;
 //! - [`procfs`]: what /proc says about a process (RSS, CPU time, its BPF objects);
 //! - [`tracer`]: the lqtrace process as a user runs it (banner, SIGINT, summary);
@@ -23,6 +24,7 @@
 pub use socket2;
 
 pub mod flood;
+pub mod holder;
 pub mod load;
 pub mod ndjson;
 pub mod netns;

@@ -156,12 +156,8 @@ fn owner_killed_mid_burst_is_never_misattributed() {
     let ns = new_ns("lqt-owner");
     let port = 6301u16;
     let tracer = Tracer::start(&[]);
-    let args = [&port.to_string(), "1", "1", "120"];
-    let mut p = python(&ns, "holder", FORKED_LISTENER, &args);
-    let w = p.expect_line("CHILD ");
-    let (child, ino): (i64, u64) = (w[0].parse().unwrap(), w[1].parse().unwrap());
-    p.extra_pids.push(child as i32);
-    let parent: i64 = p.expect_line("PARENT ")[0].parse().unwrap();
+    let mut p = holder(&ns, port, 1, Role::PreFork { keep: true }, 120);
+    let (parent, child, ino) = (i64::from(p.pid), i64::from(p.child.unwrap()), p.sock_ino);
     let before = Counters::read(&ns);
     let stop = Arc::new(AtomicBool::new(false));
     let burst = {
@@ -182,13 +178,10 @@ fn owner_killed_mid_burst_is_never_misattributed() {
     };
     std::thread::sleep(Duration::from_millis(800));
     let parent_killed_ns = monotonic_ns();
-    // SAFETY: SIGKILL to the helper we started.
-    unsafe { libc::kill(parent as i32, libc::SIGKILL) };
-    let _ = p.wait_until(Instant::now() + Duration::from_secs(5));
+    p.kill_parent();
     std::thread::sleep(Duration::from_millis(800));
     let child_killed_ns = monotonic_ns();
-    // SAFETY: SIGKILL to the helper's fork.
-    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    p.kill_child();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let attempts = burst.join().unwrap();

@@ -17,18 +17,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lqtrace_testkit::{
-    ndjson,
-    process::{Spawn, Stdout},
-    sockets,
-};
 pub use lqtrace_testkit::{
+    holder::{HOLDER_COMM, Holder, Role},
     ndjson::{REASONS, by_reason, count, drops_in, kind, records_in, syncookies_in},
     netns::TempNetns,
     netstat::{LISTEN_KEYS as COUNTER_KEYS, NetStat},
     process::Proc,
     require_root,
     sockets::{ListenOpts, Socket, close_all_rst, close_rst, ncpus, wait_writable},
+};
+use lqtrace_testkit::{
+    ndjson,
+    process::{Spawn, Stdout},
+    sockets,
 };
 pub use reconcile::{Figures, assert_all_at, assert_all_drops, check_drop_record_shape, reconcile};
 use serde_json::Value;
@@ -116,61 +117,13 @@ pub fn sock_ino(fd: &impl AsRawFd) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helper processes (python3 inside the namespace)
+// Listeners held by forked processes
 
-/// `ip netns exec NS python3 -u -c SCRIPT ARGS...`, stdout read line by line, stderr inherited.
-pub fn python(ns: &TempNetns, name: &str, script: &str, args: &[&str]) -> Proc {
-    let mut cmd = ns.exec("python3");
-    cmd.arg("-u").arg("-c").arg(script).args(args);
-    let opts = Spawn {
-        stdout: Stdout::Lines,
-        stderr_lines: false,
-        ..Spawn::default()
-    };
-    Proc::spawn(name, cmd, opts).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// python3 ARGS = PORT BACKLOG KEEP SECS: listens on 127.0.0.1:PORT, forks; the child prints
-/// `CHILD pid ino` and holds the listener; the parent closes its copy unless KEEP is 1, then
-/// prints `PARENT pid`; both sleep SECS. A pre-fork server, or two holders of one listener.
-pub const FORKED_LISTENER: &str = r#"
-import os, socket, sys, time
-port, backlog, keep, secs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", port))
-s.listen(backlog)
-ino = os.fstat(s.fileno()).st_ino
-pid = os.fork()
-if pid == 0:
-    print("CHILD", os.getpid(), ino, flush=True)
-    time.sleep(secs)
-    os._exit(0)
-if not keep:
-    s.close()
-print("PARENT", os.getpid(), flush=True)
-time.sleep(secs)
-"#;
-
-pub trait ExpectLine {
-    /// The first stdout line starting with `prefix` not returned before, split into words
-    /// after the prefix. Panics after 10 s.
-    fn expect_line(&mut self, prefix: &str) -> Vec<String>;
-}
-
-impl ExpectLine for Proc {
-    fn expect_line(&mut self, prefix: &str) -> Vec<String> {
-        match self.take_line(prefix, Duration::from_secs(10)) {
-            Ok(words) => words,
-            Err(e) => {
-                let status = self.try_status();
-                panic!(
-                    "{}: no line starting with {prefix:?} ({e}); status {status:?}",
-                    self.name
-                )
-            }
-        }
-    }
+/// A listener on 127.0.0.1:`port` in `ns`, held by processes forked from the test
+/// ([`Holder`]), for `secs` at most.
+pub fn holder(ns: &TempNetns, port: u16, backlog: i32, role: Role, secs: u32) -> Holder {
+    let a = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    Holder::spawn(&ns.path(), a, backlog, role, secs).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Prints the test's run time when it ends (also when it fails).
