@@ -56,7 +56,7 @@ struct Report {
     ino: u64,
 }
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "ok",
     "setns",
     "socket",
@@ -65,6 +65,7 @@ const STEPS: [&str; 8] = [
     "listen",
     "fstat",
     "fork",
+    "close_range",
 ];
 
 impl Holder {
@@ -99,7 +100,6 @@ impl Holder {
         comm[..HOLDER_COMM.len()].copy_from_slice(HOLDER_COMM.as_bytes());
         let child = Forked {
             netns: ns.as_raw_fd(),
-            rd,
             wr,
             sa,
             backlog,
@@ -157,9 +157,10 @@ impl Holder {
         }
     }
 
-    /// SIGKILL the pre-fork child (the parent's child: the parent, or init, reaps it).
-    pub fn kill_child(&self) {
-        if let Some(c) = self.child {
+    /// SIGKILL the pre-fork child (the parent's child: the parent, or init, reaps it). Once:
+    /// a second kill could hit a recycled pid.
+    pub fn kill_child(&mut self) {
+        if let Some(c) = self.child.take() {
             // SAFETY: SIGKILL to the holder's fork.
             unsafe { libc::kill(c, libc::SIGKILL) };
         }
@@ -208,7 +209,6 @@ fn read_report(rd: i32) -> io::Result<Report> {
 /// Everything the forked process needs, prepared before the fork.
 struct Forked {
     netns: i32,
-    rd: i32,
     wr: i32,
     sa: libc::sockaddr_in,
     backlog: i32,
@@ -222,15 +222,22 @@ impl Forked {
     unsafe fn run(&self) -> ! {
         // SAFETY (whole body): raw system calls on this struct's data and the stack.
         unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::prctl(libc::PR_SET_NAME, self.comm.as_ptr());
-            libc::close(self.rd);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            libc::prctl(libc::PR_SET_NAME, self.comm.as_ptr() as libc::c_ulong);
             let deadline = now_s() + i64::from(self.secs);
             if libc::setns(self.netns, libc::CLONE_NEWNET) != 0 {
                 self.fail(1);
             }
-            libc::close(self.netns);
-            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            // Keep nothing of the test's but the pipe: a fork inherits every descriptor
+            // (O_CLOEXEC acts only at exec), and a copy here of a concurrent test's socket or
+            // pipe would keep it open (no RST when that test closes it, no EOF for its reader)
+            // and make this process one of its owners.
+            if !close_all_but(self.wr) {
+                self.fail(8);
+            }
+            // Non-blocking: the accepting role polls, and an accept after a poll must not block.
+            let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+            let s = libc::socket(libc::AF_INET, flags, 0);
             if s < 0 {
                 self.fail(2);
             }
@@ -262,8 +269,8 @@ impl Forked {
                 Role::PreFork { keep } => {
                     let c = libc::fork();
                     if c == 0 {
-                        // The child holds the listener; it outlives a killed parent.
-                        libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+                        // The child holds the listener; it outlives a killed parent (fork
+                        // clears the parent-death signal).
                         libc::close(self.wr);
                         sleep_until(deadline);
                         libc::_exit(0);
@@ -327,6 +334,17 @@ impl Forked {
     }
 }
 
+/// Closes every descriptor from 3 up except `keep` (close_range(2), Linux 5.9); false if the
+/// kernel refused (then the test's descriptors would stay open here).
+fn close_all_but(keep: i32) -> bool {
+    let keep = keep as libc::c_uint;
+    let close = |first: libc::c_uint, last: libc::c_uint| {
+        // SAFETY: closing descriptors of this (forked) process.
+        unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) == 0 }
+    };
+    (keep <= 3 || close(3, keep - 1)) && close((keep + 1).max(3), libc::c_uint::MAX)
+}
+
 /// CLOCK_MONOTONIC seconds (clock_gettime is async-signal-safe).
 fn now_s() -> i64 {
     let mut ts = libc::timespec {
@@ -351,5 +369,51 @@ fn sleep_until(deadline: i64) {
         };
         // SAFETY: a valid timespec; an interruption just loops.
         unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, os::unix::fs::MetadataExt as _};
+
+    use super::*;
+    use crate::netns::TempNetns;
+
+    /// What /proc/PID/fd/N point to, for N ≥ 3.
+    fn fds(pid: i32) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().unwrap().parse::<u32>().unwrap() >= 3)
+            .map(|e| std::fs::read_link(e.path()).unwrap().display().to_string())
+            .collect()
+    }
+
+    /// Both holders of a pre-fork listener hold it and nothing else of the test's (here an open
+    /// file), in the namespace they were given; the listener takes connections there.
+    #[test]
+    fn prefork_holders_hold_only_the_listener() {
+        if !crate::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = TempNetns::new("lqt-holder").unwrap();
+        let _extra = File::open("/proc/self/stat").unwrap();
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5090);
+        let mut h = Holder::spawn(&ns.path(), addr, 4, Role::PreFork { keep: true }, 20).unwrap();
+        let child = h.child.expect("a pre-fork child");
+        let want = vec![format!("socket:[{}]", h.sock_ino)];
+        assert_eq!(fds(h.pid), want, "parent {}", h.pid);
+        assert_eq!(fds(child), want, "child {child}");
+        let netns = std::fs::metadata(format!("/proc/{child}/ns/net"))
+            .unwrap()
+            .ino();
+        assert_eq!(netns, u64::from(ns.inum()));
+        let c =
+            crate::netns::run_in(&ns.path(), move || std::net::TcpStream::connect(addr)).unwrap();
+        assert!(c.is_ok(), "connect: {c:?}");
+        h.kill_parent();
+        h.kill_child();
+        assert!(h.child.is_none());
     }
 }

@@ -21,6 +21,7 @@
 
 mod attribution;
 mod drops;
+mod floor;
 mod guest;
 mod hooks;
 mod load;

@@ -399,12 +399,12 @@ pub fn markdown(r: &Results) -> String {
     // Where the connect loop's lost rate goes.
     let _ = writeln!(
         s,
-        "\nWhere the connect loop's lost rate goes (the A/B pairs again, lqtrace attached with some of its programs left unattached through `LQTRACE_SKIP_PROGRAMS`; drops could be missed meanwhile, none happen here):\n"
+        "\nWhere the connect loop's lost rate goes (the A/B pairs again, lqtrace attached with some of its programs left unattached through `LQTRACE_SKIP_PROGRAMS`; drops could be missed meanwhile, none happen here). The last rows are the floor: lqtrace not running, programs that return at once attached at its hook points, so the loss there is what the kernel charges for running any program at those points:\n"
     );
     table_header(
         &mut s,
         &[
-            "lqtrace attached with",
+            "Attached",
             "Ratio with/without (median, range, pairs)",
             "Left unattached",
         ],
@@ -415,7 +415,9 @@ pub fn markdown(r: &Results) -> String {
             "| {} | {} | {} |",
             p.what,
             spread(Spread::of(&p.ratios), 3, ""),
-            if p.skip.is_empty() {
+            if !p.lqtrace {
+                "lqtrace not running".to_string()
+            } else if p.skip.is_empty() {
                 "–".to_string()
             } else {
                 p.skip.join(", ")
