@@ -15,6 +15,16 @@
 //! (`tcp_synack_retries`), each bringing the client's ACK again. So after the n-th dropped packet
 //! of an attempt the next one is due within 2^(n-1) s; [`allowance`] adds a margin for timer
 //! slack and load.
+//!
+//! A connected attempt can leave one more drop behind: two segments of the same handshake
+//! processed on two CPUs (the final ACK, and e.g. the FIN or data the client sent right after
+//! connect() returned) both reach `tcp_check_req()` for the request socket; the one that creates
+//! the child adds it to the accept queue, the other finds the queue full and is dropped
+//! (`tcp_v4_syn_recv_sock()`: ListenOverflows, ListenDrops), and the client retransmits it to
+//! the new connection. When the child's creation ended the kernel's attempt first, that drop
+//! enters a new one (seen in a TCG guest, 3 ms apart). A segment after the handshake (stage
+//! ACK) of a client reported connected within [`SETTLED_NS`] is that drop: it counts as a drop,
+//! but gets no outcome of its own, and the entry it left in the kernel's map is deleted quietly.
 
 use std::{
     cmp::Reverse,
@@ -31,10 +41,14 @@ use lqtrace_common::clients::{
 use crate::{
     attribution::owners::Owners,
     event::{
-        Clock, DropEvent,
+        Clock, DropEvent, Stage,
         clients::{Outcome, OutcomeEvent, ms_between},
     },
 };
+
+/// How long after a connected outcome a handshake segment of the same client is taken as part
+/// of that connection (its retransmission comes within the first RTO, 1 s).
+const SETTLED_NS: u64 = 3_000_000_000;
 
 /// Attempts followed at once, at most: as many as the kernel's map holds. Past that, new ones
 /// are reported unresolved at once (counted), never silently lost.
@@ -74,6 +88,9 @@ struct Attempt {
     /// An IPv4 client of an IPv6 listener: the key holds IPv4 addresses, the events show them
     /// as the listener saw them (`::ffff:a.b.c.d`).
     v4_mapped: bool,
+    /// A drop of a connection already reported connected (see the module comment): followed
+    /// only to delete its kernel entry, never reported.
+    settled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +101,10 @@ pub struct Attempts {
     due: BinaryHeap<Reverse<(u64, AttemptKey)>>,
     /// Attempts reported unresolved at once because `open` was full.
     pub overflow: u64,
+    /// Clients reported connected, until when a later segment of theirs is part of that
+    /// connection; swept by `expire`, which then also deletes any entry such a segment left in
+    /// the kernel's map before its drop was read here.
+    settled: HashMap<AttemptKey, u64>,
 }
 
 /// How long an attempt the kernel resolved first may wait for its outcome record before it is
@@ -119,6 +140,11 @@ impl Attempts {
             a.untracked |= untracked;
             return None;
         }
+        let settled = e.stage == Stage::Ack
+            && self
+                .settled
+                .get(&key)
+                .is_some_and(|&until| e.ts_ns <= until);
         let a = Attempt {
             first_ns: e.ts_ns,
             last_ns: e.ts_ns,
@@ -128,6 +154,7 @@ impl Attempts {
             sock_ino: e.sock_ino,
             owners: Arc::clone(&e.owners),
             v4_mapped: e.laddr.is_ipv6() && key.ip_version == 4,
+            settled,
         };
         if self.open.len() >= MAX_ATTEMPTS {
             self.overflow += 1;
@@ -157,7 +184,12 @@ impl Attempts {
             sock_ino: r.value.sock_ino,
             owners: Owners::default(),
             v4_mapped: false,
+            settled: false,
         });
+        if outcome == Outcome::Connected {
+            self.settled
+                .insert(r.key, r.ts_ns.saturating_add(SETTLED_NS));
+        }
         let end = match outcome {
             Outcome::GaveUp => a.last_ns,
             _ => r.ts_ns,
@@ -175,6 +207,18 @@ impl Attempts {
         clock: &Clock,
     ) -> Vec<OutcomeEvent> {
         let mut out = Vec::new();
+        // A segment of a settled client may have left a kernel entry whose drop was read
+        // before the connected outcome (it then joined the attempt that connected).
+        let open = &self.open;
+        self.settled.retain(|key, until| {
+            if *until > now_ns {
+                return true;
+            }
+            if !open.contains_key(key) {
+                map.remove(key);
+            }
+            false
+        });
         while let Some(Reverse((at, key))) = self.due.peek().copied() {
             if at > now_ns {
                 break;
@@ -183,6 +227,11 @@ impl Attempts {
             let Some(a) = self.open.get_mut(&key) else {
                 continue; // ended meanwhile
             };
+            if a.settled {
+                map.remove(&key);
+                self.open.remove(&key);
+                continue;
+            }
             let due = due_ns(a).max(a.waiting_since.map_or(0, |t| t + RECORD_GRACE_NS));
             if due > now_ns {
                 self.due.push(Reverse((due, key))); // another drop since, or waiting for a record
@@ -212,13 +261,14 @@ impl Attempts {
     /// (attempts whose drop record never arrived), is unresolved.
     pub fn finish(&mut self, map: &mut dyn AttemptMap, clock: &Clock) -> Vec<OutcomeEvent> {
         self.due.clear();
+        self.settled.clear();
         let mut out: Vec<OutcomeEvent> = std::mem::take(&mut self.open)
             .into_iter()
-            .map(|(key, a)| {
+            .filter_map(|(key, a)| {
                 if !a.untracked {
                     map.remove(&key);
                 }
-                event(&key, &a, Outcome::Unresolved, a.last_ns, clock)
+                (!a.settled).then(|| event(&key, &a, Outcome::Unresolved, a.last_ns, clock))
             })
             .collect();
         for key in map.keys() {
@@ -232,6 +282,7 @@ impl Attempts {
                     sock_ino: 0,
                     owners: Owners::default(),
                     v4_mapped: false,
+                    settled: false,
                 };
                 out.push(event(&key, &a, Outcome::Unresolved, 0, clock));
             }

@@ -153,3 +153,82 @@ fn the_end_of_the_run_leaves_the_rest_unresolved() {
     assert!(end.iter().all(|o| o.outcome == Outcome::Unresolved));
     assert!(kernel.0.is_empty());
 }
+
+fn connected(key: AttemptKey, ts_ns: u64) -> OutcomeRecord {
+    OutcomeRecord {
+        kind: KIND_OUTCOME,
+        outcome: OUTCOME_CONNECTED,
+        resolved_by: RESOLVED_BY_CHILD,
+        ts_ns,
+        key,
+        ..Default::default()
+    }
+}
+
+/// The segment that lost the race for the request socket to the one that created the child
+/// (two CPUs): its drop, read after the connected outcome, gets no outcome of its own, and the
+/// kernel entry it made is deleted.
+#[test]
+fn a_drop_after_the_connection_is_part_of_it() {
+    let clock = Clock::with_offset(0);
+    let mut t = Attempts::default();
+    let mut kernel = Entries::default();
+    let syn = drop_at(S, 41);
+    let key = key_of(&syn);
+    t.dropped(key, &syn, false, &clock);
+    assert_eq!(
+        t.resolved(&connected(key, 2 * S), &clock).outcome,
+        Outcome::Connected
+    );
+    // 3 ms later the other segment is dropped; the kernel entered it as a new attempt.
+    let mut ack = drop_at(2 * S + 3_000_000, 41);
+    ack.stage = Stage::Ack;
+    kernel.0.insert(key);
+    assert!(t.dropped(key, &ack, false, &clock).is_none());
+    assert!(t.expire(10 * S, &mut kernel, &clock).is_empty());
+    assert!(t.is_empty() && kernel.0.is_empty());
+    assert!(t.finish(&mut kernel, &clock).is_empty());
+}
+
+/// The same race with the records the other way round: the drop joins the attempt that then
+/// connects; the kernel entry it made is deleted once the client is no longer settled.
+#[test]
+fn a_drop_read_before_the_connection_leaves_no_entry_behind() {
+    let clock = Clock::with_offset(0);
+    let mut t = Attempts::default();
+    let mut kernel = Entries::default();
+    let syn = drop_at(S, 42);
+    let key = key_of(&syn);
+    t.dropped(key, &syn, false, &clock);
+    let mut ack = drop_at(2 * S, 42);
+    ack.stage = Stage::Ack;
+    kernel.0.insert(key);
+    t.dropped(key, &ack, false, &clock);
+    let o = t.resolved(&connected(key, 2 * S), &clock);
+    assert_eq!((o.outcome, o.drops), (Outcome::Connected, 2));
+    assert!(t.expire(4 * S, &mut kernel, &clock).is_empty());
+    assert!(!kernel.0.is_empty(), "kept while the client is settled");
+    assert!(t.expire(6 * S, &mut kernel, &clock).is_empty());
+    assert!(
+        kernel.0.is_empty(),
+        "the entry left by the ACK's drop is deleted"
+    );
+    assert!(t.finish(&mut kernel, &clock).is_empty());
+}
+
+/// A new SYN from the client port of a connected client is a new attempt, followed as usual.
+#[test]
+fn a_new_syn_after_the_connection_is_a_new_attempt() {
+    let clock = Clock::with_offset(0);
+    let mut t = Attempts::default();
+    let mut kernel = Entries::default();
+    let syn = drop_at(S, 43);
+    let key = key_of(&syn);
+    t.dropped(key, &syn, false, &clock);
+    t.resolved(&connected(key, 2 * S), &clock);
+    kernel.0.insert(key);
+    t.dropped(key, &drop_at(2 * S + 1, 43), false, &clock);
+    let gone = t.expire(10 * S, &mut kernel, &clock);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].outcome, Outcome::GaveUp);
+}
