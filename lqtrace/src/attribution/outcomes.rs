@@ -102,7 +102,7 @@ pub struct Attempts {
     /// Attempts reported unresolved at once because `open` was full.
     pub overflow: u64,
     /// Clients reported connected, until when a later segment of theirs is part of that
-    /// connection; swept by `expire`, which then also deletes any entry such a segment left in
+    /// connection; swept by `expire` (and `finish`), deleting any entry such a segment left in
     /// the kernel's map before its drop was read here.
     settled: HashMap<AttemptKey, u64>,
 }
@@ -261,7 +261,12 @@ impl Attempts {
     /// (attempts whose drop record never arrived), is unresolved.
     pub fn finish(&mut self, map: &mut dyn AttemptMap, clock: &Clock) -> Vec<OutcomeEvent> {
         self.due.clear();
-        self.settled.clear();
+        // Entries a settled client's segment left in the kernel's map (see `expire`).
+        for key in std::mem::take(&mut self.settled).into_keys() {
+            if !self.open.contains_key(&key) {
+                map.remove(&key);
+            }
+        }
         let mut out: Vec<OutcomeEvent> = std::mem::take(&mut self.open)
             .into_iter()
             .filter_map(|(key, a)| {

@@ -216,6 +216,25 @@ fn a_drop_read_before_the_connection_leaves_no_entry_behind() {
     assert!(t.finish(&mut kernel, &clock).is_empty());
 }
 
+/// The same, with the run ending before the client is no longer settled: the entry is not an
+/// unresolved attempt either.
+#[test]
+fn a_run_ending_right_after_the_connection_reports_it_once() {
+    let clock = Clock::with_offset(0);
+    let mut t = Attempts::default();
+    let mut kernel = Entries::default();
+    let syn = drop_at(S, 44);
+    let key = key_of(&syn);
+    t.dropped(key, &syn, false, &clock);
+    let mut ack = drop_at(2 * S, 44);
+    ack.stage = Stage::Ack;
+    kernel.0.insert(key);
+    t.dropped(key, &ack, false, &clock);
+    t.resolved(&connected(key, 2 * S), &clock);
+    assert!(t.finish(&mut kernel, &clock).is_empty());
+    assert!(kernel.0.is_empty());
+}
+
 /// A new SYN from the client port of a connected client is a new attempt, followed as usual.
 #[test]
 fn a_new_syn_after_the_connection_is_a_new_attempt() {
