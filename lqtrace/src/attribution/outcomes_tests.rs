@@ -190,6 +190,24 @@ fn a_drop_after_the_connection_is_part_of_it() {
     assert!(t.finish(&mut kernel, &clock).is_empty());
 }
 
+/// Race 3 with the records the other way round: a SYN drop, then the drop of the other
+/// segment (which the kernel entered as a new attempt) read before the connected outcome.
+fn drop_read_before_connected(
+    t: &mut Attempts,
+    kernel: &mut Entries,
+    rport: u16,
+    clock: &Clock,
+) -> AttemptKey {
+    let syn = drop_at(S, rport);
+    let key = key_of(&syn);
+    t.dropped(key, &syn, false, clock);
+    let mut ack = drop_at(2 * S, rport);
+    ack.stage = Stage::Ack;
+    kernel.0.insert(key);
+    t.dropped(key, &ack, false, clock);
+    key
+}
+
 /// The same race with the records the other way round: the drop joins the attempt that then
 /// connects; the kernel entry it made is deleted once the client is no longer settled.
 #[test]
@@ -197,13 +215,7 @@ fn a_drop_read_before_the_connection_leaves_no_entry_behind() {
     let clock = Clock::with_offset(0);
     let mut t = Attempts::default();
     let mut kernel = Entries::default();
-    let syn = drop_at(S, 42);
-    let key = key_of(&syn);
-    t.dropped(key, &syn, false, &clock);
-    let mut ack = drop_at(2 * S, 42);
-    ack.stage = Stage::Ack;
-    kernel.0.insert(key);
-    t.dropped(key, &ack, false, &clock);
+    let key = drop_read_before_connected(&mut t, &mut kernel, 42, &clock);
     let o = t.resolved(&connected(key, 2 * S), &clock);
     assert_eq!((o.outcome, o.drops), (Outcome::Connected, 2));
     assert!(t.expire(4 * S, &mut kernel, &clock).is_empty());
@@ -223,13 +235,7 @@ fn a_run_ending_right_after_the_connection_reports_it_once() {
     let clock = Clock::with_offset(0);
     let mut t = Attempts::default();
     let mut kernel = Entries::default();
-    let syn = drop_at(S, 44);
-    let key = key_of(&syn);
-    t.dropped(key, &syn, false, &clock);
-    let mut ack = drop_at(2 * S, 44);
-    ack.stage = Stage::Ack;
-    kernel.0.insert(key);
-    t.dropped(key, &ack, false, &clock);
+    let key = drop_read_before_connected(&mut t, &mut kernel, 44, &clock);
     t.resolved(&connected(key, 2 * S), &clock);
     assert!(t.finish(&mut kernel, &clock).is_empty());
     assert!(kernel.0.is_empty());
