@@ -174,7 +174,7 @@ impl Drop for Holder {
     }
 }
 
-/// Waits up to [`REPORT_TIMEOUT`] for the holder's report.
+/// Waits up to [`REPORT_TIMEOUT`] for the holder's report, then as long again for the pipe's EOF.
 fn read_report(rd: i32) -> io::Result<Report> {
     let mut pfd = libc::pollfd {
         fd: rd,
@@ -197,13 +197,31 @@ fn read_report(rd: i32) -> io::Result<Report> {
     // SAFETY: reading at most size_of::<Report>() bytes into a plain-data struct.
     let n = unsafe { libc::read(rd, (&raw mut r).cast(), size_of::<Report>()) };
     match usize::try_from(n) {
-        Ok(n) if n == size_of::<Report>() => Ok(r),
-        Ok(n) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("exited before reporting ({n} bytes)"),
-        )),
-        Err(_) => Err(io::Error::last_os_error()),
+        Ok(n) if n == size_of::<Report>() => {}
+        Ok(n) => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("exited before reporting ({n} bytes)"),
+            ));
+        }
+        Err(_) => return Err(io::Error::last_os_error()),
     }
+    // The report is written by the holder; its pre-fork child closes its own copy of the write
+    // end when it gets to run, which can be after the report is read (seen in CI on
+    // 2026-12-08: the child still held the pipe when the test listed its descriptors). EOF
+    // means every holder process has closed the pipe: nothing of the test's is held any more.
+    let mut byte = 0u8;
+    // SAFETY: one valid pollfd; a one-byte read into a local.
+    let eof = unsafe {
+        libc::poll(&mut pfd, 1, ms) > 0 && libc::read(rd, (&raw mut byte).cast(), 1) == 0
+    };
+    if !eof {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the pipe was not closed by every holder within {REPORT_TIMEOUT:?}"),
+        ));
+    }
+    Ok(r)
 }
 
 /// Everything the forked process needs, prepared before the fork.

@@ -375,7 +375,9 @@ impl Enricher {
             }
             Pending::Record(Record::Refused(r)) => {
                 if self.ports.listening(r.netns, r.lport) {
-                    // The close record of the port's last listener is probably right behind.
+                    // The close record of the port's last listener is probably right behind,
+                    // or the listen that ended the gap was read before its socket was hashed
+                    // (`ports.rs`); the release finds which.
                     self.deferred.push((Instant::now(), r));
                 } else {
                     self.refused(&r);
