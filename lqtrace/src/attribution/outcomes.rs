@@ -207,18 +207,7 @@ impl Attempts {
         clock: &Clock,
     ) -> Vec<OutcomeEvent> {
         let mut out = Vec::new();
-        // A segment of a settled client may have left a kernel entry whose drop was read
-        // before the connected outcome (it then joined the attempt that connected).
-        let open = &self.open;
-        self.settled.retain(|key, until| {
-            if *until > now_ns {
-                return true;
-            }
-            if !open.contains_key(key) {
-                map.remove(key);
-            }
-            false
-        });
+        self.sweep_settled(now_ns, map);
         while let Some(Reverse((at, key))) = self.due.peek().copied() {
             if at > now_ns {
                 break;
@@ -257,16 +246,28 @@ impl Attempts {
         out
     }
 
+    /// Forget the clients no longer settled at `now_ns` (all of them at `u64::MAX`). A segment
+    /// of such a client may have left a kernel entry whose drop was read before the connected
+    /// outcome (it then joined the attempt that connected): deleted here, unless an attempt of
+    /// that key is open again.
+    fn sweep_settled(&mut self, now_ns: u64, map: &mut dyn AttemptMap) {
+        let open = &self.open;
+        self.settled.retain(|key, until| {
+            if *until > now_ns {
+                return true;
+            }
+            if !open.contains_key(key) {
+                map.remove(key);
+            }
+            false
+        });
+    }
+
     /// The end of the run: every attempt still open, and every entry left in the kernel's map
     /// (attempts whose drop record never arrived), is unresolved.
     pub fn finish(&mut self, map: &mut dyn AttemptMap, clock: &Clock) -> Vec<OutcomeEvent> {
         self.due.clear();
-        // Entries a settled client's segment left in the kernel's map (see `expire`).
-        for key in std::mem::take(&mut self.settled).into_keys() {
-            if !self.open.contains_key(&key) {
-                map.remove(&key);
-            }
-        }
+        self.sweep_settled(u64::MAX, map);
         let mut out: Vec<OutcomeEvent> = std::mem::take(&mut self.open)
             .into_iter()
             .filter_map(|(key, a)| {
